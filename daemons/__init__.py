@@ -1,0 +1,1 @@
+"""infaas daemons (master and worker); importable as `infaas_daemons`."""

@@ -1,0 +1,155 @@
+"""Typed metadata records (models, variants, profiles, artifacts) and their dict/msgpack form."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass
+class TensorSpec:
+    """One input or output of a model, as ONNX Runtime reports it."""
+
+    name: str
+    type: str  # ONNX Runtime type string, e.g. "tensor(float)" or "seq(map(int64,tensor(float)))"
+    dtype: str | None  # numpy dtype name for tensors, None for sequences and maps
+    shape: list[int | str | None] | None  # None entries / strings are dynamic dimensions
+
+    @property
+    def is_tensor(self) -> bool:
+        return self.type.startswith("tensor(")
+
+    def describe(self) -> str:
+        if not self.is_tensor:
+            return f"{self.name}: {self.type}"
+        dims = ",".join("?" if d is None else str(d) for d in (self.shape or []))
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+
+class Record:
+    """Base of every stored record: a table name, a key, and a plain-dict form for msgpack."""
+
+    table: ClassVar[str]
+
+    @property
+    def key(self) -> str:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        kwargs = {k: v for k, v in data.items() if k in names}
+        return cls(**kwargs)
+
+
+@dataclass
+class ModelRecord(Record):
+    table: ClassVar[str] = "models"
+
+    name: str
+    task: str
+    dataset: str
+    artifact_sha256: str
+    source_file: str
+    size_bytes: int
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    batch_dim: str  # "dynamic", "fixed" or "none"
+    max_batch: int
+    opset: int
+    producer: str
+    accuracy: float | None
+    accuracy_metric: str  # "top1", "agreement" or "declared"
+    validation_sha256: str | None
+    validation_samples: int
+    registered_at: float
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+    def input_specs(self) -> list[TensorSpec]:
+        return [TensorSpec(**d) for d in self.inputs]
+
+    def output_specs(self) -> list[TensorSpec]:
+        return [TensorSpec(**d) for d in self.outputs]
+
+
+@dataclass
+class VariantRecord(Record):
+    table: ClassVar[str] = "variants"
+
+    name: str  # MODEL/BACKEND-RECIPE-tTHREADS-bMAXBATCH
+    model: str
+    backend: str  # e.g. "ort-cpu"
+    hardware: str  # "cpu", "gpu" or "inferentia"
+    recipe: str  # e.g. "fp32o1", "int8d", "int8s"
+    precision: str  # "fp32", "fp16" or "int8"
+    threads: int
+    max_batch: int
+    artifact_sha256: str
+    accuracy: float | None
+    accuracy_metric: str
+    build_time_ms: float
+    created_at: float
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+@dataclass
+class BatchProfile:
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    throughput_qps: float
+    runs: int
+
+
+@dataclass
+class ProfileRecord(Record):
+    """Measured numbers of one variant on one hardware kind."""
+
+    table: ClassVar[str] = "profiles"
+
+    variant: str
+    model: str
+    hardware_id: str
+    hardware: dict[str, Any]
+    load_time_ms: float
+    peak_memory_bytes: int
+    batches: dict[str, dict[str, Any]] = field(default_factory=dict)  # batch size (str) -> BatchProfile
+    measured_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return profile_key(self.variant, self.hardware_id)
+
+
+def profile_key(variant: str, hardware_id: str) -> str:
+    return f"{variant}@{hardware_id}"
+
+
+@dataclass
+class ArtifactRecord(Record):
+    table: ClassVar[str] = "artifacts"
+
+    sha256: str
+    size_bytes: int
+    kind: str  # "model", "variant" or "validation"
+    origin: str  # what it was made from: a file name or a variant name
+
+    @property
+    def key(self) -> str:
+        return self.sha256
+
+
+RECORD_TYPES: dict[str, type[Record]] = {
+    cls.table: cls for cls in (ModelRecord, VariantRecord, ProfileRecord, ArtifactRecord)
+}
