@@ -63,15 +63,16 @@ def generate_variants(home: InfaasHome, name: str,
                       on_step: Callable[[str], None] | None = None) -> GenerateReport:
     """Build every variant this host can build for a registered model and store them in one transaction."""
     model = home.store.model(name)
-    source = home.artifacts.verify(model.artifact_sha256)
+    registered = home.artifacts.verify(model.artifact_sha256)
     vset = load_model_validation(home, model)
     reference = None
     if vset is not None and vset.labels is None:
-        reference = run_original(source, vset.inputs, model.batch_dim, model.max_batch)
+        reference = run_original(registered, vset.inputs, model.batch_dim, model.max_batch)
     report = GenerateReport(model=name)
     artifacts: list[ArtifactRecord] = []
     cores = host_cores()
     with tempfile.TemporaryDirectory(prefix="infaas-generate-") as tmp:
+        source = normalise_graph(registered, Path(tmp) / "source.onnx")
         for backend in BACKENDS:
             avail = backend.availability()
             if not avail.available:
@@ -103,6 +104,26 @@ def generate_variants(home: InfaasHome, name: str,
                             build_time_ms=build_ms, created_at=now))
     _store(home, model, report, artifacts)
     return report
+
+
+def normalise_graph(path: Path, out: Path) -> Path:
+    """The graph the recipes start from: initialisers no longer double as graph inputs.
+
+    Old exporters (IR < 4) list every initialiser as an input too; ONNX Runtime then treats them
+    as overridable inputs, and a saved optimised graph may keep them as required ones.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    inits = {i.name for i in model.graph.initializer}
+    overridable = [i for i in model.graph.input if i.name in inits]
+    if not overridable:
+        return path
+    for value in overridable:
+        model.graph.input.remove(value)
+    model.ir_version = max(model.ir_version, 4)
+    onnx.save(model, str(out))
+    return out
 
 
 def _build_one(backend: Backend, recipe: Recipe, build: BuildInput, vset: ValidationSet | None,

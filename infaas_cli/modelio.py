@@ -65,6 +65,7 @@ def inspect_model(path: str | Path) -> ModelSignature:
     except Exception as exc:
         raise InvalidModelError(f"{path} fails the ONNX checker: {_one_line(exc)}; "
                                 "re-export the model with a supported opset") from None
+    ort.set_default_logger_severity(3)  # warnings about unused initialisers are not the user's concern
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:

@@ -16,6 +16,8 @@ from infaas_cli.config import CALIBRATION_SAMPLES
 from infaas_cli.errors import InfaasError
 from infaas_cli.modelio import run_dataset, take_batch
 
+ort.set_default_logger_severity(3)  # session warnings (unused initialisers…) are not the user's concern
+
 _LEVELS = {
     "fp32o1": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "fp32o2": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
