@@ -56,11 +56,16 @@ def main() -> int:
                          "variants": len(report.profiled), "failed": len(report.failed)})
             print(f"profile repeat {i + 1}: {len(report.profiled)} variants, {report.measurements} "
                   f"(configuration, batch) measurements in {seconds:.1f} s", flush=True)
+            # Variants that differ only in max batch share a measurement: count each configuration once.
+            seen = set()
             for p in home.store.profiles():
+                config = p.variant.rsplit("-b", 1)[0]
                 for b, stats in p.batches.items():
-                    p50s.setdefault((p.variant, b), []).append(stats["p50_ms"])
+                    if (config, b) not in seen:
+                        seen.add((config, b))
+                        p50s.setdefault((config, b), []).append(stats["p50_ms"])
 
-    # Spread of p50 over the repeats, per (variant, batch): (max - min) / median.
+    # Spread of p50 over the repeats, per (configuration, batch): (max - min) / median.
     spreads = sorted((max(v) - min(v)) / statistics.median(v) for v in p50s.values() if len(v) == args.repeats)
     full5 = sum(1 for v in variants
                 if all(b <= v.max_batch for b in DEFAULT_PROFILE_BATCH_SIZES))
@@ -88,7 +93,7 @@ def main() -> int:
           f"{result['profile_s_median']:.1f} s over {args.repeats} repeats")
     s = result["p50_relative_spread"]
     if s["pairs"]:
-        print(f"p50 spread across repeats, (max-min)/median over {s['pairs']} (variant, batch) pairs: "
+        print(f"p50 spread across repeats, (max-min)/median over {s['pairs']} (configuration, batch) pairs: "
               f"median {s['median']:.1%}, p90 {s['p90']:.1%}, max {s['max']:.1%}")
     print(f"target met: {result['target_met']} — wrote {args.output}")
     return 0
