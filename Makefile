@@ -14,13 +14,19 @@ $(BIN)/infaas: pyproject.toml
 
 venv: $(BIN)/infaas
 
-# Register the example zoo into a fresh INFAAS_HOME, generate variants, profile, show them.
+# Fresh INFAAS_HOME: start a master + 2 workers, register the zoo, profile (both replicate to the
+# master), show the variants, send model-less queries under different SLOs, stop everything.
 demo: venv
+	-INFAAS_HOME=$(DEMO_HOME) $(BIN)/infaas down 2>/dev/null
 	rm -rf $(DEMO_HOME)
-	INFAAS_HOME=$(DEMO_HOME) $(BIN)/infaas zoo register
-	INFAAS_HOME=$(DEMO_HOME) $(BIN)/infaas profile --all
+	INFAAS_HOME=$(DEMO_HOME) $(BIN)/infaas up --workers 2
+	INFAAS_HOME=$(DEMO_HOME) $(BIN)/infaas zoo register || (INFAAS_HOME=$(DEMO_HOME) $(BIN)/infaas down; exit 1)
+	INFAAS_HOME=$(DEMO_HOME) $(BIN)/infaas profile --all || (INFAAS_HOME=$(DEMO_HOME) $(BIN)/infaas down; exit 1)
 	INFAAS_HOME=$(DEMO_HOME) $(BIN)/infaas models
 	INFAAS_HOME=$(DEMO_HOME) $(BIN)/infaas variants --all --batch-size 8
+	INFAAS_HOME=$(DEMO_HOME) $(BIN)/python examples/slo_tour.py || (INFAAS_HOME=$(DEMO_HOME) $(BIN)/infaas down; exit 1)
+	INFAAS_HOME=$(DEMO_HOME) $(BIN)/infaas status
+	INFAAS_HOME=$(DEMO_HOME) $(BIN)/infaas down
 
 test: venv
 	$(BIN)/python -m pytest -q

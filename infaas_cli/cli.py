@@ -25,7 +25,7 @@ app.add_typer(zoo_app, name="zoo")
 # Data on stdout; piped output gets a wide table rather than rich's 80-column default.
 out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
 err = Console(stderr=True)  # diagnostics, progress
-_state: dict[str, Any] = {"debug": False, "home": None}
+_state: dict[str, Any] = {"debug": False, "home": None, "master": None}
 
 
 def _guard(fn):
@@ -81,10 +81,31 @@ def _version(value: bool) -> None:
 def _main(
     home: Annotated[Optional[Path], typer.Option("--home", help="Data directory (default $INFAAS_HOME or ~/.infaas).")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    master: Annotated[Optional[str], typer.Option("--master", help="Master client endpoint (default $INFAAS_MASTER or the one `infaas up` started).")] = None,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
 ) -> None:
     _state["home"] = home
     _state["debug"] = debug
+    _state["master"] = master
+
+
+def _maybe_push(home, quiet: bool = False) -> None:
+    """Replicate the local catalog to the master when one is known; unreachable is a warning, not an error."""
+    from infaas_cli.client import Client, resolve_master
+
+    endpoint = resolve_master(_state["master"], _state["home"])
+    if endpoint is None:
+        return
+    try:
+        with Client(endpoint, timeout_s=10.0) as client:
+            result = client.push(home.store, home.artifacts)
+    except InfaasError as exc:
+        err.print(f"[yellow]warning:[/yellow] catalog kept locally, not replicated: {exc}; run `infaas push` later",
+                  highlight=False, soft_wrap=True)
+        return
+    if not quiet:
+        err.print(f"replicated to {endpoint}: {result['applied']} change(s), {result['artifacts_uploaded']} "
+                  "artifact(s)", highlight=False)
 
 
 # -- register / generate -----------------------------------------------------------------------
@@ -139,6 +160,7 @@ def register(
                           "minimum accuracy will never pick this model", highlight=False)
         if not no_generate:
             result["generate"] = _generate_and_report(home, name, as_json)
+        _maybe_push(home, quiet=as_json)
     if as_json:
         _print_json(result)
 
@@ -151,6 +173,7 @@ def generate(
     """Build the variants of a model with every backend available on this host."""
     with _home() as home:
         summary = _generate_and_report(home, name, as_json)
+        _maybe_push(home, quiet=as_json)
     if as_json:
         _print_json(summary)
 
@@ -195,6 +218,7 @@ def profile(
                 on_plan=lambda total: progress.update(task, total=total),
                 on_progress=lambda what: progress.update(task, advance=1, description=f"profiling {what}"))
             progress.update(task, description="profiled")
+        _maybe_push(home, quiet=as_json)
     summary = {"profiled_variants": len(report.profiled), "already_stored": report.skipped_stored,
                "measurements": report.measurements,
                "not_runnable": [{"variant": v, "reason": r} for v, r in report.not_runnable],
@@ -329,6 +353,188 @@ def zoo_register(
                       f"registered [bold]{e.name}[/bold]", highlight=False)
             if not no_generate:
                 _generate_and_report(home, e.name, False)
+        _maybe_push(home)
+
+
+# -- serving ---------------------------------------------------------------------------------------
+
+
+@command("master")
+def master_cmd(
+    data_dir: Annotated[Optional[Path], typer.Option(help="The master's own data directory (default $INFAAS_HOME/master).")] = None,
+    client_endpoint: Annotated[str, typer.Option(help="Where clients connect (port 0: pick a free one).")] = "tcp://127.0.0.1:7010",
+    worker_endpoint: Annotated[str, typer.Option(help="Where workers connect.")] = "tcp://127.0.0.1:7011",
+    endpoints_file: Annotated[Optional[Path], typer.Option(help="Write the bound endpoints here as JSON.")] = None,
+    heartbeat_interval_s: Annotated[float, typer.Option(help="Worker heartbeat interval; 3 missed = dead.")] = 1.0,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
+) -> None:
+    """Run the master daemon in the foreground (SIGTERM stops it)."""
+    from infaas_cli.config import infaas_home
+    from infaas_daemons.common import setup_logging, stop_on_signals
+    from infaas_daemons.master import Master
+
+    setup_logging(log_level)
+    daemon = Master(data_dir or infaas_home(_state["home"]) / "master", client_endpoint, worker_endpoint,
+                    heartbeat_interval_s, endpoints_file)
+    stop_on_signals(daemon.stop_event)
+    daemon.run()
+
+
+@command("worker")
+def worker_cmd(
+    master: Annotated[str, typer.Option("--master", help="The master's worker endpoint, e.g. tcp://10.0.0.1:7011.")],
+    worker_id: Annotated[Optional[str], typer.Option(help="Stable id (default: random).")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Artifact cache (default under $INFAAS_HOME).")] = None,
+    heartbeat_interval_s: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 1.0,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
+) -> None:
+    """Run a worker daemon in the foreground (SIGTERM stops it)."""
+    from infaas_cli.config import infaas_home
+    from infaas_daemons.common import setup_logging, stop_on_signals
+    from infaas_daemons.worker import Worker
+
+    setup_logging(log_level)
+    daemon = Worker(master, worker_id, cache_dir or infaas_home(_state["home"]) / "worker-cache", heartbeat_interval_s)
+    stop_on_signals(daemon.stop_event)
+    daemon.run()
+
+
+@command()
+def up(
+    workers: Annotated[int, typer.Option(help="Local workers to start.")] = 1,
+    heartbeat_interval_s: Annotated[float, typer.Option(help="Worker heartbeat interval.")] = 1.0,
+) -> None:
+    """Start a master and local workers in the background, then replicate the local catalog to it."""
+    from infaas_cli import embedded
+
+    record = embedded.up(workers, _state["home"], heartbeat_interval_s)
+    err.print(f"infaas up: master pid {record['master']['pid']} at {record['master']['client_endpoint']}, "
+              f"{len(record['workers'])} worker(s); logs in {embedded.run_dir(_state['home'])}", highlight=False)
+    with _home() as home:
+        if home.store.last_seq():
+            _maybe_push(home)
+
+
+@command()
+def down() -> None:
+    """Stop the daemons `infaas up` started."""
+    from infaas_cli import embedded
+
+    pids = embedded.down(_state["home"])
+    err.print(f"infaas down: stopped {len(pids)} process(es)" if pids else "infaas is not up", highlight=False)
+
+
+def _client(timeout_s: float = 30.0):
+    from infaas_cli.client import Client, resolve_master
+
+    endpoint = resolve_master(_state["master"], _state["home"])
+    if endpoint is None:
+        raise InfaasError("no master known: start one with `infaas up`, or pass --master / set INFAAS_MASTER")
+    return Client(endpoint, timeout_s=timeout_s)
+
+
+@command()
+def push(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Replicate the local catalog (change log and artifacts) to the master; safe to repeat."""
+    with _home() as home, _client() as client:
+        result = client.push(home.store, home.artifacts)
+    if as_json:
+        _print_json(result)
+    else:
+        err.print(f"pushed to {client.endpoint}: {result['applied']} change(s) applied, master at sequence "
+                  f"{result['last_seq']}, {result['artifacts_uploaded']} artifact(s) uploaded", highlight=False)
+
+
+@command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    timeout_s: Annotated[float, typer.Option(help="How long to wait for the master.")] = 5.0,
+) -> None:
+    """The master's endpoint, workers, loaded variants, queues, QPS, utilisation and decision times."""
+    with _client(timeout_s) as client:
+        st = client.status()
+    if as_json:
+        _print_json(st)
+        return
+    m = st["master"]
+    d = m["decision_us"]
+    dec = "-" if not d["count"] else f"p50 {d['p50']:.1f} µs, p99 {d['p99']:.1f} µs over {d['count']}"
+    out.print(f"master {m['endpoint']} (pid {m['pid']}, up {m['uptime_s']} s): {m['models']} models, "
+              f"{m['variants']} variants, {m['pending']} pending, {m['queries_served']} served, "
+              f"{m['queries_failed']} failed; decisions {dec}", highlight=False)
+    table = Table(title="workers")
+    for col in ("worker", "alive", "cores free", "cpu %", "variant", "state", "queue", "qps", "latency ms"):
+        table.add_column(col)
+    for w in st["workers"]:
+        variants = w["variants"] or {"-": {}}
+        for i, (name, v) in enumerate(sorted(variants.items())):
+            head = [w["worker_id"], str(w["alive"]), f"{_fmt(w['free_cores'], 'g')}/{w['cores']}",
+                    _fmt(w["cpu_percent"], ".0f")] if i == 0 else ["", "", "", ""]
+            table.add_row(*head, name, v.get("state", "-"), str(v.get("queue", "-")), _fmt(v.get("qps"), ".1f"),
+                          _fmt(v.get("latency_ms"), ".2f"))
+    out.print(table)
+
+
+def _load_inputs(path: Path) -> dict[str, Any]:
+    import numpy as np
+
+    if not path.is_file():
+        raise InfaasError(f"input file {path} does not exist; pass a .npy (one input) or .npz (keyed by input name)")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return {k: archive[k] for k in archive.files}
+        return {"": np.load(path, allow_pickle=False)}
+    except (ValueError, OSError) as exc:
+        raise InfaasError(f"cannot read {path}: {exc}; save it with numpy.save or numpy.savez") from None
+
+
+@command()
+def query(
+    input: Annotated[Path, typer.Option("--input", help=".npy for a single-input model, .npz keyed by input name.")],
+    variant: Annotated[Optional[str], typer.Option(help="Run exactly this variant.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Any variant of this model meeting the SLO.")] = None,
+    task: Annotated[Optional[str], typer.Option(help="Model-less: any model for this task…")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="…and dataset.")] = None,
+    latency_ms: Annotated[Optional[float], typer.Option(help="Latency SLO in milliseconds.")] = None,
+    min_accuracy: Annotated[Optional[float], typer.Option(help="Minimum accuracy (0-1).")] = None,
+    objective: Annotated[str, typer.Option(help="cost or latency.")] = "cost",
+    max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="Maximum cost per query (USD).")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Write the outputs here (.npz).")] = None,
+    timeout_s: Annotated[float, typer.Option(help="How long to wait for the answer.")] = 30.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Send one query: by variant, by model + SLO, or model-less by task + dataset + SLO."""
+    import numpy as np
+
+    feeds = _load_inputs(input)
+    with _client(timeout_s) as client:
+        result = client.query(feeds, variant=variant, model=model, task=task, dataset=dataset, latency_ms=latency_ms,
+                              min_accuracy=min_accuracy, objective=objective, max_cost_usd=max_cost)
+    names = result.extra.get("output_names") or [f"output_{i}" for i in range(len(result.outputs))]
+    outputs = dict(zip(names, result.outputs))
+    if output is not None:
+        arrays = {k: (v if isinstance(v, np.ndarray) else np.asarray(
+            [[row[c] for c in sorted(row)] for row in v])) for k, v in outputs.items()}
+        np.savez(output, **arrays)
+    if as_json:
+        _print_json({"variant": result.variant, "worker": result.worker, "decision_us": result.decision_us,
+                     "latency_ms": result.latency_ms, "timing": result.timing, "needs_load": result.needs_load,
+                     **({"output": str(output)} if output is not None else
+                        {"outputs": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in outputs.items()}})})
+        return
+    t = result.timing
+    out.print(f"variant {result.variant} on {result.worker}: {result.latency_ms:.2f} ms end to end "
+              f"(decision {result.decision_us:.1f} µs, queue {t.get('queue_ms', 0):.2f} ms, batch {t.get('batch_size')}, "
+              f"inference {t.get('inference_ms', 0):.2f} ms{', cold load' if result.needs_load else ''})", highlight=False)
+    for k, v in outputs.items():
+        if isinstance(v, np.ndarray):
+            out.print(f"  {k}: {v.dtype}{list(v.shape)} {np.array2string(v.reshape(-1)[:8], precision=4)}"
+                      f"{' …' if v.size > 8 else ''}", highlight=False)
+        else:
+            out.print(f"  {k}: list of {len(v)}", highlight=False)
+    if output is not None:
+        err.print(f"wrote {output}", highlight=False)
 
 
 def main() -> None:

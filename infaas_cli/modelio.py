@@ -308,3 +308,83 @@ def agreement(outputs: list[Any], reference: list[Any]) -> float:
             row_ok = (a.reshape(n, -1) == b.reshape(n, -1)).all(axis=1)
         ok = row_ok if ok is None else ok & row_ok
     return float(ok.mean()) if ok is not None and ok.size else 0.0
+
+
+# -- query inputs ------------------------------------------------------------------------------
+
+
+def check_query_inputs(feeds: dict[str, np.ndarray], specs: Sequence[TensorSpec], batch_dim: str,
+                       max_batch: int) -> int:
+    """Check a query's tensors against the model's inputs; return the query's batch size.
+
+    Raises InvalidInputError naming what is wrong and the fix. A fixed-batch model accepts up to
+    its batch size (the worker pads); a model without a batch axis takes one sample, as-is.
+    """
+    from infaas_cli.errors import InvalidInputError
+
+    want = [s.name for s in specs]
+    if set(feeds) != set(want):
+        missing = [n for n in want if n not in feeds]
+        extra = [n for n in feeds if n not in want]
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing)}")
+        if extra:
+            parts.append(f"unexpected {', '.join(extra)}")
+        raise InvalidInputError(f"inputs do not match the model ({'; '.join(parts)}); it takes "
+                                f"{', '.join(s.describe() for s in specs)} — key the .npz by these names")
+    batches = set()
+    for spec in specs:
+        arr = feeds[spec.name]
+        if arr.dtype.name != spec.dtype:
+            raise InvalidInputError(f"input '{spec.name}' has dtype {arr.dtype}, the model expects {spec.dtype}; "
+                                    f"convert it with .astype('{spec.dtype}')")
+        shape = list(spec.shape or [])
+        if arr.ndim != len(shape):
+            raise InvalidInputError(f"input '{spec.name}' has shape {list(arr.shape)}, the model expects "
+                                    f"{spec.describe().split(': ', 1)[1]}; reshape it (batch first)")
+        for i, (d, g) in enumerate(zip(shape, arr.shape)):
+            if i == 0 and batch_dim != "none":
+                continue
+            if isinstance(d, int) and d != g:
+                raise InvalidInputError(f"input '{spec.name}' has shape {list(arr.shape)}, dimension {i} must be "
+                                        f"{d} ({spec.describe()}); reshape it")
+        if batch_dim != "none":
+            batches.add(arr.shape[0])
+    if batch_dim == "none":
+        return 1
+    if len(batches) != 1:
+        raise InvalidInputError(f"inputs disagree on the batch size ({sorted(batches)}); give every input "
+                                "the same leading dimension")
+    batch = batches.pop()
+    if batch < 1:
+        raise InvalidInputError("the batch is empty; send at least one sample")
+    if batch > max_batch and batch_dim == "fixed":
+        raise InvalidInputError(f"batch of {batch} exceeds the model's fixed batch size {max_batch}; "
+                                "split the query")
+    return batch
+
+
+def coerce_query_inputs(feeds: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> tuple[dict[str, np.ndarray], bool]:
+    """Name an unnamed single input after the model's only input, and cast within a dtype kind.
+
+    A query from a .npy file has one input named "" (the client cannot know the name of a
+    model-less query's input); float64 data for a float32 input is cast, int32 for int64 too.
+    Returns the feeds and whether anything changed.
+    """
+    changed = False
+    if set(feeds) == {""} and len(specs) == 1:
+        feeds = {specs[0].name: feeds[""]}
+        changed = True
+    by_name = {s.name: s for s in specs}
+    out = {}
+    for name, arr in feeds.items():
+        spec = by_name.get(name)
+        if spec is not None and spec.dtype not in (None, "str") and arr.dtype.name != spec.dtype:
+            want = np.dtype(spec.dtype)
+            same_kind = arr.dtype.kind == want.kind or (arr.dtype.kind in "iu" and want.kind in "iu")
+            if same_kind:
+                arr = arr.astype(want)
+                changed = True
+        out[name] = arr
+    return out, changed

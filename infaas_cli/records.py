@@ -150,6 +150,23 @@ class ArtifactRecord(Record):
         return self.sha256
 
 
+@dataclass
+class ReplicationRecord(Record):
+    """On a master: the last change-log sequence number applied from one source store."""
+
+    table: ClassVar[str] = "replication"
+
+    source: str
+    last_seq: int
+    updated_at: float
+
+    @property
+    def key(self) -> str:
+        return self.source
+
+
 RECORD_TYPES: dict[str, type[Record]] = {
-    cls.table: cls for cls in (ModelRecord, VariantRecord, ProfileRecord, ArtifactRecord)
+    cls.table: cls for cls in (ModelRecord, VariantRecord, ProfileRecord, ArtifactRecord, ReplicationRecord)
 }
+#: Tables a source store may replicate to a master (never the master's own bookkeeping).
+REPLICATED_TABLES = ("models", "variants", "profiles", "artifacts")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,13 +14,15 @@ import lmdb
 import msgpack
 
 from infaas_cli.config import LMDB_MAP_SIZE_BYTES
-from infaas_cli.errors import NotFoundError, StoreError, StoreFormatError
+from infaas_cli.errors import InfaasError, NotFoundError, StoreError, StoreFormatError
 from infaas_cli.records import (
     RECORD_TYPES,
+    REPLICATED_TABLES,
     ArtifactRecord,
     ModelRecord,
     ProfileRecord,
     Record,
+    ReplicationRecord,
     VariantRecord,
 )
 
@@ -48,6 +51,14 @@ class Change:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Change:
         return cls(d["seq"], d["ts"], d["op"], d["table"], d["key"], d.get("value"))
+
+
+class SequenceGapError(InfaasError):
+    code = "sequence_gap"
+
+    def __init__(self, source: str, last_seq: int, got_seq: int) -> None:
+        super().__init__(f"change {got_seq} from {source} does not follow {last_seq}; resend from {last_seq + 1}")
+        self.last_seq = last_seq
 
 
 class Transaction:
@@ -83,8 +94,43 @@ class MetadataStore(ABC):
     @abstractmethod
     def last_seq(self) -> int: ...
 
+    @abstractmethod
+    def store_id(self) -> str:
+        """A random id given to the store at creation: the name of its change log on a master."""
+
     def close(self) -> None:
         pass
+
+    # -- replication -----------------------------------------------------------------------------
+    def replicated_seq(self, source: str) -> int:
+        record = self.get(ReplicationRecord, source)
+        return 0 if record is None else record.last_seq
+
+    def apply_replicated(self, source: str, entries: list[dict[str, Any]]) -> tuple[int, int]:
+        """Apply another store's change-log entries in order, idempotently; return (applied, last_seq).
+
+        Entries at or below the source's last applied sequence number are skipped (a repeated
+        push duplicates nothing); the rest must continue it without a gap. The entries and the
+        new position are written in one transaction, so a crash loses or repeats nothing.
+        """
+        last = self.replicated_seq(source)
+        ops: list[tuple[str, str, str, dict[str, Any] | None]] = []
+        for raw in entries:
+            change = Change.from_dict(raw)
+            if change.seq <= last:
+                continue
+            if change.seq != last + 1:
+                raise SequenceGapError(source, last, change.seq)
+            if change.table not in REPLICATED_TABLES or change.op not in ("put", "delete"):
+                raise StoreError(f"change {change.seq} from {source} targets {change.op} on table "
+                                 f"'{change.table}', which is not replicated")
+            ops.append((change.op, change.table, change.key, change.value))
+            last = change.seq
+        if ops:
+            ops.append(("put", ReplicationRecord.table, source,
+                        ReplicationRecord(source, last, time.time()).to_dict()))
+            self._commit(ops)
+        return len(ops) - 1 if ops else 0, last
 
     # -- writes ----------------------------------------------------------------------------------
     def transaction(self) -> _TxnContext:
@@ -161,6 +207,10 @@ class MemoryStore(MetadataStore):
     def __init__(self) -> None:
         self._tables: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in TABLES}
         self._log: list[Change] = []
+        self._id = uuid.uuid4().hex
+
+    def store_id(self):
+        return self._id
 
     def get_raw(self, table, key):
         _check_table(table)
@@ -194,6 +244,7 @@ class MemoryStore(MetadataStore):
 
 
 _META_VERSION = b"format_version"
+_META_STORE_ID = b"store_id"
 _META_LAST_SEQ = b"last_seq"
 
 
@@ -224,6 +275,7 @@ class LmdbStore(MetadataStore):
                     raise StoreFormatError(f"the metadata store at {self.path} has records but no format "
                                            "version; it was not written by infaas — move it aside")
                 txn.put(_META_VERSION, _pack(STORE_FORMAT_VERSION), db=self._meta)
+                txn.put(_META_STORE_ID, _pack(uuid.uuid4().hex), db=self._meta)
                 return
             version = _unpack(raw)
         if version != STORE_FORMAT_VERSION:
@@ -234,6 +286,10 @@ class LmdbStore(MetadataStore):
 
     def close(self) -> None:
         self.env.close()
+
+    def store_id(self):
+        with self.env.begin(db=self._meta) as txn:
+            return _unpack(txn.get(_META_STORE_ID))
 
     def get_raw(self, table, key):
         _check_table(table)

@@ -8,7 +8,7 @@ import pytest
 
 from infaas_cli.errors import NotFoundError, StoreError, StoreFormatError
 from infaas_cli.records import ArtifactRecord, ModelRecord, VariantRecord
-from infaas_cli.store import STORE_FORMAT_VERSION, LmdbStore, MemoryStore
+from infaas_cli.store import STORE_FORMAT_VERSION, LmdbStore, MemoryStore, SequenceGapError
 
 
 def _model(name: str) -> ModelRecord:
@@ -137,3 +137,44 @@ def test_records_survive_reopen(tmp_path):
     s = LmdbStore(tmp_path / "db")
     assert s.model("m1").accuracy == 0.9
     s.close()
+
+
+def test_replication_is_idempotent_and_ordered(tmp_path):
+    source = LmdbStore(tmp_path / "src")
+    for i in range(4):
+        source.put(_model(f"m{i}"))
+    with source.transaction() as txn:
+        txn.delete(ModelRecord.table, "m0")
+    entries = [c.to_dict() for c in source.changes()]
+    master = LmdbStore(tmp_path / "master")
+    assert master.apply_replicated(source.store_id(), entries[:2]) == (2, 2)
+    assert master.apply_replicated(source.store_id(), entries[:2]) == (0, 2)  # a repeated push duplicates nothing
+    with pytest.raises(SequenceGapError) as gap:
+        master.apply_replicated(source.store_id(), entries[3:])
+    assert gap.value.last_seq == 2
+    assert master.apply_replicated(source.store_id(), entries) == (3, 5)
+    assert sorted(m.name for m in master.models()) == ["m1", "m2", "m3"]
+    master.close()
+    master = LmdbStore(tmp_path / "master")  # resumes from the last applied sequence number
+    assert master.replicated_seq(source.store_id()) == 5
+    assert master.apply_replicated(source.store_id(), entries) == (0, 5)
+    master.close()
+    source.close()
+
+
+def test_replication_refuses_foreign_tables(tmp_path):
+    master = LmdbStore(tmp_path / "master")
+    bad = {"seq": 1, "ts": 0.0, "op": "put", "table": "replication", "key": "x", "value": {}}
+    with pytest.raises(StoreError, match="not replicated"):
+        master.apply_replicated("src", [bad])
+    assert master.last_seq() == 0
+    master.close()
+
+
+def test_store_ids_differ_and_persist(tmp_path):
+    a, b = LmdbStore(tmp_path / "a"), LmdbStore(tmp_path / "b")
+    ida = a.store_id()
+    assert ida != b.store_id()
+    a.close()
+    b.close()
+    assert LmdbStore(tmp_path / "a").store_id() == ida

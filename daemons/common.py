@@ -1,0 +1,44 @@
+"""What both daemons share: logging set-up, signal handling, and sending protocol messages on a socket."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import zmq
+
+from infaas_cli import protocol
+
+log = logging.getLogger("infaas")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT end the daemon's loop cleanly (sockets closed, LMDB closed)."""
+    def handler(signum, frame):
+        stop.set()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def send(sock: zmq.Socket, msg: protocol.Message, identity: bytes | None = None) -> None:
+    frame = protocol.encode(msg)
+    if identity is None:
+        sock.send(frame, zmq.NOBLOCK)
+    else:
+        sock.send_multipart([identity, frame], zmq.NOBLOCK)
+
+
+def safe_send(sock: zmq.Socket, msg: protocol.Message, identity: bytes | None = None) -> bool:
+    """Send, logging instead of raising: a peer that went away must not take the daemon with it."""
+    try:
+        send(sock, msg, identity)
+        return True
+    except (zmq.ZMQError, protocol.ProtocolError) as exc:
+        log.warning("could not send %s %s: %s", msg.type, msg.id, exc)
+        return False

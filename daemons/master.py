@@ -1,0 +1,545 @@
+"""The master daemon: owns the replicated catalog, picks a variant and a worker per query, tracks workers.
+
+A thin loop over two ROUTER sockets (clients, workers): decode → update state or call the pure
+selection policy → send. Every handler runs in its own try/except; a malformed message is
+answered with an error and changes nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from infaas_cli import protocol
+from infaas_cli.artifacts import ArtifactStore, sha256_file
+from infaas_cli.errors import InfaasError
+from infaas_cli.listings import pick_profile
+from infaas_cli.modelio import check_query_inputs, coerce_query_inputs
+from infaas_cli.records import ReplicationRecord, VariantRecord
+from infaas_cli.selection import (ClusterSnapshot, Query, WorkerState, build_index, load_prices, select)
+from infaas_cli.store import LmdbStore, SequenceGapError
+from infaas_daemons.common import log, safe_send
+
+CHUNK_BYTES = 1 << 20
+#: A query not answered after this long is answered with an error (never left hanging).
+PENDING_TIMEOUT_S = 60.0
+#: A dead worker's queries are re-routed at most this many times.
+MAX_ATTEMPTS = 3
+
+
+@dataclass
+class WorkerEntry:
+    worker_id: str
+    identity: bytes
+    hardware: dict[str, Any]
+    backends: list[str]
+    last_seen: float
+    alive: bool = True
+    metrics: dict[str, Any] = field(default_factory=dict)
+    loaded: dict[str, int] = field(default_factory=dict)  # variant -> queued samples (heartbeat + in flight)
+    inflight: set[str] = field(default_factory=set)
+
+
+@dataclass
+class PendingQuery:
+    client: bytes
+    client_request_id: str
+    body: dict[str, Any]
+    query: Query
+    variant: str
+    worker_id: str
+    batch: int
+    decision_us: float
+    started: float
+    needs_load: bool
+    attempts: int = 1
+    output_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Upload:
+    path: Path
+    offset: int = 0
+
+
+class Master:
+    """The master daemon. `run()` blocks until `stop_event` is set."""
+
+    def __init__(self, home: str | Path, client_endpoint: str = "tcp://127.0.0.1:0",
+                 worker_endpoint: str = "tcp://127.0.0.1:0", heartbeat_interval_s: float = 1.0,
+                 endpoints_file: str | Path | None = None, prices_file: str | Path | None = None) -> None:
+        self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.store = LmdbStore(self.home / "metadata.lmdb")
+        self.artifacts = ArtifactStore(self.home / "artifacts")
+        self.client_endpoint = client_endpoint
+        self.worker_endpoint = worker_endpoint
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.endpoints_file = Path(endpoints_file) if endpoints_file else None
+        self.prices = load_prices(prices_file)
+        self.stop_event = threading.Event()
+        self.workers: dict[str, WorkerEntry] = {}
+        self.pending: dict[str, PendingQuery] = {}
+        self.uploads: dict[str, _Upload] = {}
+        self.decision_us: collections.deque[float] = collections.deque(maxlen=10_000)
+        self.started = time.time()
+        self.queries_served = 0
+        self.queries_failed = 0
+        self._index = None
+        self._specs: dict[str, dict[str, Any]] = {}
+        self._snapshot: ClusterSnapshot | None = None
+        self.ready = threading.Event()
+
+    # -- catalog ---------------------------------------------------------------------------------------
+    def index(self):
+        if self._index is None:
+            self._index = build_index(self.store.models(), self.store.variants(), self.store.profiles(), self.prices)
+            self._specs.clear()
+        return self._index
+
+    def _catalog_changed(self) -> None:
+        self._index = None
+
+    def variant_spec(self, name: str) -> dict[str, Any]:
+        spec = self._specs.get(name)
+        if spec is None:
+            variant = self.store.get(VariantRecord, name)
+            if variant is None:
+                raise protocol.ProtocolError("unknown_model", f"unknown variant '{name}'")
+            model = self.store.model(variant.model)
+            profile = pick_profile(variant, [p for p in self.store.profiles(variant.model) if p.variant == name])
+            latency = {b: s["p95_ms"] for b, s in profile.batches.items()} if profile else {}
+            spec = {"name": name, "backend": variant.backend, "recipe": variant.recipe, "threads": variant.threads,
+                    "max_batch": variant.max_batch, "batch_dim": model.batch_dim,
+                    "artifact_sha256": variant.artifact_sha256, "inputs": model.inputs, "latency_ms": latency}
+            self._specs[name] = spec
+        return spec
+
+    # -- cluster snapshot --------------------------------------------------------------------------------
+    def snapshot(self) -> ClusterSnapshot:
+        if self._snapshot is None:
+            states = []
+            for w in self.workers.values():
+                m = w.metrics
+                states.append(WorkerState(
+                    worker_id=w.worker_id, backends=frozenset(w.backends),
+                    cores=int(m.get("cores", w.hardware.get("cores", 1))),
+                    free_cores=float(m.get("free_cores", w.hardware.get("cores", 1))),
+                    free_memory_bytes=int(m.get("free_memory_bytes", w.hardware.get("memory_bytes", 0))),
+                    loaded=dict(w.loaded), alive=w.alive))
+            self._snapshot = ClusterSnapshot(tuple(states))
+        return self._snapshot
+
+    def _cluster_changed(self) -> None:
+        self._snapshot = None
+
+    # -- loop ------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        ctx = zmq.Context.instance()
+        self.clients = ctx.socket(zmq.ROUTER)
+        self.workers_sock = ctx.socket(zmq.ROUTER)
+        for sock in (self.clients, self.workers_sock):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        # A restarted worker reconnects under its old id; let the new connection take the id over.
+        self.workers_sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.client_endpoint = _bind(self.clients, self.client_endpoint)
+        self.worker_endpoint = _bind(self.workers_sock, self.worker_endpoint)
+        self._write_endpoints()
+        poller = zmq.Poller()
+        poller.register(self.clients, zmq.POLLIN)
+        poller.register(self.workers_sock, zmq.POLLIN)
+        log.info("master serving clients on %s, workers on %s (catalog: %d models, %d variants)",
+                 self.client_endpoint, self.worker_endpoint, len(self.store.models()), len(self.store.variants()))
+        self.ready.set()
+        next_tick = time.monotonic()
+        try:
+            while not self.stop_event.is_set():
+                for sock, _ in poller.poll(50):
+                    self._drain(sock)
+                if time.monotonic() >= next_tick:
+                    self._step(self._check_workers)
+                    self._step(self._expire_pending)
+                    next_tick = time.monotonic() + min(0.25, self.heartbeat_interval_s / 2)
+        finally:
+            for p in list(self.pending.values()):
+                self._reply_error(p, "unavailable", "the master is shutting down; retry against the restarted master")
+            self.clients.close(linger=200)
+            self.workers_sock.close(linger=0)
+            self.store.close()
+            log.info("master stopped")
+
+    def _write_endpoints(self) -> None:
+        if self.endpoints_file is None:
+            return
+        self.endpoints_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.endpoints_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"client_endpoint": self.client_endpoint, "worker_endpoint": self.worker_endpoint,
+                                   "pid": os.getpid()}))
+        os.replace(tmp, self.endpoints_file)
+
+    def _step(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("master step %s failed", getattr(fn, "__name__", fn))
+
+    def _drain(self, sock: zmq.Socket) -> None:
+        for _ in range(1000):  # bounded, so timers still run under a flood
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) < 2:
+                continue
+            identity, frame = frames[0], frames[-1]
+            if sock is self.clients:
+                self._step(self._handle_client, identity, frame)
+            else:
+                self._step(self._handle_worker, identity, frame)
+
+    # -- clients ---------------------------------------------------------------------------------------
+    def _handle_client(self, identity: bytes, frame: bytes) -> None:
+        try:
+            msg = protocol.decode(frame)
+        except protocol.ProtocolError as exc:
+            log.warning("bad frame from a client: %s", exc.reason)
+            safe_send(self.clients, protocol.error(exc.code, exc.reason, protocol.peek_id(frame)), identity)
+            return
+        handlers = {"query": self._on_query, "status": self._on_status, "changes": self._on_changes,
+                    "artifact_chunk": self._on_upload}
+        handler = handlers.get(msg.type)
+        if handler is None:
+            safe_send(self.clients, protocol.error("unknown_type", f"the master does not take {msg.type} from clients",
+                                                   msg.id), identity)
+            return
+        try:
+            handler(identity, msg)
+        except protocol.ProtocolError as exc:
+            safe_send(self.clients, protocol.error(exc.code, exc.reason, msg.id), identity)
+        except InfaasError as exc:
+            code = getattr(exc, "code", "internal")
+            extra = {k: getattr(exc, k) for k in ("best_latency_ms", "best_accuracy", "last_seq") if hasattr(exc, k)}
+            safe_send(self.clients, protocol.error(code if code in protocol.ERROR_CODES else "internal", str(exc),
+                                                   msg.id, **extra), identity)
+
+    def _on_query(self, identity: bytes, msg: protocol.Message) -> None:
+        feeds = protocol.unpack_tensors(msg.body["inputs"])
+        if not feeds:
+            raise protocol.ProtocolError("invalid_input", "the query carries no inputs")
+        body = dict(msg.body)
+        first = next(iter(feeds.values()))
+        body["batch_size"] = int(first.shape[0]) if first.ndim else 1
+        query = Query.from_body(body)
+        self._dispatch(identity, msg.id, msg.body, query, feeds, attempts=1, exclude=())
+
+    def _dispatch(self, identity: bytes, client_id: str, body: dict[str, Any], query: Query,
+                  feeds: dict[str, np.ndarray] | None, attempts: int, exclude: tuple[str, ...]) -> None:
+        index = self.index()
+        snapshot = self.snapshot()
+        if exclude:
+            snapshot = ClusterSnapshot(tuple(w for w in snapshot.workers if w.worker_id not in exclude))
+        t0 = time.perf_counter_ns()
+        decision = select(query, index, snapshot)
+        decision_us = (time.perf_counter_ns() - t0) / 1e3
+        self.decision_us.append(decision_us)
+        spec = self.variant_spec(decision.variant)
+        model = self.store.model(decision.model)
+        if feeds is not None:
+            feeds, changed = coerce_query_inputs(feeds, model.input_specs())
+            try:
+                batch = check_query_inputs(feeds, model.input_specs(), model.batch_dim, model.max_batch)
+            except InfaasError as exc:
+                raise protocol.ProtocolError("invalid_input", f"{decision.model}: {exc}") from None
+            if changed:
+                body = {**body, "inputs": protocol.pack_tensors(feeds)}
+        else:
+            batch = query.batch_size
+        worker = self.workers[decision.worker_id]
+        internal_id = uuid.uuid4().hex
+        infer = protocol.Message("infer", {"variant": decision.variant, "inputs": body["inputs"],
+                                           "deadline_ms": query.latency_ms, "spec": spec}, id=internal_id)
+        if not safe_send(self.workers_sock, infer, worker.identity):
+            raise protocol.ProtocolError("unavailable", f"worker {worker.worker_id} cannot be reached")
+        self.pending[internal_id] = PendingQuery(identity, client_id, body, query, decision.variant, worker.worker_id,
+                                                 batch, decision_us, time.monotonic(), decision.needs_load, attempts,
+                                                 [o["name"] for o in model.outputs])
+        worker.inflight.add(internal_id)
+        worker.loaded[decision.variant] = worker.loaded.get(decision.variant, 0) + batch
+        self._cluster_changed()
+
+    def _on_status(self, identity: bytes, msg: protocol.Message) -> None:
+        safe_send(self.clients, protocol.Message("status_reply", self.status(), id=msg.id), identity)
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        dec = np.asarray(self.decision_us) if self.decision_us else np.zeros(0)
+        workers = []
+        for w in self.workers.values():
+            m = w.metrics
+            workers.append({
+                "worker_id": w.worker_id, "alive": w.alive, "last_seen_s": round(now - w.last_seen, 3),
+                "backends": w.backends, "cores": m.get("cores", w.hardware.get("cores")),
+                "free_cores": m.get("free_cores"), "cpu_percent": m.get("cpu_percent"),
+                "free_memory_bytes": m.get("free_memory_bytes"), "in_flight": len(w.inflight),
+                "cpu_model": w.hardware.get("cpu_model"), "hostname": w.hardware.get("hostname"),
+                "variants": m.get("variants", {}),
+            })
+        return {
+            "master": {
+                "endpoint": self.client_endpoint, "worker_endpoint": self.worker_endpoint, "pid": os.getpid(),
+                "uptime_s": round(time.time() - self.started, 1),
+                "models": len(self.store.models()), "variants": len(self.store.variants()),
+                "replication": {r.source: r.last_seq for r in self.store.scan(ReplicationRecord)},
+                "pending": len(self.pending), "queries_served": self.queries_served,
+                "queries_failed": self.queries_failed,
+                "decision_us": {"count": int(dec.size),
+                                "p50": float(np.percentile(dec, 50)) if dec.size else None,
+                                "p99": float(np.percentile(dec, 99)) if dec.size else None,
+                                "max": float(dec.max()) if dec.size else None},
+            },
+            "workers": workers,
+        }
+
+    # -- replication -------------------------------------------------------------------------------------
+    def _on_changes(self, identity: bytes, msg: protocol.Message) -> None:
+        source, entries = msg.body["source"], msg.body["entries"]
+        if not isinstance(source, str) or not isinstance(entries, list):
+            raise protocol.ProtocolError("bad_request", "changes needs a source string and a list of entries")
+        try:
+            applied, last = self.store.apply_replicated(source, entries)
+        except SequenceGapError as exc:
+            safe_send(self.clients, protocol.error("sequence_gap", str(exc), msg.id, last_seq=exc.last_seq), identity)
+            return
+        except (KeyError, TypeError, ValueError) as exc:
+            raise protocol.ProtocolError("bad_request", f"a change-log entry is malformed: {exc}") from None
+        if applied:
+            self._catalog_changed()
+            log.info("applied %d change(s) from %s, now at %d", applied, source, last)
+        safe_send(self.clients, protocol.Message("ack", {"last_seq": last, "applied": applied,
+                                                         "missing_artifacts": self.missing_artifacts()}, id=msg.id),
+                  identity)
+
+    def missing_artifacts(self) -> list[str]:
+        needed = set()
+        for m in self.store.models():
+            needed.add(m.artifact_sha256)
+            if m.validation_sha256:
+                needed.add(m.validation_sha256)
+        for v in self.store.variants():
+            needed.add(v.artifact_sha256)
+        return sorted(s for s in needed if not self.artifacts.has(s))
+
+    def _on_upload(self, identity: bytes, msg: protocol.Message) -> None:
+        b = msg.body
+        sha, offset, data, total = b["sha256"], b["offset"], b["data"], b["total_bytes"]
+        if not isinstance(data, bytes) or not isinstance(offset, int) or not isinstance(total, int):
+            raise protocol.ProtocolError("bad_request", "artifact_chunk needs bytes data and integer offset/total")
+        self.artifacts.path(sha)  # validates the digest
+        if self.artifacts.has(sha):
+            safe_send(self.clients, protocol.Message("ack", {"sha256": sha, "complete": True}, id=msg.id), identity)
+            return
+        upload = self.uploads.get(sha)
+        if offset == 0:
+            self.artifacts.root.mkdir(parents=True, exist_ok=True)
+            upload = self.uploads[sha] = _Upload(self.artifacts.root / f".upload-{sha}")
+            upload.path.write_bytes(b"")
+        if upload is None or offset != upload.offset:
+            expected = 0 if upload is None else upload.offset
+            raise protocol.ProtocolError("sequence_gap", f"chunk at offset {offset} of {sha[:12]}, expected {expected}")
+        with open(upload.path, "ab") as fh:
+            fh.write(data)
+        upload.offset += len(data)
+        if upload.offset < total:
+            safe_send(self.clients, protocol.Message("ack", {"sha256": sha, "offset": upload.offset,
+                                                             "complete": False}, id=msg.id), identity)
+            return
+        del self.uploads[sha]
+        if sha256_file(upload.path) != sha:
+            upload.path.unlink(missing_ok=True)
+            raise protocol.ProtocolError("checksum", f"artifact {sha[:12]} arrived corrupt; push it again")
+        self.artifacts.put_file(upload.path)
+        upload.path.unlink(missing_ok=True)
+        safe_send(self.clients, protocol.Message("ack", {"sha256": sha, "complete": True}, id=msg.id), identity)
+
+    # -- workers -------------------------------------------------------------------------------------------
+    def _handle_worker(self, identity: bytes, frame: bytes) -> None:
+        try:
+            msg = protocol.decode(frame)
+        except protocol.ProtocolError as exc:
+            log.warning("bad frame from worker %r: %s", identity, exc.reason)
+            safe_send(self.workers_sock, protocol.error(exc.code, exc.reason, protocol.peek_id(frame)), identity)
+            return
+        worker_id = identity.decode(errors="replace")
+        entry = self.workers.get(worker_id)
+        if entry is not None:
+            entry.last_seen = time.monotonic()
+        handlers = {"register": self._on_register, "heartbeat": self._on_heartbeat, "result": self._on_result,
+                    "error": self._on_worker_error, "loaded": self._on_loaded, "fetch": self._on_fetch}
+        handler = handlers.get(msg.type)
+        if handler is None:
+            safe_send(self.workers_sock, protocol.error("unknown_type", f"the master does not take {msg.type} "
+                                                        "from workers", msg.id), identity)
+            return
+        try:
+            handler(identity, worker_id, msg)
+        except protocol.ProtocolError as exc:
+            safe_send(self.workers_sock, protocol.error(exc.code, exc.reason, msg.id), identity)
+
+    def _on_register(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:
+        b = msg.body
+        if not isinstance(b["hardware"], dict) or not isinstance(b["backends"], list):
+            raise protocol.ProtocolError("bad_request", "register needs a hardware map and a backends list")
+        old = self.workers.get(worker_id)
+        self.workers[worker_id] = WorkerEntry(worker_id, identity, b["hardware"], [str(x) for x in b["backends"]],
+                                              time.monotonic(), inflight=old.inflight if old else set())
+        self._cluster_changed()
+        log.info("worker %s registered (%s cores, backends %s)", worker_id, b["hardware"].get("cores"),
+                 ",".join(b["backends"]))
+        safe_send(self.workers_sock, protocol.Message("registered", {"heartbeat_interval_s": self.heartbeat_interval_s},
+                                                      id=msg.id), identity)
+
+    def _known(self, identity: bytes, worker_id: str, msg: protocol.Message) -> WorkerEntry | None:
+        entry = self.workers.get(worker_id)
+        if entry is None:
+            safe_send(self.workers_sock, protocol.error("not_found", f"worker {worker_id} is not registered; "
+                                                        "register again", msg.id, worker_id=worker_id), identity)
+        return entry
+
+    def _on_heartbeat(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:
+        entry = self._known(identity, worker_id, msg)
+        if entry is None:
+            return
+        metrics = msg.body["metrics"]
+        if not isinstance(metrics, dict):
+            raise protocol.ProtocolError("bad_request", "heartbeat metrics must be a map")
+        if not entry.alive:
+            log.info("worker %s is back", worker_id)
+        entry.alive = True
+        entry.metrics = metrics
+        variants = metrics.get("variants") or {}
+        in_flight: dict[str, int] = collections.Counter()
+        for rid in entry.inflight:
+            p = self.pending.get(rid)
+            if p is not None:
+                in_flight[p.variant] += p.batch
+        entry.loaded = {name: int(in_flight.get(name, 0)) for name in variants}
+        for name, n in in_flight.items():  # dispatched but not yet seen by the worker's heartbeat
+            entry.loaded.setdefault(name, n)
+        self._cluster_changed()
+
+    def _on_loaded(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:
+        entry = self._known(identity, worker_id, msg)
+        if entry is not None:
+            entry.loaded.setdefault(msg.body["variant"], 0)
+            self._cluster_changed()
+
+    def _on_result(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:
+        p = self._finish(msg.id)
+        if p is None:
+            return
+        timing = dict(msg.body["timing"]) if isinstance(msg.body["timing"], dict) else {}
+        timing["total_ms"] = (time.monotonic() - p.started) * 1e3
+        reply = protocol.Message("reply", {
+            "outputs": msg.body["outputs"], "variant": p.variant, "worker": p.worker_id,
+            "decision_us": p.decision_us, "timing": timing, "needs_load": p.needs_load, "attempts": p.attempts,
+            "output_names": p.output_names,
+        }, id=p.client_request_id)
+        self.queries_served += 1
+        safe_send(self.clients, reply, p.client)
+
+    def _on_worker_error(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:
+        p = self._finish(msg.id)
+        if p is None:
+            log.warning("worker %s reports %s: %s", worker_id, msg.body.get("code"), msg.body.get("reason"))
+            return
+        code = msg.body.get("code", "internal")
+        self._reply_error(p, code if code in protocol.ERROR_CODES else "internal", str(msg.body.get("reason")))
+
+    def _finish(self, internal_id: str) -> PendingQuery | None:
+        p = self.pending.pop(internal_id, None)
+        if p is None:
+            return None
+        w = self.workers.get(p.worker_id)
+        if w is not None:
+            w.inflight.discard(internal_id)
+            if p.variant in w.loaded:
+                w.loaded[p.variant] = max(0, w.loaded[p.variant] - p.batch)
+            self._cluster_changed()
+        return p
+
+    def _reply_error(self, p: PendingQuery, code: str, reason: str) -> None:
+        self.queries_failed += 1
+        safe_send(self.clients, protocol.error(code, reason, p.client_request_id), p.client)
+
+    def _on_fetch(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:
+        sha, offset = msg.body["sha256"], msg.body["offset"]
+        if not isinstance(sha, str) or not isinstance(offset, int) or offset < 0:
+            raise protocol.ProtocolError("bad_request", "fetch needs a sha256 string and a non-negative offset")
+        try:
+            path = self.artifacts.path(sha)
+        except InfaasError as exc:
+            raise protocol.ProtocolError("bad_request", str(exc)) from None
+        if not path.is_file():
+            safe_send(self.workers_sock, protocol.error("not_found", f"artifact {sha[:12]} is not on the master; "
+                                                        "run `infaas push`", msg.id, sha256=sha), identity)
+            return
+        total = path.stat().st_size
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(CHUNK_BYTES)
+        safe_send(self.workers_sock, protocol.Message("artifact_chunk", {"sha256": sha, "offset": offset, "data": data,
+                                                                         "total_bytes": total}, id=msg.id), identity)
+
+    # -- timers --------------------------------------------------------------------------------------------
+    def _check_workers(self) -> None:
+        now = time.monotonic()
+        for w in list(self.workers.values()):
+            if w.alive and now - w.last_seen > 3 * self.heartbeat_interval_s:
+                w.alive = False
+                w.loaded = {}
+                self._cluster_changed()
+                lost = [rid for rid in w.inflight if rid in self.pending]
+                log.warning("worker %s missed 3 heartbeats: dead; re-routing %d queries", w.worker_id, len(lost))
+                w.inflight = set()
+                for rid in lost:
+                    self._reroute(self.pending.pop(rid), w.worker_id)
+
+    def _reroute(self, p: PendingQuery, dead_worker: str) -> None:
+        if p.attempts >= MAX_ATTEMPTS:
+            self._reply_error(p, "worker_lost", f"worker {dead_worker} died and the query was already retried "
+                                                f"{p.attempts - 1} time(s)")
+            return
+        try:
+            self._dispatch(p.client, p.client_request_id, p.body, p.query, protocol.unpack_tensors(p.body["inputs"]),
+                           p.attempts + 1, (dead_worker,))
+        except (InfaasError, protocol.ProtocolError) as exc:
+            self._reply_error(p, "worker_lost", f"worker {dead_worker} died and no other can take the query: {exc}")
+
+    def _expire_pending(self) -> None:
+        now = time.monotonic()
+        for rid, p in list(self.pending.items()):
+            if now - p.started > PENDING_TIMEOUT_S:
+                self._finish(rid)
+                self._reply_error(p, "overloaded", f"no answer from worker {p.worker_id} within "
+                                                   f"{PENDING_TIMEOUT_S:.0f} s")
+
+
+def _bind(sock: zmq.Socket, endpoint: str) -> str:
+    """Bind; a tcp endpoint with port 0 gets a free port. Returns the endpoint actually bound."""
+    if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
+        host = endpoint[len("tcp://"):-2]
+        port = sock.bind_to_random_port(f"tcp://{host}")
+        return f"tcp://{host}:{port}"
+    sock.bind(endpoint)
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)
