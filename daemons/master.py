@@ -33,6 +33,8 @@ from infaas_daemons.common import log, safe_send
 CHUNK_BYTES = 1 << 20
 #: A query not answered after this long is answered with an error (never left hanging).
 PENDING_TIMEOUT_S = 60.0
+#: How stale the queue lengths in the selection's cluster snapshot may get.
+SNAPSHOT_QUEUE_REFRESH_S = 0.005
 #: A dead worker's queries are re-routed at most this many times.
 MAX_ATTEMPTS = 3
 
@@ -97,7 +99,10 @@ class Master:
         self.queries_failed = 0
         self._index = None
         self._specs: dict[str, dict[str, Any]] = {}
+        self._models: dict[str, Any] = {}  # model records by name, read once per catalog change
         self._snapshot: ClusterSnapshot | None = None
+        self._snapshot_at = 0.0
+        self._snapshot_stale = False
         self.ready = threading.Event()
 
     # -- catalog ---------------------------------------------------------------------------------------
@@ -109,6 +114,13 @@ class Master:
 
     def _catalog_changed(self) -> None:
         self._index = None
+        self._models.clear()
+
+    def model(self, name: str):
+        record = self._models.get(name)
+        if record is None:
+            record = self._models[name] = self.store.model(name)
+        return record
 
     def variant_spec(self, name: str) -> dict[str, Any]:
         spec = self._specs.get(name)
@@ -116,7 +128,7 @@ class Master:
             variant = self.store.get(VariantRecord, name)
             if variant is None:
                 raise protocol.ProtocolError("unknown_model", f"unknown variant '{name}'")
-            model = self.store.model(variant.model)
+            model = self.model(variant.model)
             profile = pick_profile(variant, [p for p in self.store.profiles(variant.model) if p.variant == name])
             latency = {b: s["p95_ms"] for b, s in profile.batches.items()} if profile else {}
             spec = {"name": name, "backend": variant.backend, "recipe": variant.recipe, "threads": variant.threads,
@@ -127,6 +139,15 @@ class Master:
 
     # -- cluster snapshot --------------------------------------------------------------------------------
     def snapshot(self) -> ClusterSnapshot:
+        """The cluster as the selection policy sees it.
+
+        Rebuilt at once when membership, liveness or the set of loaded variants changes; queue
+        lengths alone (every dispatch and result changes them) refresh it at most every
+        SNAPSHOT_QUEUE_REFRESH_S, so a burst does not pay a rebuild per query.
+        """
+        if self._snapshot is not None and self._snapshot_stale \
+                and time.monotonic() - self._snapshot_at > SNAPSHOT_QUEUE_REFRESH_S:
+            self._snapshot = None
         if self._snapshot is None:
             states = []
             for w in self.workers.values():
@@ -138,10 +159,15 @@ class Master:
                     free_memory_bytes=int(m.get("free_memory_bytes", w.hardware.get("memory_bytes", 0))),
                     loaded=dict(w.loaded), alive=w.alive))
             self._snapshot = ClusterSnapshot(tuple(states))
+            self._snapshot_at = time.monotonic()
+            self._snapshot_stale = False
         return self._snapshot
 
     def _cluster_changed(self) -> None:
         self._snapshot = None
+
+    def _queues_changed(self) -> None:
+        self._snapshot_stale = True
 
     # -- loop ------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -229,7 +255,8 @@ class Master:
             safe_send(self.clients, protocol.error(exc.code, exc.reason, msg.id), identity)
         except InfaasError as exc:
             code = getattr(exc, "code", "internal")
-            extra = {k: getattr(exc, k) for k in ("best_latency_ms", "best_accuracy", "last_seq") if hasattr(exc, k)}
+            extra = {k: getattr(exc, k) for k in ("best_latency_ms", "best_accuracy", "last_seq")
+                     if getattr(exc, k, None) is not None}
             safe_send(self.clients, protocol.error(code if code in protocol.ERROR_CODES else "internal", str(exc),
                                                    msg.id, **extra), identity)
 
@@ -254,7 +281,7 @@ class Master:
         decision_us = (time.perf_counter_ns() - t0) / 1e3
         self.decision_us.append(decision_us)
         spec = self.variant_spec(decision.variant)
-        model = self.store.model(decision.model)
+        model = self.model(decision.model)
         if feeds is not None:
             feeds, changed = coerce_query_inputs(feeds, model.input_specs())
             try:
@@ -275,8 +302,12 @@ class Master:
                                                  batch, decision_us, time.monotonic(), decision.needs_load, attempts,
                                                  [o["name"] for o in model.outputs])
         worker.inflight.add(internal_id)
-        worker.loaded[decision.variant] = worker.loaded.get(decision.variant, 0) + batch
-        self._cluster_changed()
+        if decision.variant in worker.loaded:
+            worker.loaded[decision.variant] += batch
+            self._queues_changed()
+        else:  # a load on this worker: the next query must see it as held there
+            worker.loaded[decision.variant] = batch
+            self._cluster_changed()
 
     def _on_status(self, identity: bytes, msg: protocol.Message) -> None:
         safe_send(self.clients, protocol.Message("status_reply", self.status(), id=msg.id), identity)
@@ -475,7 +506,7 @@ class Master:
             w.inflight.discard(internal_id)
             if p.variant in w.loaded:
                 w.loaded[p.variant] = max(0, w.loaded[p.variant] - p.batch)
-            self._cluster_changed()
+            self._queues_changed()
         return p
 
     def _reply_error(self, p: PendingQuery, code: str, reason: str) -> None:
