@@ -152,16 +152,25 @@ class Master:
             states = []
             for w in self.workers.values():
                 m = w.metrics
+                cores = int(m.get("cores", w.hardware.get("cores", 1)))
+                # Free cores as the master knows them: it sees loads it dispatched before the
+                # worker's next heartbeat does.
+                used = sum(self._threads_of(name) for name in w.loaded)
                 states.append(WorkerState(
-                    worker_id=w.worker_id, backends=frozenset(w.backends),
-                    cores=int(m.get("cores", w.hardware.get("cores", 1))),
-                    free_cores=float(m.get("free_cores", w.hardware.get("cores", 1))),
+                    worker_id=w.worker_id, backends=frozenset(w.backends), cores=cores,
+                    free_cores=float(min(m.get("free_cores", cores), max(0, cores - used))),
                     free_memory_bytes=int(m.get("free_memory_bytes", w.hardware.get("memory_bytes", 0))),
                     loaded=dict(w.loaded), alive=w.alive))
             self._snapshot = ClusterSnapshot(tuple(states))
             self._snapshot_at = time.monotonic()
             self._snapshot_stale = False
         return self._snapshot
+
+    def _threads_of(self, variant: str) -> int:
+        try:
+            return int(self.variant_spec(variant)["threads"])
+        except (protocol.ProtocolError, InfaasError):
+            return 0
 
     def _cluster_changed(self) -> None:
         self._snapshot = None
@@ -324,7 +333,7 @@ class Master:
                 "free_cores": m.get("free_cores"), "cpu_percent": m.get("cpu_percent"),
                 "free_memory_bytes": m.get("free_memory_bytes"), "in_flight": len(w.inflight),
                 "cpu_model": w.hardware.get("cpu_model"), "hostname": w.hardware.get("hostname"),
-                "variants": m.get("variants", {}),
+                "variants": self._worker_variants(w),
             })
         return {
             "master": {
@@ -341,6 +350,14 @@ class Master:
             },
             "workers": workers,
         }
+
+    @staticmethod
+    def _worker_variants(w: WorkerEntry) -> dict[str, Any]:
+        """The last heartbeat's view, plus what was dispatched since (loads the heartbeat has not shown yet)."""
+        variants = {k: dict(v) for k, v in (w.metrics.get("variants") or {}).items()}
+        for name, queued in w.loaded.items():
+            variants.setdefault(name, {"state": "dispatched", "queue": queued, "qps": 0.0, "latency_ms": 0.0})
+        return variants
 
     # -- replication -------------------------------------------------------------------------------------
     def _on_changes(self, identity: bytes, msg: protocol.Message) -> None:

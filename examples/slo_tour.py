@@ -18,14 +18,15 @@ from infaas_cli.client import Client, QueryFailed, resolve_master
 
 DIGITS_VAL = Path(__file__).resolve().parent / "zoo" / "digits-val.npz"
 
-#: (what the application asks for, latency_ms, min_accuracy, objective)
+#: (what the application asks for, latency_ms, min_accuracy, objective). Loading a variant counts
+#: against the SLO, so a tight SLO is first met once a fitting variant is warm.
 SCENARIOS = [
-    ("cheapest that is right 80 % of the time", 1000.0, 0.80, "cost"),
-    ("interactive: 0.05 ms, 95 %", 0.05, 0.95, "latency"),
-    ("97 % within 5 ms, cheapest", 5.0, 0.97, "cost"),
-    ("98 % within 20 ms, cheapest", 20.0, 0.98, "cost"),
-    ("best accuracy (≥ 99.5 %) within 50 ms", 50.0, 0.995, "cost"),
-    ("fastest with ≥ 99.5 %", 50.0, 0.995, "latency"),
+    ("≥ 95 % within 100 ms, cheapest (cold start)", 100.0, 0.95, "cost"),
+    ("interactive: ≥ 95 % within 0.5 ms", 0.5, 0.95, "cost"),
+    ("≥ 97 % within 100 ms, cheapest", 100.0, 0.97, "cost"),
+    ("≥ 99.5 % within 100 ms, cheapest", 100.0, 0.995, "cost"),
+    ("≥ 99.5 % within 5 ms, fastest", 5.0, 0.995, "latency"),
+    ("≥ 80 % within 0.2 ms, cheapest", 0.2, 0.80, "cost"),
     ("impossible: 99.9 % in 1 µs", 0.001, 0.999, "latency"),
 ]
 
@@ -41,7 +42,7 @@ def main() -> int:
         return 1
     data = np.load(DIGITS_VAL)
     x, y = data["x"], data["y"]
-    table = Table(title="model-less queries: task digit-classification, dataset digits")
+    table = Table(title=f"model-less queries (task digit-classification, dataset digits), {args.repeats} per SLO")
     for col in ("SLO", "chosen variant", "worker", "correct", "p50 ms", "decision µs"):
         table.add_column(col)
     with Client(endpoint, timeout_s=60) as client:
@@ -54,7 +55,7 @@ def main() -> int:
                   if not isinstance(r, QueryFailed)]
             if not ok:
                 err = next(iter(results.values()))
-                table.add_row(label, f"[red]{err.code}[/red]: {str(err)[:90]}…", "-", "-", "-", "-")
+                table.add_row(label, f"[red]{err.code}[/red]: {err}", "-", "-", "-", "-")
                 continue
             variants = sorted({r.variant for _, r in ok})
             correct = np.mean([r.outputs[0][0] == y[i] for i, r in ok])

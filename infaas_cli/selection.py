@@ -311,10 +311,12 @@ class CatalogIndex:
         self.backend_names: list[str] = sorted({v.backend for v in selectable})
         code = {b: i for i, b in enumerate(self.backend_names)}
         self.backend_code = np.asarray([code[v.backend] for v in selectable], dtype=np.intp)
-        # Rank by name, for the final deterministic tie-break (array order is by model first).
+        # The final deterministic tie-break: among variants that differ only in max batch (they share
+        # one measurement, so they tie exactly) the largest max batch, which can batch under load;
+        # then the name.
         self.name_rank = np.empty(n, dtype=np.int64)
-        self.name_rank[np.argsort(np.asarray([v.name for v in selectable], dtype=object), kind="stable")] = \
-            np.arange(n)
+        order = sorted(range(n), key=lambda i: (-selectable[i].max_batch, selectable[i].name))
+        self.name_rank[np.asarray(order, dtype=np.intp)] = np.arange(n)
 
     @staticmethod
     def _extend(spans: dict, key: Any, i: int, what: str) -> None:
