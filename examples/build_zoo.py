@@ -251,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     # ---- digits
     xt, xv, yt, yv = digits_split()
     np.savez_compressed(out / "digits-val.npz", x=xv, y=yv)
+    np.save(out / "digit.npy", xv[:1])  # one sample, for `infaas query --input`
     dval = out / "digits-val.npz"
 
     print("digits-tree", file=sys.stderr)

@@ -166,6 +166,7 @@ def test_garbage_frames_at_the_master(cluster):
         for endpoint in (record["master"]["client_endpoint"], record["master"]["worker_endpoint"]):
             sock.connect(endpoint)
             cases = [(b"\x00\xffgarbage", "malformed"),
+                     (protocol.encode(protocol.Message("status", {}, id="t1"))[:-4], "malformed"),  # truncated
                      (msgpack.packb({"v": 42, "type": "status", "id": "r1", "body": {}}), "unsupported_version"),
                      (msgpack.packb({"v": 1, "type": "query", "id": "r2", "body": {"kind": "model"}}), "bad_request"),
                      (msgpack.packb({"v": 1, "type": "query", "id": "r3",
