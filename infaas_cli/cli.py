@@ -491,7 +491,7 @@ def _load_inputs(path: Path) -> dict[str, Any]:
 
 @command()
 def query(
-    input: Annotated[Path, typer.Option("--input", help=".npy for a single-input model, .npz keyed by input name.")],
+    input: Annotated[Optional[Path], typer.Option("--input", help=".npy for a single-input model, .npz keyed by input name.")] = None,
     variant: Annotated[Optional[str], typer.Option(help="Run exactly this variant.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Any variant of this model meeting the SLO.")] = None,
     task: Annotated[Optional[str], typer.Option(help="Model-less: any model for this task…")] = None,
@@ -502,11 +502,20 @@ def query(
     max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="Maximum cost per query (USD).")] = None,
     output: Annotated[Optional[Path], typer.Option(help="Write the outputs here (.npz).")] = None,
     timeout_s: Annotated[float, typer.Option(help="How long to wait for the answer.")] = 30.0,
+    offline: Annotated[bool, typer.Option("--offline", help="Batch job: every file of --input-dir, with spare capacity.")] = False,
+    input_dir: Annotated[Optional[Path], typer.Option(help="Offline: a directory of .npy/.npz inputs.")] = None,
+    output_dir: Annotated[Optional[Path], typer.Option(help="Offline: where OUTPUT_DIR/<stem>.npz go.")] = None,
+    max_in_flight: Annotated[int, typer.Option(help="Offline: most queries in flight when nothing else runs.")] = 8,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Send one query: by variant, by model + SLO, or model-less by task + dataset + SLO."""
+    """Send one query: by variant, by model + SLO, or model-less by task + dataset + SLO (or --offline)."""
     import numpy as np
 
+    if offline:
+        _offline(model, input_dir, output_dir, min_accuracy, max_in_flight, timeout_s, as_json)
+        return
+    if input is None:
+        raise InfaasError("pass --input FILE (.npy or .npz), or --offline with --input-dir and --output-dir")
     feeds = _load_inputs(input)
     with _client(timeout_s) as client:
         result = client.query(feeds, variant=variant, model=model, task=task, dataset=dataset, latency_ms=latency_ms,
@@ -535,6 +544,36 @@ def query(
             out.print(f"  {k}: list of {len(v)}", highlight=False)
     if output is not None:
         err.print(f"wrote {output}", highlight=False)
+
+
+def _offline(model, input_dir, output_dir, min_accuracy, max_in_flight, timeout_s, as_json) -> None:
+    from infaas_cli.offline import run_offline
+
+    if not model or input_dir is None or output_dir is None:
+        raise InfaasError("an offline query needs --model, --input-dir and --output-dir")
+    if max_in_flight < 1:
+        raise InfaasError("--max-in-flight must be at least 1")
+    with _client(timeout_s) as client, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                                TimeElapsedColumn(), console=err, disable=as_json) as progress:
+        files = [p for p in input_dir.iterdir() if p.suffix in (".npy", ".npz")] if input_dir.is_dir() else []
+        task = progress.add_task(f"offline {model}", total=len(files))
+        report = run_offline(client, model, input_dir, output_dir, min_accuracy=min_accuracy,
+                             max_in_flight=max_in_flight,
+                             on_progress=lambda name: progress.update(task, advance=1, description=f"offline {name}"))
+    summary = {"files": report.files_total, "done": report.files_done, "skipped_done_earlier": report.files_skipped,
+               "failed": [{"file": f, "error": e} for f, e in report.files_failed], "queries": report.queries,
+               "variants": report.variants, "throttled": report.throttled, "elapsed_s": round(report.elapsed_s, 3),
+               "output_dir": str(output_dir)}
+    if as_json:
+        _print_json(summary)
+    else:
+        err.print(f"offline {model}: {report.files_done} file(s) done, {report.files_skipped} done earlier, "
+                  f"{len(report.files_failed)} failed, {report.queries} queries in {report.elapsed_s:.1f} s "
+                  f"(window shrank {report.throttled}×); outputs in {output_dir}", highlight=False)
+        for f, e in report.files_failed:
+            err.print(f"  [red]failed[/red] {f}: {e}", highlight=False, soft_wrap=True)
+    if report.files_failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:
