@@ -85,23 +85,46 @@ class VariantSpec:
 
 
 class LoadedVariant:
-    """A loaded variant: its runner, its queue and the executor thread that batches and runs it."""
+    """A loaded variant: its queue and its replicas — one session and one executor thread each —
+    which take batches from the shared queue."""
 
     def __init__(self, spec: VariantSpec, runner, ctx: zmq.Context, results_endpoint: str) -> None:
         self.spec = spec
-        self.runner = runner
         self.queue: collections.deque[QueuedQuery] = collections.deque()
         self.cond = threading.Condition()
         self.running = True
-        self.busy = False
+        self.busy = 0  # replicas running a batch now
         self.last_used = time.monotonic()
         self.completed: collections.deque[tuple[float, float]] = collections.deque()  # (done_at, latency_ms)
         self._last_arrival = 0.0
         self.arrival_gap_s = float("inf")  # moving average of the time between arrivals
         self._ctx = ctx
         self._endpoint = results_endpoint
-        self.thread = threading.Thread(target=self._loop, name=f"variant-{spec.name}", daemon=True)
-        self.thread.start()
+        self.replicas: list[tuple[Any, threading.Event, threading.Thread]] = []
+        self.add_replica(runner)
+
+    def add_replica(self, runner) -> None:
+        stop = threading.Event()
+        thread = threading.Thread(target=self._loop, args=(runner, stop), daemon=True,
+                                  name=f"variant-{self.spec.name}-{len(self.replicas)}")
+        self.replicas.append((runner, stop, thread))
+        thread.start()
+
+    def remove_replica(self) -> bool:
+        """Stop the newest replica (it finishes its batch first); the last one stays."""
+        if len(self.replicas) <= 1:
+            return False
+        runner, stop, thread = self.replicas.pop()
+        stop.set()
+        with self.cond:
+            self.cond.notify_all()
+        thread.join(timeout=5)
+        runner.close()
+        return True
+
+    @property
+    def threads(self) -> int:
+        return self.spec.threads * len(self.replicas)
 
     def submit(self, query: QueuedQuery) -> list[bytes] | None:
         """Queue a query for the executor thread — or, for a fast variant that is idle at low load,
@@ -112,19 +135,19 @@ class LoadedVariant:
             self.arrival_gap_s = gap if self.arrival_gap_s == float("inf") else 0.8 * self.arrival_gap_s + 0.2 * gap
             self.last_used = time.monotonic()
             spec = self.spec
-            inline = (not self.queue and not self.busy and spec.latency_ms
+            inline = (not self.queue and not self.busy and len(self.replicas) == 1 and spec.latency_ms
                       and spec.predicted_ms(query.batch) <= INLINE_MAX_MS
                       and self.arrival_gap_s * 1e3 >= spec.predicted_ms(min(spec.max_batch, query.batch + 1)))
             if not inline:
                 self.queue.append(query)
                 self.cond.notify()
                 return None
-            self.busy = True
+            self.busy += 1
         try:
-            return self._run([query])
+            return self._run([query], self.replicas[0][0])
         finally:
             with self.cond:
-                self.busy = False
+                self.busy -= 1
                 self.last_used = time.monotonic()
                 if self.queue:
                     self.cond.notify()
@@ -137,10 +160,11 @@ class LoadedVariant:
         with self.cond:
             self.running = False
             self.cond.notify_all()
-        self.thread.join(timeout=5)
-        self.runner.close()
+        for runner, _, thread in self.replicas:
+            thread.join(timeout=5)
+            runner.close()
 
-    def _take_batch(self) -> list[QueuedQuery] | None:
+    def _take_batch(self, stop: threading.Event) -> list[QueuedQuery] | None:
         """Wait for work; then batch what is queued, waiting for more only when it pays.
 
         Queries pile up while a batch runs, so under load batches form by themselves. Waiting
@@ -150,12 +174,12 @@ class LoadedVariant:
         """
         spec = self.spec
         with self.cond:
-            while self.running and not self.queue:
+            while self.running and not stop.is_set() and not self.queue:
                 self.cond.wait(0.5)
-            if not self.running:
+            if not self.running or stop.is_set():
                 return None
             if spec.batch_dim == "none":
-                self.busy = True
+                self.busy += 1
                 return [self.queue.popleft()]
             while True:
                 size = sum(q.batch for q in self.queue)
@@ -168,8 +192,8 @@ class LoadedVariant:
                 if wait_s <= 0:
                     break
                 self.cond.wait(wait_s)
-                if not self.running:
-                    return None
+                if not self.running or stop.is_set() or not self.queue:
+                    return [] if self.running and not stop.is_set() else None
             batch, size = [], 0
             shape_key = _shape_key(self.queue[0].feeds)
             while self.queue and size + self.queue[0].batch <= spec.max_batch \
@@ -179,28 +203,30 @@ class LoadedVariant:
                 size += q.batch
             if not batch:  # a single query larger than max batch cannot happen (checked on arrival)
                 batch.append(self.queue.popleft())
-            self.busy = True
+            self.busy += 1
             return batch
 
-    def _loop(self) -> None:
+    def _loop(self, runner, stop: threading.Event) -> None:
         push = self._ctx.socket(zmq.PUSH)
         push.connect(self._endpoint)
         try:
             while True:
-                batch = self._take_batch()
+                batch = self._take_batch(stop)
                 if batch is None:
                     return
+                if not batch:  # another replica took the queue while this one waited
+                    continue
                 try:
-                    for frame in self._run(batch):
+                    for frame in self._run(batch, runner):
                         push.send_multipart([_RESULT, frame])
                 finally:
                     with self.cond:
-                        self.busy = False
+                        self.busy -= 1
                         self.last_used = time.monotonic()
         finally:
             push.close(linger=1000)
 
-    def _run(self, batch: list[QueuedQuery]) -> list[bytes]:
+    def _run(self, batch: list[QueuedQuery], runner) -> list[bytes]:
         spec = self.spec
         started = time.monotonic()
         size = sum(q.batch for q in batch)
@@ -212,7 +238,7 @@ class LoadedVariant:
                 if spec.batch_dim == "fixed" and size < spec.max_batch:  # pad to the fixed batch
                     feeds = {k: np.concatenate([v, np.repeat(v[-1:], spec.max_batch - size, axis=0)])
                              for k, v in feeds.items()}
-            outputs = self.runner.run(feeds)
+            outputs = runner.run(feeds)
         except Exception as exc:
             reason = " ".join(str(exc).split())[:300]
             return [protocol.encode(protocol.error("invalid_input", f"{spec.name} failed on the input: {reason}",
@@ -242,7 +268,8 @@ class LoadedVariant:
             queued = sum(q.batch for q in self.queue)
         return {"queue": queued, "qps": len(done) / METRICS_WINDOW_S,
                 "latency_ms": float(np.mean([d[1] for d in done])) if done else 0.0,
-                "threads": self.spec.threads, "state": "loaded", "idle_s": now - self.last_used}
+                "threads": self.threads, "replicas": len(self.replicas), "state": "loaded",
+                "idle_s": now - self.last_used}
 
 
 _RESULT, _LOADER = b"R", b"L"  # tags on the inproc channel: forward as-is, or for the loop itself
@@ -281,6 +308,7 @@ class Worker:
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader")
         # Sessions the loader opened, handed to the loop (dict operations are atomic under the GIL).
         self._ready: dict[str, Any] = {}
+        self.loading_replicas: dict[str, int] = {}  # extra replicas being opened, per variant
         self._spec_cache: dict[tuple, VariantSpec] = {}
         self._results_endpoint = f"inproc://results-{uuid.uuid4().hex}"
         self._proc = psutil.Process()
@@ -412,9 +440,27 @@ class Worker:
         self._ensure_loaded(spec)
 
     def _on_load(self, msg: protocol.Message) -> None:
-        spec = VariantSpec.from_body(msg.body.get("spec") or {})
-        if spec.name not in self.variants:
+        """Load a variant, or set its replica count (body "replicas"), within the thread budget."""
+        spec = self._spec(msg.body)
+        want = msg.body.get("replicas")
+        want = max(1, int(want)) if isinstance(want, int) else None
+        loaded = self.variants.get(spec.name)
+        if loaded is None:
             self._ensure_loaded(spec)
+            return
+        if want is None:
+            return
+        have = len(loaded.replicas) + self.loading_replicas.get(spec.name, 0)
+        if want > have:
+            for _ in range(want - have):
+                if self._threads_in_use() + spec.threads > self.cores:
+                    log.info("no free cores for another replica of %s", spec.name)
+                    break
+                self.loading_replicas[spec.name] = self.loading_replicas.get(spec.name, 0) + 1
+                self._loader.submit(self._load, spec)
+        else:
+            while len(loaded.replicas) > want and loaded.remove_replica():
+                log.info("removed a replica of %s (%d left)", spec.name, len(loaded.replicas))
 
     def _on_unload(self, msg: protocol.Message) -> None:
         loaded = self.variants.get(msg.body["variant"])
@@ -459,7 +505,8 @@ class Worker:
                                                       "worker_id": self.worker_id}))
 
     def _threads_in_use(self) -> int:
-        return sum(v.spec.threads for v in self.variants.values()) + sum(s.threads for s in self.loading.values())
+        extra = sum(self.variants[n].spec.threads * k for n, k in self.loading_replicas.items() if n in self.variants)
+        return sum(v.threads for v in self.variants.values()) + sum(s.threads for s in self.loading.values()) + extra
 
     def _make_room(self, threads: int) -> bool:
         """Keep thread budgets within the host's cores, unloading idle variants (least recently used first)."""
@@ -518,9 +565,11 @@ class Worker:
             warm = synthetic_inputs(spec.inputs, spec.batch_dim, 1)
             runner.run({k: v[0] for k, v in warm.items()} if spec.batch_dim == "none" else warm)
             load_ms = (time.monotonic() - started) * 1e3
-            self._ready[spec.name] = runner
+            token = uuid.uuid4().hex
+            self._ready[token] = runner
             push.send_multipart([_LOADER, protocol.encode(protocol.Message(
-                "loaded", {"variant": spec.name, "load_time_ms": load_ms, "worker_id": self.worker_id}))])
+                "loaded", {"variant": spec.name, "load_time_ms": load_ms, "worker_id": self.worker_id,
+                           "token": token}))])
         except Exception as exc:
             reason = " ".join(str(exc).split())[:300]
             push.send_multipart([_LOADER, protocol.encode(protocol.error(
@@ -530,9 +579,18 @@ class Worker:
 
     def _on_loaded(self, msg: protocol.Message) -> None:
         name = msg.body["variant"]
+        runner = self._ready.pop(msg.body.get("token"), None)
+        if runner is None:
+            return
+        if name in self.variants and self.loading_replicas.get(name):  # an extra replica
+            self.loading_replicas[name] -= 1
+            self.variants[name].add_replica(runner)
+            log.info("added a replica of %s (%d now)", name, len(self.variants[name].replicas))
+            self._send(msg)
+            return
         spec = self.loading.pop(name, None)
-        runner = self._ready.pop(name, None)
-        if spec is None or runner is None:
+        if spec is None:
+            runner.close()
             return
         loaded = LoadedVariant(spec, runner, self.ctx, self._results_endpoint)
         self.variants[name] = loaded
@@ -544,6 +602,9 @@ class Worker:
 
     def _on_load_failed(self, msg: protocol.Message) -> None:
         name = msg.body.get("variant", "")
+        if self.loading_replicas.get(name):
+            self.loading_replicas[name] -= 1
+            return
         self.loading.pop(name, None)
         self._fail_parked(name, "internal", msg.body.get("reason", "load failed"))
 
