@@ -26,6 +26,9 @@ from infaas_cli.errors import InfaasError
 from infaas_cli.listings import pick_profile
 from infaas_cli.modelio import check_query_inputs, coerce_query_inputs
 from infaas_cli.records import ReplicationRecord, VariantRecord
+from infaas_cli.autoscale import (AutoscaleConfig, VariantLoad, VariantState, WorkerView, autoscale_worker,
+                                  options_from_index)
+from infaas_cli.baselines import POLICIES, pin_variant, query_class
 from infaas_cli.selection import (ClusterSnapshot, Query, WorkerState, build_index, load_prices, select)
 from infaas_cli.store import LmdbStore, SequenceGapError
 from infaas_daemons.common import log, safe_send
@@ -79,7 +82,17 @@ class Master:
 
     def __init__(self, home: str | Path, client_endpoint: str = "tcp://127.0.0.1:0",
                  worker_endpoint: str = "tcp://127.0.0.1:0", heartbeat_interval_s: float = 1.0,
-                 endpoints_file: str | Path | None = None, prices_file: str | Path | None = None) -> None:
+                 endpoints_file: str | Path | None = None, prices_file: str | Path | None = None,
+                 policy: str = "infaas", autoscale: AutoscaleConfig | None = None) -> None:
+        if policy not in POLICIES:
+            raise InfaasError(f"unknown policy '{policy}'; choose one of {', '.join(POLICIES)}")
+        self.policy = policy
+        self.autoscale_config = autoscale or AutoscaleConfig()
+        self.pins: dict[tuple, str] = {}  # baselines: the fixed variant of each query class
+        self.autoscale_states: dict[str, dict[str, VariantState]] = {}  # worker -> variant -> state
+        self.variant_slo: dict[str, tuple[float, float]] = {}  # variant -> (tightest recent SLO ms, when)
+        self.actions: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
+        self._options = None
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         self.store = LmdbStore(self.home / "metadata.lmdb")
@@ -114,6 +127,8 @@ class Master:
 
     def _catalog_changed(self) -> None:
         self._index = None
+        self._options = None
+        self.pins.clear()
         self._models.clear()
 
     def model(self, name: str):
@@ -197,7 +212,7 @@ class Master:
         log.info("master serving clients on %s, workers on %s (catalog: %d models, %d variants)",
                  self.client_endpoint, self.worker_endpoint, len(self.store.models()), len(self.store.variants()))
         self.ready.set()
-        next_tick = time.monotonic()
+        next_tick = next_autoscale = time.monotonic()
         try:
             while not self.stop_event.is_set():
                 for sock, _ in poller.poll(50):
@@ -206,6 +221,9 @@ class Master:
                     self._step(self._check_workers)
                     self._step(self._expire_pending)
                     next_tick = time.monotonic() + min(0.25, self.heartbeat_interval_s / 2)
+                if time.monotonic() >= next_autoscale:
+                    self._step(self._autoscale)
+                    next_autoscale = time.monotonic() + self.heartbeat_interval_s
         finally:
             for p in list(self.pending.values()):
                 self._reply_error(p, "unavailable", "the master is shutting down; retry against the restarted master")
@@ -286,8 +304,22 @@ class Master:
         if exclude:
             snapshot = ClusterSnapshot(tuple(w for w in snapshot.workers if w.worker_id not in exclude))
         t0 = time.perf_counter_ns()
-        decision = select(query, index, snapshot)
+        if self.policy == "infaas" or query.kind == "variant":
+            decision = select(query, index, snapshot)
+        else:  # a baseline: the class's fixed variant, placed like a by-name query
+            key = query_class(query)
+            pinned = self.pins.get(key)
+            if pinned is None:
+                pinned = self.pins[key] = pin_variant(query, index)
+                if self.policy == "static":
+                    self._provision_static(pinned)
+            decision = select(Query("variant", variant=pinned, batch_size=query.batch_size), index, snapshot)
         decision_us = (time.perf_counter_ns() - t0) / 1e3
+        if query.latency_ms is not None:
+            prev = self.variant_slo.get(decision.variant)
+            now = time.monotonic()
+            if prev is None or query.latency_ms <= prev[0] or now - prev[1] > self.autoscale_config.window_s:
+                self.variant_slo[decision.variant] = (query.latency_ms, now)
         self.decision_us.append(decision_us)
         spec = self.variant_spec(decision.variant)
         model = self.model(decision.model)
@@ -334,6 +366,7 @@ class Master:
                 "free_memory_bytes": m.get("free_memory_bytes"), "in_flight": len(w.inflight),
                 "cpu_model": w.hardware.get("cpu_model"), "hostname": w.hardware.get("hostname"),
                 "variants": self._worker_variants(w),
+                "autoscale": {name: st.state for name, st in self.autoscale_states.get(w.worker_id, {}).items()},
             })
         return {
             "master": {
@@ -341,6 +374,8 @@ class Master:
                 "uptime_s": round(time.time() - self.started, 1),
                 "models": len(self.store.models()), "variants": len(self.store.variants()),
                 "replication": {r.source: r.last_seq for r in self.store.scan(ReplicationRecord)},
+                "policy": self.policy, "pins": {"/".join(str(k) for k in key): v for key, v in self.pins.items()},
+                "autoscale_actions": list(self.actions),
                 "pending": len(self.pending), "queries_served": self.queries_served,
                 "queries_failed": self.queries_failed,
                 "decision_us": {"count": int(dec.size),
@@ -548,6 +583,88 @@ class Master:
             data = fh.read(CHUNK_BYTES)
         safe_send(self.workers_sock, protocol.Message("artifact_chunk", {"sha256": sha, "offset": offset, "data": data,
                                                                          "total_bytes": total}, id=msg.id), identity)
+
+    def _provision_static(self, variant: str) -> None:
+        """The static baseline's fixed replicas: its pinned variant on every live worker that can run it."""
+        spec = self.variant_spec(variant)
+        for w in self.workers.values():
+            if w.alive and spec["backend"] in w.backends and variant not in w.loaded:
+                if safe_send(self.workers_sock, protocol.Message("load", {"variant": variant, "spec": spec}),
+                             w.identity):
+                    w.loaded[variant] = 0
+        self._cluster_changed()
+
+    # -- model-level autoscaling -----------------------------------------------------------------------
+    def _autoscale(self) -> None:
+        """Snapshot each worker's measured load, ask the pure policy, apply what it allows under this policy."""
+        if self.policy == "static" or not self.workers:
+            return
+        index = self.index()
+        if self._options is None:
+            self._options = options_from_index(index)
+        now = time.monotonic()
+        for w in list(self.workers.values()):
+            if not w.alive:
+                continue
+            loads = []
+            for name, m in (w.metrics.get("variants") or {}).items():
+                if m.get("state") != "loaded" or name not in self._options:
+                    continue
+                slo = self.variant_slo.get(name)
+                loads.append(VariantLoad(
+                    variant=name, replicas=int(m.get("replicas", 1)), queue_samples=int(m.get("queue", 0)),
+                    qps=float(m.get("qps", 0.0)), latency_ms=float(m.get("latency_ms", 0.0)),
+                    slo_ms=slo[0] if slo and now - slo[1] <= 3 * self.autoscale_config.window_s else None,
+                    idle_s=float(m.get("idle_s", 0.0))))
+            view = WorkerView(cores=int(w.metrics.get("cores", w.hardware.get("cores", 1))),
+                              free_cores=int(w.metrics.get("free_cores", 0)),
+                              free_memory_bytes=int(w.metrics.get("free_memory_bytes", 0)), variants=tuple(loads))
+            actions, self.autoscale_states[w.worker_id] = autoscale_worker(
+                self.autoscale_states.get(w.worker_id, {}), view, self._options, now, self.autoscale_config)
+            for action in actions:
+                self._step(self._apply, w, action)
+
+    def _apply(self, w: WorkerEntry, action) -> None:
+        allowed = {"infaas": ("replicate", "remove_replica", "upgrade", "downgrade", "unload"),
+                   "replicate": ("replicate", "remove_replica", "unload")}[self.policy]
+        if action.kind not in allowed:
+            return
+        m = (w.metrics.get("variants") or {}).get(action.variant, {})
+        replicas = int(m.get("replicas", 1))
+        spec = self.variant_spec(action.variant)
+        where = w
+        if action.kind == "replicate":
+            free = int(w.metrics.get("free_cores", 0))
+            if free >= spec["threads"]:
+                body = {"variant": action.variant, "spec": spec, "replicas": replicas + 1}
+            else:  # no room here: a replica on the worker with the most free cores
+                others = [o for o in self.workers.values() if o.alive and o is not w
+                          and action.variant not in o.loaded and spec["backend"] in o.backends
+                          and int(o.metrics.get("free_cores", 0)) >= spec["threads"]]
+                if not others:
+                    return
+                where = max(others, key=lambda o: int(o.metrics.get("free_cores", 0)))
+                body = {"variant": action.variant, "spec": spec}
+                where.loaded.setdefault(action.variant, 0)
+                self._cluster_changed()
+            msg = protocol.Message("load", body)
+        elif action.kind == "remove_replica":
+            msg = protocol.Message("load", {"variant": action.variant, "spec": spec, "replicas": max(1, replicas - 1)})
+        elif action.kind in ("upgrade", "downgrade"):
+            target = self.variant_spec(action.target)
+            msg = protocol.Message("load", {"variant": action.target, "spec": target})
+            w.loaded.setdefault(action.target, 0)
+            self._cluster_changed()
+        else:  # unload: stop routing there first
+            w.loaded.pop(action.variant, None)
+            self._cluster_changed()
+            msg = protocol.Message("unload", {"variant": action.variant})
+        if safe_send(self.workers_sock, msg, where.identity):
+            record = {"at": round(time.time(), 3), "worker": where.worker_id, "kind": action.kind,
+                      "variant": action.variant, "target": action.target, "reason": action.reason}
+            self.actions.append(record)
+            log.info("autoscale %s %s%s on %s: %s", action.kind, action.variant,
+                     f" -> {action.target}" if action.target else "", where.worker_id, action.reason)
 
     # -- timers --------------------------------------------------------------------------------------------
     def _check_workers(self) -> None:

@@ -21,6 +21,8 @@ app = typer.Typer(help="infaas: model-less inference serving.", no_args_is_help=
                   pretty_exceptions_enable=False, add_completion=False)
 zoo_app = typer.Typer(help="The bundled example model zoo.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
+bench_app = typer.Typer(help="Reproducible experiments.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 
 # Data on stdout; piped output gets a wide table rather than rich's 80-column default.
 out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
@@ -366,6 +368,7 @@ def master_cmd(
     worker_endpoint: Annotated[str, typer.Option(help="Where workers connect.")] = "tcp://127.0.0.1:7011",
     endpoints_file: Annotated[Optional[Path], typer.Option(help="Write the bound endpoints here as JSON.")] = None,
     heartbeat_interval_s: Annotated[float, typer.Option(help="Worker heartbeat interval; 3 missed = dead.")] = 1.0,
+    policy: Annotated[str, typer.Option(help="infaas (full system), static or replicate (fixed-variant baselines).")] = "infaas",
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
 ) -> None:
     """Run the master daemon in the foreground (SIGTERM stops it)."""
@@ -375,7 +378,7 @@ def master_cmd(
 
     setup_logging(log_level)
     daemon = Master(data_dir or infaas_home(_state["home"]) / "master", client_endpoint, worker_endpoint,
-                    heartbeat_interval_s, endpoints_file)
+                    heartbeat_interval_s, endpoints_file, policy=policy)
     stop_on_signals(daemon.stop_event)
     daemon.run()
 
@@ -403,11 +406,12 @@ def worker_cmd(
 def up(
     workers: Annotated[int, typer.Option(help="Local workers to start.")] = 1,
     heartbeat_interval_s: Annotated[float, typer.Option(help="Worker heartbeat interval.")] = 1.0,
+    policy: Annotated[str, typer.Option(help="infaas, static or replicate.")] = "infaas",
 ) -> None:
     """Start a master and local workers in the background, then replicate the local catalog to it."""
     from infaas_cli import embedded
 
-    record = embedded.up(workers, _state["home"], heartbeat_interval_s)
+    record = embedded.up(workers, _state["home"], heartbeat_interval_s, policy=policy)
     err.print(f"infaas up: master pid {record['master']['pid']} at {record['master']['client_endpoint']}, "
               f"{len(record['workers'])} worker(s); logs in {embedded.run_dir(_state['home'])}", highlight=False)
     with _home() as home:
@@ -574,6 +578,39 @@ def _offline(model, input_dir, output_dir, min_accuracy, max_in_flight, timeout_
             err.print(f"  [red]failed[/red] {f}: {e}", highlight=False, soft_wrap=True)
     if report.files_failed:
         raise typer.Exit(1)
+
+
+@bench_app.command("slo")
+@_guard
+def bench_slo(
+    duration_s: Annotated[float, typer.Option(help="Length of the replayed trace.")] = 60.0,
+    seed: Annotated[int, typer.Option(help="Trace seed: the same seed replays the same arrivals.")] = 0,
+    workers: Annotated[int, typer.Option(help="Local workers per policy run.")] = 2,
+    base_qps: Annotated[float, typer.Option(help="Load at the trough of the diurnal swell.")] = 40.0,
+    peak_qps: Annotated[float, typer.Option(help="Load at its crest (bursts go above it).")] = 240.0,
+    policies: Annotated[str, typer.Option(help="Comma-separated policies to compare.")] = "infaas,static,replicate",
+    output_dir: Annotated[Path, typer.Option(help="Where bench_slo.json and bench_slo.png go.")] = Path("benchmarks/results"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+) -> None:
+    """Replay one seeded bursty trace against each policy; print violations, cost and latency side by side."""
+    from infaas_cli.bench_slo import run_bench
+
+    if duration_s <= 0:
+        raise InfaasError("--duration-s must be positive, e.g. 60")
+    chosen = [p.strip() for p in policies.split(",") if p.strip()]
+    report = run_bench(duration_s, seed, workers, base_qps, peak_qps, chosen, output_dir, _state["home"],
+                       on_step=lambda s: err.print(s, highlight=False))
+    if as_json:
+        _print_json(report)
+        return
+    table = Table(title=f"bench slo: {report['trace']['queries']} queries over {duration_s:g} s, seed {seed}")
+    for col in ("policy", "SLO violations", "cost USD", "p50 ms", "p99 ms", "completed", "failed", "goodput q/s"):
+        table.add_column(col, justify="right")
+    for name, r in report["policies"].items():
+        table.add_row(name, f"{r['slo_violation_rate']:.2%}", f"{r['cost_usd']:.6f}", _fmt(r["p50_ms"], ".2f"),
+                      _fmt(r["p99_ms"], ".2f"), str(r["completed"]), str(r["failed"]), _fmt(r["goodput_qps"], ".1f"))
+    out.print(table)
+    err.print(f"wrote {output_dir / 'bench_slo.json'} and {output_dir / 'bench_slo.png'}", highlight=False)
 
 
 def main() -> None:

@@ -58,10 +58,15 @@ def _spawn(args: list[str], log_path: Path, home: Path) -> subprocess.Popen:
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
 
 
-def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: float = 1.0) -> dict[str, Any]:
+def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: float = 1.0,
+       policy: str = "infaas") -> dict[str, Any]:
     """Start a master and `workers` workers unless they run already; return the cluster record."""
+    from infaas_cli.baselines import POLICIES
+
     if workers < 1:
         raise InfaasError("--workers must be at least 1")
+    if policy not in POLICIES:
+        raise InfaasError(f"unknown policy '{policy}'; choose one of {', '.join(POLICIES)}")
     home = infaas_home(home)
     rdir = run_dir(home)
     rdir.mkdir(parents=True, exist_ok=True)
@@ -72,7 +77,8 @@ def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: f
     ep_file = endpoints_file(home)
     ep_file.unlink(missing_ok=True)
     master = _spawn(["master", "--data-dir", str(home / "master"), "--endpoints-file", str(ep_file),
-                     "--heartbeat-interval-s", str(heartbeat_interval_s)], rdir / "master.log", home)
+                     "--heartbeat-interval-s", str(heartbeat_interval_s), "--policy", policy],
+                    rdir / "master.log", home)
     deadline = time.monotonic() + START_TIMEOUT_S
     endpoints = None
     while time.monotonic() < deadline:
