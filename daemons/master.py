@@ -613,7 +613,8 @@ class Master:
                 slo = self.variant_slo.get(name)
                 loads.append(VariantLoad(
                     variant=name, replicas=int(m.get("replicas", 1)), queue_samples=int(m.get("queue", 0)),
-                    qps=float(m.get("qps", 0.0)), latency_ms=float(m.get("latency_ms", 0.0)),
+                    # Capacity is profiled in samples per second, so load is measured in samples too.
+                    qps=float(m.get("samples_per_s", m.get("qps", 0.0))), latency_ms=float(m.get("latency_ms", 0.0)),
                     slo_ms=slo[0] if slo and now - slo[1] <= 3 * self.autoscale_config.window_s else None,
                     idle_s=float(m.get("idle_s", 0.0))))
             view = WorkerView(cores=int(w.metrics.get("cores", w.hardware.get("cores", 1))),

@@ -95,7 +95,7 @@ class LoadedVariant:
         self.running = True
         self.busy = 0  # replicas running a batch now
         self.last_used = time.monotonic()
-        self.completed: collections.deque[tuple[float, float]] = collections.deque()  # (done_at, latency_ms)
+        self.completed: collections.deque[tuple[float, float, int]] = collections.deque()  # (done_at, latency_ms, samples)
         self._last_arrival = 0.0
         self.arrival_gap_s = float("inf")  # moving average of the time between arrivals
         self._ctx = ctx
@@ -257,7 +257,7 @@ class LoadedVariant:
             except protocol.ProtocolError as exc:
                 frames.append(protocol.encode(protocol.error("internal", exc.reason, q.request_id)))
             with self.cond:
-                self.completed.append((now, (now - q.arrived) * 1e3))
+                self.completed.append((now, (now - q.arrived) * 1e3, q.batch))
         return frames
 
     def metrics(self, now: float) -> dict[str, Any]:
@@ -267,6 +267,7 @@ class LoadedVariant:
             done = list(self.completed)
             queued = sum(q.batch for q in self.queue)
         return {"queue": queued, "qps": len(done) / METRICS_WINDOW_S,
+                "samples_per_s": sum(d[2] for d in done) / METRICS_WINDOW_S,
                 "latency_ms": float(np.mean([d[1] for d in done])) if done else 0.0,
                 "threads": self.threads, "replicas": len(self.replicas), "state": "loaded",
                 "idle_s": now - self.last_used}

@@ -173,8 +173,8 @@ def _upgrade_target(current: VariantOption, load: VariantLoad, options: Mapping[
     for opt in options.values():
         if opt.name == current.name or opt.model != current.model or opt.capacity_qps <= current.capacity_qps:
             continue
-        if not _accurate_enough(opt, current):
-            continue
+        if not _accurate_enough(opt, current) or opt.max_batch < current.max_batch:
+            continue  # the queries this variant serves may carry batches up to its max batch
         if load.slo_ms is not None and opt.latency_ms_b1 >= load.slo_ms:
             continue  # more throughput at a latency no query accepts is no help
         # The switch replaces every replica in place: only the extra threads must be free (no oversubscription).
@@ -195,7 +195,8 @@ def _downgrade_target(current: VariantOption, load: VariantLoad,
     for opt in options.values():
         if opt.name == current.name or opt.model != current.model or opt.cost_usd_per_s >= current.cost_usd_per_s:
             continue
-        if not _accurate_enough(opt, current) or opt.capacity_qps < 2 * load.qps:
+        if not _accurate_enough(opt, current) or opt.capacity_qps < 2 * load.qps \
+                or opt.max_batch < current.max_batch:
             continue
         if load.slo_ms is not None and opt.latency_ms_b1 >= load.slo_ms:
             continue  # cheaper but too slow for the queries it serves

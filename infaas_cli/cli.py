@@ -369,16 +369,23 @@ def master_cmd(
     endpoints_file: Annotated[Optional[Path], typer.Option(help="Write the bound endpoints here as JSON.")] = None,
     heartbeat_interval_s: Annotated[float, typer.Option(help="Worker heartbeat interval; 3 missed = dead.")] = 1.0,
     policy: Annotated[str, typer.Option(help="infaas (full system), static or replicate (fixed-variant baselines).")] = "infaas",
+    autoscale_window_s: Annotated[float, typer.Option(help="Pressure must last this long before scaling up.")] = 5.0,
+    autoscale_hold_s: Annotated[float, typer.Option(help="Low load must last this long before scaling down (> window).")] = 15.0,
+    autoscale_cooldown_s: Annotated[float, typer.Option(help="Back-off after an action on a variant.")] = 3.0,
+    autoscale_idle_unload_s: Annotated[float, typer.Option(help="Unload a variant idle this long.")] = 30.0,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
 ) -> None:
     """Run the master daemon in the foreground (SIGTERM stops it)."""
+    from infaas_cli.autoscale import AutoscaleConfig
     from infaas_cli.config import infaas_home
     from infaas_daemons.common import setup_logging, stop_on_signals
     from infaas_daemons.master import Master
 
     setup_logging(log_level)
+    autoscale = AutoscaleConfig(window_s=autoscale_window_s, hold_s=autoscale_hold_s, cooldown_s=autoscale_cooldown_s,
+                                idle_unload_s=autoscale_idle_unload_s)
     daemon = Master(data_dir or infaas_home(_state["home"]) / "master", client_endpoint, worker_endpoint,
-                    heartbeat_interval_s, endpoints_file, policy=policy)
+                    heartbeat_interval_s, endpoints_file, policy=policy, autoscale=autoscale)
     stop_on_signals(daemon.stop_event)
     daemon.run()
 

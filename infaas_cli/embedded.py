@@ -59,8 +59,11 @@ def _spawn(args: list[str], log_path: Path, home: Path) -> subprocess.Popen:
 
 
 def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: float = 1.0,
-       policy: str = "infaas") -> dict[str, Any]:
-    """Start a master and `workers` workers unless they run already; return the cluster record."""
+       policy: str = "infaas", master_args: list[str] | None = None) -> dict[str, Any]:
+    """Start a master and `workers` workers unless they run already; return the cluster record.
+
+    `master_args` are extra `infaas master` options (e.g. the autoscaling windows).
+    """
     from infaas_cli.baselines import POLICIES
 
     if workers < 1:
@@ -77,7 +80,7 @@ def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: f
     ep_file = endpoints_file(home)
     ep_file.unlink(missing_ok=True)
     master = _spawn(["master", "--data-dir", str(home / "master"), "--endpoints-file", str(ep_file),
-                     "--heartbeat-interval-s", str(heartbeat_interval_s), "--policy", policy],
+                     "--heartbeat-interval-s", str(heartbeat_interval_s), "--policy", policy, *(master_args or [])],
                     rdir / "master.log", home)
     deadline = time.monotonic() + START_TIMEOUT_S
     endpoints = None
