@@ -147,6 +147,7 @@ class Master:
             profile = pick_profile(variant, [p for p in self.store.profiles(variant.model) if p.variant == name])
             latency = {b: s["p95_ms"] for b, s in profile.batches.items()} if profile else {}
             spec = {"name": name, "backend": variant.backend, "recipe": variant.recipe, "threads": variant.threads,
+                    "peak_memory_bytes": profile.peak_memory_bytes if profile else 0,
                     "max_batch": variant.max_batch, "batch_dim": model.batch_dim,
                     "artifact_sha256": variant.artifact_sha256, "inputs": model.inputs, "latency_ms": latency}
             self._specs[name] = spec

@@ -63,6 +63,7 @@ class VariantSpec:
     artifact_sha256: str
     inputs: list[TensorSpec]
     latency_ms: dict[int, float] = field(default_factory=dict)  # profiled, per batch size
+    peak_memory_bytes: int = 0  # profiled
 
     @classmethod
     def from_body(cls, d: dict[str, Any]) -> VariantSpec:
@@ -70,7 +71,8 @@ class VariantSpec:
             return cls(name=d["name"], backend=d["backend"], recipe=d["recipe"], threads=int(d["threads"]),
                        max_batch=int(d["max_batch"]), batch_dim=d["batch_dim"], artifact_sha256=d["artifact_sha256"],
                        inputs=[TensorSpec(**s) for s in d["inputs"]],
-                       latency_ms={int(k): float(v) for k, v in (d.get("latency_ms") or {}).items()})
+                       latency_ms={int(k): float(v) for k, v in (d.get("latency_ms") or {}).items()},
+                       peak_memory_bytes=int(d.get("peak_memory_bytes") or 0))
         except (KeyError, TypeError, ValueError) as exc:
             raise protocol.ProtocolError("bad_request", f"variant spec is incomplete: {exc}") from None
 
@@ -489,7 +491,7 @@ class Worker:
         if spec.backend not in self.backends:
             self._fail_parked(spec.name, "unavailable", f"backend {spec.backend} is not available on {self.worker_id}")
             return
-        if not self._make_room(spec.threads):
+        if not self._make_room(spec.threads, spec.peak_memory_bytes):
             self.waiting_budget.append(spec)
             return
         self.loading[spec.name] = spec
@@ -509,8 +511,16 @@ class Worker:
         extra = sum(self.variants[n].spec.threads * k for n, k in self.loading_replicas.items() if n in self.variants)
         return sum(v.threads for v in self.variants.values()) + sum(s.threads for s in self.loading.values()) + extra
 
-    def _make_room(self, threads: int) -> bool:
-        """Keep thread budgets within the host's cores, unloading idle variants (least recently used first)."""
+    def _make_room(self, threads: int, memory_bytes: int = 0) -> bool:
+        """Keep thread budgets within the host's cores and loads within free memory, unloading idle
+        variants (least recently used first)."""
+        while memory_bytes and psutil.virtual_memory().available < memory_bytes:
+            idle = [v for v in self.variants.values() if v.idle() and not self.parked.get(v.spec.name)]
+            if not idle:
+                break  # nothing to give back; the load may still fit (profiles overestimate shared pages)
+            victim = min(idle, key=lambda v: v.last_used)
+            log.info("unloading idle %s to free memory", victim.spec.name)
+            self._unload(victim.spec.name)
         while self._threads_in_use() + threads > self.cores:
             idle = [v for v in self.variants.values() if v.idle() and not self.parked.get(v.spec.name)]
             if not idle:

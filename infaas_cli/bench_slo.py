@@ -25,6 +25,8 @@ from infaas_cli.selection import load_prices
 from infaas_cli.trace import QueryClass, TraceConfig, default_classes, generate_trace
 from infaas_cli.zoo import load_manifest
 
+#: Variants idle this long are unloaded (policies that may unload: infaas, replicate).
+IDLE_UNLOAD_S = 10.0
 HEADLINE = ("slo_violation_rate", "cost_usd", "p50_ms", "p99_ms", "completed", "failed", "goodput_qps")
 
 
@@ -84,7 +86,8 @@ def run_bench(duration_s: float = 60.0, seed: int = 0, workers: int = 2, base_qp
         for stale in ("master", "worker-cache", "run"):  # every policy starts cold, as the first did
             shutil.rmtree(home / stale, ignore_errors=True)
         on_step(f"{policy}: starting a master and {workers} worker(s)")
-        record = embedded.up(workers=workers, home=home, heartbeat_interval_s=0.5, policy=policy)
+        record = embedded.up(workers=workers, home=home, heartbeat_interval_s=0.5, policy=policy,
+                             master_args=["--autoscale-idle-unload-s", str(IDLE_UNLOAD_S)])
         try:
             with InfaasHome(home) as h, Client(record["master"]["client_endpoint"], timeout_s=60) as client:
                 client.push(h.store, h.artifacts)
@@ -103,7 +106,8 @@ def run_bench(duration_s: float = 60.0, seed: int = 0, workers: int = 2, base_qp
             embedded.down(home)
     report: dict[str, Any] = {
         "policies": {p: {k: results[p].get(k) for k in HEADLINE} | {
-            "core_seconds": results[p].get("core_seconds"), "variants_used": results[p]["variants_used"],
+            "core_seconds": results[p].get("core_seconds"), "busy_core_seconds": results[p].get("busy_core_seconds"),
+            "compute_cost_usd": results[p].get("compute_cost_usd"), "variants_used": results[p]["variants_used"],
             "autoscale_actions": results[p]["autoscale_actions"], "errors": results[p].get("errors")}
             for p in policies},
         "trace": {"duration_s": duration_s, "seed": seed, "queries": len(trace), "base_qps": base_qps,
@@ -114,6 +118,7 @@ def run_bench(duration_s: float = 60.0, seed: int = 0, workers: int = 2, base_qp
         report["infaas_vs_static"] = {
             "violation_ratio": (s["slo_violation_rate"] / i["slo_violation_rate"]) if i["slo_violation_rate"] else None,
             "cost_ratio": (s["cost_usd"] / i["cost_usd"]) if i["cost_usd"] else None,
+            "compute_cost_ratio": (s["compute_cost_usd"] / i["compute_cost_usd"]) if i.get("compute_cost_usd") else None,
         }
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -149,7 +154,7 @@ def plot_bench(timelines: dict[str, Any], report: dict[str, Any], path: Path) ->
         if by_model:
             axes[2].stackplot(tl["t_s"], *by_model.values(), labels=list(by_model))
             axes[2].legend(fontsize=7, loc="upper left")
-    axes[2].set_ylabel("infaas: queries per model")
+    axes[2].set_ylabel("infaas: queries per model per bin")
     axes[2].set_xlabel("time (s)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -474,16 +474,24 @@ def status(
               f"{m['variants']} variants, {m['pending']} pending, {m['queries_served']} served, "
               f"{m['queries_failed']} failed; decisions {dec}", highlight=False)
     table = Table(title="workers")
-    for col in ("worker", "alive", "cores free", "cpu %", "variant", "state", "queue", "qps", "latency ms"):
+    for col in ("worker", "alive", "cores free", "cpu %", "variant", "state", "autoscale", "replicas", "queue",
+                "qps", "latency ms"):
         table.add_column(col)
     for w in st["workers"]:
         variants = w["variants"] or {"-": {}}
         for i, (name, v) in enumerate(sorted(variants.items())):
             head = [w["worker_id"], str(w["alive"]), f"{_fmt(w['free_cores'], 'g')}/{w['cores']}",
                     _fmt(w["cpu_percent"], ".0f")] if i == 0 else ["", "", "", ""]
-            table.add_row(*head, name, v.get("state", "-"), str(v.get("queue", "-")), _fmt(v.get("qps"), ".1f"),
+            table.add_row(*head, name, v.get("state", "-"), (w.get("autoscale") or {}).get(name, "-"),
+                          str(v.get("replicas", "-")), str(v.get("queue", "-")), _fmt(v.get("qps"), ".1f"),
                           _fmt(v.get("latency_ms"), ".2f"))
     out.print(table)
+    actions = m.get("autoscale_actions") or []
+    if actions:
+        out.print(f"policy {m.get('policy')}; last autoscaling actions:", highlight=False)
+        for a in actions[-5:]:
+            target = f" -> {a['target']}" if a.get("target") else ""
+            out.print(f"  {a['kind']} {a['variant']}{target} on {a['worker']}: {a['reason']}", highlight=False)
 
 
 def _load_inputs(path: Path) -> dict[str, Any]:

@@ -79,7 +79,10 @@ def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: f
                           f"{current['master']['client_endpoint']}); `infaas down` first to restart it")
     ep_file = endpoints_file(home)
     ep_file.unlink(missing_ok=True)
+    # Free ports picked by the master (port 0) and recorded in the endpoints file: two homes, or a
+    # test beside a running demo, never collide.
     master = _spawn(["master", "--data-dir", str(home / "master"), "--endpoints-file", str(ep_file),
+                     "--client-endpoint", "tcp://127.0.0.1:0", "--worker-endpoint", "tcp://127.0.0.1:0",
                      "--heartbeat-interval-s", str(heartbeat_interval_s), "--policy", policy, *(master_args or [])],
                     rdir / "master.log", home)
     deadline = time.monotonic() + START_TIMEOUT_S

@@ -27,6 +27,9 @@ HELD_STATES = frozenset({"loaded", "active", "overloaded", "interfered"})
 NOT_ANSWERED = "not_answered"  # no reply within the drain timeout
 IN_FLIGHT_CAP = "in_flight_cap"  # not sent: max_in_flight queries were outstanding
 
+#: A send this close to its time is due: waiting for less would spin on float rounding of the clock.
+SEND_SLACK_S = 1e-6
+
 
 @dataclass(slots=True)
 class QueryRecord:
@@ -38,6 +41,7 @@ class QueryRecord:
     error_code: str | None = None
     variant: str | None = None
     worker: str | None = None
+    busy_core_ms: float = 0.0  # this query's share of its batch's inference time × the variant's threads
 
     @property
     def send_lag_ms(self) -> float | None:
@@ -162,6 +166,10 @@ class ReplayResult:
         out["errors"] = dict(Counter(r.error_code for r in self.records if not r.ok))
         out["cost_usd"] = self.cost.cost_usd if self.cost else None
         out["core_seconds"] = self.cost.core_seconds if self.cost else None
+        # Compute actually used (pay-per-use view), beside the resources held (the cost above).
+        busy_core_s = sum(r.busy_core_ms for r in self.records if r.ok) / 1e3
+        out["busy_core_seconds"] = busy_core_s
+        out["compute_cost_usd"] = busy_core_s * self.cost.prices.usd_per_second("cpu", 1) if self.cost else None
         out["per_class"] = {}
         for i, cls in enumerate(self.classes):
             key = cls.name if cls.name not in out["per_class"] else f"{cls.name}#{i}"
@@ -199,6 +207,18 @@ def _record_reply(record: QueryRecord, reply: Any) -> None:
         return
     record.ok, record.latency_ms = True, float(reply.latency_ms)
     record.variant, record.worker = reply.variant, reply.worker
+    timing = reply.timing or {}
+    batch = max(1, int(timing.get("batch_size") or 1))
+    threads = _threads_of(reply.variant)
+    record.busy_core_ms = float(timing.get("inference_ms") or 0.0) / batch * threads
+
+
+def _threads_of(variant: str) -> int:
+    """The thread budget from a variant name (MODEL/BACKEND-RECIPE-tTHREADS-bMAXBATCH)."""
+    for part in reversed(variant.rsplit("/", 1)[-1].split("-")):
+        if part.startswith("t") and part[1:].isdigit():
+            return int(part[1:])
+    return 1
 
 
 def _harvest(client: Any, pending: deque[tuple[str, int]], records: list[QueryRecord], wait_s: float) -> None:
@@ -257,9 +277,10 @@ def replay(client: Any, trace: Sequence[Arrival], classes: Sequence[QueryClass],
         while True:
             _harvest(client, pending, records, 0.0)
             meter_if_due()
-            wait_s = min(arrival.t_s - now_s(), until_next_cost_s())
-            if arrival.t_s - now_s() <= 0:
+            due_in_s = arrival.t_s - now_s()
+            if due_in_s <= SEND_SLACK_S:
                 break
+            wait_s = min(due_in_s, until_next_cost_s())
             if pending:
                 _harvest(client, pending, records, wait_s)  # wakes early for a reply: no idle sleep
             elif wait_s > 0:

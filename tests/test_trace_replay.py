@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from infaas_cli.trace import (Arrival, QueryClass, TraceConfig, burst_windows, d
                               offered_load_series, rate_at)
 from infaas_cli.zoo import load_manifest
 
+pytestmark = pytest.mark.timeout(60)
 CLASSES = default_classes()
 SWELL = TraceConfig(duration_s=60.0, base_qps=20.0, peak_qps=100.0, seed=7)
 
@@ -149,10 +149,10 @@ def test_replay_is_open_loop_even_when_replies_are_slow():
     trace = [Arrival(0.01 * i, i % 2) for i in range(100)]  # 100 qps; each reply takes 0.5 s
     result, client, _ = fake_replay(lambda n: 0.5, trace, duration_s=1.0)
     start = client.sent[0]
-    assert [round(t - start, 9) for t in client.sent] == [round(a.t_s, 9) for a in trace]
+    assert [t - start for t in client.sent] == pytest.approx([a.t_s for a in trace], abs=1e-5)
     s = result.summary()
     assert s["sent"] == s["arrivals"] == 100 and s["completed"] == 90 and s["failed"] == 10
-    assert s["send_lag_ms"]["max"] == pytest.approx(0.0, abs=1e-6)
+    assert abs(s["send_lag_ms"]["max"]) < 1e-2
     assert s["errors"] == {"no_variant": 10}
     # 500 ms is over class 0's 20 ms and class 1's 5 ms: every query violates its SLO.
     assert s["slo_violation_rate"] == 1.0 and s["goodput_qps"] == 0.0
@@ -178,9 +178,10 @@ def test_summary_per_class_and_timeline():
     # Class 0 (20 ms SLO) meets it at 10 ms; class 1 (5 ms SLO) misses it.
     result, _, _ = fake_replay(lambda n: 0.01, trace, duration_s=2.0)
     s = result.summary()
-    assert s["per_class"]["digits-balanced"]["slo_violation_rate"] == pytest.approx(2 / 20)  # the no_variant ones
-    assert s["per_class"]["digits-fast"]["slo_violation_rate"] == 1.0
-    assert s["goodput_qps"] == pytest.approx(18 / 2.0)
+    balanced, fast = s["per_class"]["digits-balanced"], s["per_class"]["digits-fast"]
+    assert balanced["slo_violation_rate"] == 0.0 and balanced["completed"] == 20
+    assert fast["slo_violation_rate"] == 1.0 and fast["failed"] == 4  # queries 9, 19, 29, 39: no_variant
+    assert s["slo_violation_rate"] == pytest.approx(0.5) and s["goodput_qps"] == pytest.approx(20 / 2.0)
     tl = result.timeline(0.5)
     assert tl["t_s"] == [0.0, 0.5, 1.0, 1.5] and tl["offered_qps"] == [20.0] * 4
     assert sum(tl["completed"]) == s["completed"] and sum(tl["violations"]) == s["violations"]
@@ -286,7 +287,7 @@ def test_replay_against_a_real_cluster(tmp_path, monkeypatch):
         home.close()
     s = result.summary()
     print({k: v for k, v in s.items() if k != "per_class"})
-    assert s["arrivals"] == s["sent"] == len(trace) and 120 < len(trace) < 300
+    assert s["arrivals"] == s["sent"] == len(trace) and 150 < len(trace) < 400
     assert s["completed"] + s["failed"] == s["sent"]
     assert s["completed"] >= 0.95 * s["sent"], s["errors"]
     # Open loop: sends track the schedule.
