@@ -586,13 +586,20 @@ class Master:
                                                                          "total_bytes": total}, id=msg.id), identity)
 
     def _provision_static(self, variant: str) -> None:
-        """The static baseline's fixed replicas: its pinned variant on every live worker that can run it."""
+        """The static baseline's fixed replicas: its pinned variant on every live worker where it fits
+        beside the variants already placed there (on the roomiest worker when it fits nowhere)."""
         spec = self.variant_spec(variant)
-        for w in self.workers.values():
-            if w.alive and spec["backend"] in w.backends and variant not in w.loaded:
-                if safe_send(self.workers_sock, protocol.Message("load", {"variant": variant, "spec": spec}),
-                             w.identity):
-                    w.loaded[variant] = 0
+        able = [w for w in self.workers.values() if w.alive and spec["backend"] in w.backends]
+
+        def free(w: WorkerEntry) -> int:
+            return int(w.hardware.get("cores", 1)) - sum(self._threads_of(n) for n in w.loaded)
+
+        targets = [w for w in able if variant not in w.loaded and free(w) >= spec["threads"]]
+        if not targets and able and not any(variant in w.loaded for w in able):
+            targets = [max(able, key=free)]
+        for w in targets:
+            if safe_send(self.workers_sock, protocol.Message("load", {"variant": variant, "spec": spec}), w.identity):
+                w.loaded[variant] = 0
         self._cluster_changed()
 
     # -- model-level autoscaling -----------------------------------------------------------------------

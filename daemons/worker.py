@@ -37,6 +37,8 @@ from infaas_daemons.common import log, safe_send
 MAX_BATCH_WAIT_MS = 2.0
 #: Variants predicted to run a query this fast are run on the event-loop thread when idle (no handoff).
 INLINE_MAX_MS = 1.0
+#: How long a load may wait for busy variants to free cores before its queries fail explicitly.
+BUDGET_WAIT_S = 5.0
 #: Window over which queries per second and latency are reported.
 METRICS_WINDOW_S = 5.0
 
@@ -305,6 +307,7 @@ class Worker:
         self.loading: dict[str, VariantSpec] = {}
         self.parked: dict[str, list[QueuedQuery]] = collections.defaultdict(list)  # variant -> waiting queries
         self.waiting_budget: list[VariantSpec] = []
+        self.waiting_since: dict[str, float] = {}
         self.fetches: dict[str, _Fetch] = {}
         self.fetch_waiters: dict[str, list[VariantSpec]] = collections.defaultdict(list)
         self.backends = [b.name for b in BACKENDS if b.availability().available]
@@ -493,7 +496,9 @@ class Worker:
             return
         if not self._make_room(spec.threads, spec.peak_memory_bytes):
             self.waiting_budget.append(spec)
+            self.waiting_since.setdefault(spec.name, time.monotonic())
             return
+        self.waiting_since.pop(spec.name, None)
         self.loading[spec.name] = spec
         if self.cache.has(spec.artifact_sha256):
             self._loader.submit(self._load, spec)
@@ -501,7 +506,9 @@ class Worker:
             self.fetch_waiters[spec.artifact_sha256].append(spec)
             if spec.artifact_sha256 not in self.fetches:
                 self.cache.root.mkdir(parents=True, exist_ok=True)
-                path = self.cache.root / f".fetch-{spec.artifact_sha256}"
+                # The cache may be shared by the workers of one host: each fetches into its own file,
+                # and the content-addressed store renames it into place atomically.
+                path = self.cache.root / f".fetch-{spec.artifact_sha256}-{self.worker_id}"
                 path.write_bytes(b"")
                 self.fetches[spec.artifact_sha256] = _Fetch(spec.artifact_sha256, path)
                 self._send(protocol.Message("fetch", {"sha256": spec.artifact_sha256, "offset": 0,
@@ -531,8 +538,17 @@ class Worker:
         return True
 
     def _retry_budget(self) -> None:
+        """Retry loads that waited for cores; past BUDGET_WAIT_S their queries get an explicit error."""
         waiting, self.waiting_budget = self.waiting_budget, []
+        now = time.monotonic()
         for spec in waiting:
+            if now - self.waiting_since.get(spec.name, now) > BUDGET_WAIT_S:
+                self.waiting_since.pop(spec.name, None)
+                busy = ", ".join(f"{n} ({v.threads})" for n, v in self.variants.items())
+                self._fail_parked(spec.name, "unavailable",
+                                  f"{self.worker_id} has no free cores for {spec.name} ({spec.threads} thread(s)); "
+                                  f"its {self.cores} cores run {busy or 'loads in progress'}")
+                continue
             self._ensure_loaded(spec)
 
     def _unload(self, name: str) -> None:
