@@ -62,7 +62,7 @@ def main() -> int:
             table.add_row(label, ", ".join(variants), ", ".join(sorted({r.worker for _, r in ok})),
                           f"{correct:.0%}", f"{np.median([r.latency_ms for _, r in ok]):.2f}",
                           f"{np.median([r.decision_us for _, r in ok]):.1f}")
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
     return 0
 
 
