@@ -495,17 +495,11 @@ def status(
 
 
 def _load_inputs(path: Path) -> dict[str, Any]:
-    import numpy as np
+    from infaas_cli.client import load_input_file
 
     if not path.is_file():
         raise InfaasError(f"input file {path} does not exist; pass a .npy (one input) or .npz (keyed by input name)")
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                return {k: archive[k] for k in archive.files}
-        return {"": np.load(path, allow_pickle=False)}
-    except (ValueError, OSError) as exc:
-        raise InfaasError(f"cannot read {path}: {exc}; save it with numpy.save or numpy.savez") from None
+    return load_input_file(path)
 
 
 @command()

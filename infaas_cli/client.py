@@ -67,6 +67,17 @@ def resolve_master(explicit: str | None = None, home: str | Path | None = None) 
     return None
 
 
+def load_input_file(path: Path) -> dict[str, np.ndarray]:
+    """Query inputs from a file: .npz keyed by input name, or .npy for a single-input model (named "")."""
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return {k: archive[k] for k in archive.files}
+        return {"": np.load(path, allow_pickle=False)}
+    except (ValueError, OSError, EOFError) as exc:
+        raise InfaasError(f"cannot read {path}: {exc}; save it with numpy.save or numpy.savez") from None
+
+
 def query_body(inputs: dict[str, np.ndarray], *, variant: str | None = None, model: str | None = None,
                task: str | None = None, dataset: str | None = None, latency_ms: float | None = None,
                min_accuracy: float | None = None, objective: str = "cost",

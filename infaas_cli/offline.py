@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from infaas_cli.client import Client, QueryFailed
+from infaas_cli.client import Client, QueryFailed, load_input_file
 from infaas_cli.config import MAX_BATCH_CHOICES
 from infaas_cli.errors import InfaasError
 
@@ -43,16 +43,6 @@ class OfflineReport:
     throttled: int = 0  # times the window shrank
     max_window: int = 0  # the most queries it let be in flight
     elapsed_s: float = 0.0
-
-
-def _load(path: Path) -> dict[str, np.ndarray]:
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                return {k: archive[k] for k in archive.files}
-        return {"": np.load(path, allow_pickle=False)}
-    except (ValueError, OSError) as exc:
-        raise InfaasError(f"cannot read {path}: {exc}") from None
 
 
 def _chunks(feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -110,7 +100,7 @@ def run_offline(client: Client, model: str, input_dir: Path, output_dir: Path, *
     queue: list[tuple[int, int, dict[str, np.ndarray]]] = []
     for fi, (path, _) in enumerate(todo):
         try:
-            chunks = _chunks(_load(path))
+            chunks = _chunks(load_input_file(path))
         except InfaasError as exc:
             report.files_failed.append((path.name, str(exc)))
             continue
