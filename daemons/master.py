@@ -83,7 +83,13 @@ class Master:
     def __init__(self, home: str | Path, client_endpoint: str = "tcp://127.0.0.1:0",
                  worker_endpoint: str = "tcp://127.0.0.1:0", heartbeat_interval_s: float = 1.0,
                  endpoints_file: str | Path | None = None, prices_file: str | Path | None = None,
-                 policy: str = "infaas", autoscale: AutoscaleConfig | None = None) -> None:
+                 policy: str = "infaas", autoscale: AutoscaleConfig | None = None,
+                 curve_secret_key: str | Path | None = None, authorized_keys: str | Path | None = None) -> None:
+        if bool(curve_secret_key) != bool(authorized_keys):
+            raise InfaasError("CurveZMQ needs both --curve-secret-key (the master's .key_secret) and "
+                              "--authorized-keys (a directory of the workers' and clients' public .key files)")
+        self.curve_secret_key = curve_secret_key
+        self.authorized_keys = authorized_keys
         if policy not in POLICIES:
             raise InfaasError(f"unknown policy '{policy}'; choose one of {', '.join(POLICIES)}")
         self.policy = policy
@@ -197,11 +203,23 @@ class Master:
     # -- loop ------------------------------------------------------------------------------------------
     def run(self) -> None:
         ctx = zmq.Context.instance()
+        auth = None
+        if self.curve_secret_key:
+            from infaas_cli.security import start_authenticator
+
+            auth = start_authenticator(ctx, self.authorized_keys)
+        else:
+            log.warning("CurveZMQ is off: anyone who reaches %s or %s can use this master; keep it on loopback or "
+                        "configure keys (`infaas keys generate`)", self.client_endpoint, self.worker_endpoint)
         self.clients = ctx.socket(zmq.ROUTER)
         self.workers_sock = ctx.socket(zmq.ROUTER)
         for sock in (self.clients, self.workers_sock):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+            if self.curve_secret_key:
+                from infaas_cli.security import make_server
+
+                make_server(sock, self.curve_secret_key)
         # A restarted worker reconnects under its old id; let the new connection take the id over.
         self.workers_sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.client_endpoint = _bind(self.clients, self.client_endpoint)
@@ -230,6 +248,8 @@ class Master:
                 self._reply_error(p, "unavailable", "the master is shutting down; retry against the restarted master")
             self.clients.close(linger=200)
             self.workers_sock.close(linger=0)
+            if auth is not None:
+                auth.stop()
             self.store.close()
             log.info("master stopped")
 

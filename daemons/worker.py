@@ -295,7 +295,9 @@ class Worker:
     """The worker daemon. `run()` blocks until `stop` is set (SIGTERM in the CLI)."""
 
     def __init__(self, master_endpoint: str, worker_id: str | None = None, cache_dir: str | Path | None = None,
-                 heartbeat_interval_s: float = 1.0, cores: int | None = None) -> None:
+                 heartbeat_interval_s: float = 1.0, cores: int | None = None,
+                 curve: tuple[str, str] | None = None) -> None:
+        self.curve = curve  # (own .key_secret file, master's public .key file), or None
         self.master_endpoint = master_endpoint
         self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:8]}"
         self.cache = ArtifactStore(Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) /
@@ -327,6 +329,10 @@ class Worker:
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, self.worker_id.encode())
         self.sock.setsockopt(zmq.LINGER, 0)
+        if self.curve:
+            from infaas_cli.security import make_client
+
+            make_client(self.sock, *self.curve)
         self.sock.connect(self.master_endpoint)
         self.results = ctx.socket(zmq.PULL)
         self.results.bind(self._results_endpoint)

@@ -373,6 +373,8 @@ def master_cmd(
     autoscale_hold_s: Annotated[float, typer.Option(help="Low load must last this long before scaling down (> window).")] = 15.0,
     autoscale_cooldown_s: Annotated[float, typer.Option(help="Back-off after an action on a variant.")] = 3.0,
     autoscale_idle_unload_s: Annotated[float, typer.Option(help="Unload a variant idle this long.")] = 30.0,
+    curve_secret_key: Annotated[Optional[Path], typer.Option(help="The master's .key_secret: turns CurveZMQ on.")] = None,
+    authorized_keys: Annotated[Optional[Path], typer.Option(help="Directory of the public .key files allowed in.")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
 ) -> None:
     """Run the master daemon in the foreground (SIGTERM stops it)."""
@@ -385,7 +387,8 @@ def master_cmd(
     autoscale = AutoscaleConfig(window_s=autoscale_window_s, hold_s=autoscale_hold_s, cooldown_s=autoscale_cooldown_s,
                                 idle_unload_s=autoscale_idle_unload_s)
     daemon = Master(data_dir or infaas_home(_state["home"]) / "master", client_endpoint, worker_endpoint,
-                    heartbeat_interval_s, endpoints_file, policy=policy, autoscale=autoscale)
+                    heartbeat_interval_s, endpoints_file, policy=policy, autoscale=autoscale,
+                    curve_secret_key=curve_secret_key, authorized_keys=authorized_keys)
     stop_on_signals(daemon.stop_event)
     daemon.run()
 
@@ -396,6 +399,8 @@ def worker_cmd(
     worker_id: Annotated[Optional[str], typer.Option(help="Stable id (default: random).")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Artifact cache (default under $INFAAS_HOME).")] = None,
     heartbeat_interval_s: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 1.0,
+    curve_secret_key: Annotated[Optional[Path], typer.Option(help="This worker's .key_secret (CurveZMQ).")] = None,
+    master_public_key: Annotated[Optional[Path], typer.Option(help="The master's public .key (CurveZMQ).")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
 ) -> None:
     """Run a worker daemon in the foreground (SIGTERM stops it)."""
@@ -404,7 +409,11 @@ def worker_cmd(
     from infaas_daemons.worker import Worker
 
     setup_logging(log_level)
-    daemon = Worker(master, worker_id, cache_dir or infaas_home(_state["home"]) / "worker-cache", heartbeat_interval_s)
+    if bool(curve_secret_key) != bool(master_public_key):
+        raise InfaasError("CurveZMQ needs both --curve-secret-key and --master-public-key")
+    curve = (str(curve_secret_key), str(master_public_key)) if curve_secret_key else None
+    daemon = Worker(master, worker_id, cache_dir or infaas_home(_state["home"]) / "worker-cache", heartbeat_interval_s,
+                    curve=curve)
     stop_on_signals(daemon.stop_event)
     daemon.run()
 
@@ -587,6 +596,24 @@ def _offline(model, input_dir, output_dir, min_accuracy, max_in_flight, timeout_
             err.print(f"  [red]failed[/red] {f}: {e}", highlight=False, soft_wrap=True)
     if report.files_failed:
         raise typer.Exit(1)
+
+
+keys_app = typer.Typer(help="CurveZMQ key pairs.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("generate")
+@_guard
+def keys_generate(
+    name: Annotated[str, typer.Option(help="Key pair name, e.g. master, worker-1, client-app.")],
+    directory: Annotated[Optional[Path], typer.Option("--dir", help="Where to write (default $INFAAS_HOME/keys).")] = None,
+) -> None:
+    """Make a CurveZMQ key pair: NAME.key (public, hand it out) and NAME.key_secret (keep it)."""
+    from infaas_cli.config import infaas_home
+    from infaas_cli.security import generate_keys
+
+    public, secret = generate_keys(directory or infaas_home(_state["home"]) / "keys", name)
+    out.print(f"public key: {public}\nsecret key: {secret} (mode 0600)", highlight=False)
 
 
 @bench_app.command("slo")

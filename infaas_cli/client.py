@@ -100,11 +100,18 @@ def query_body(inputs: dict[str, np.ndarray], *, variant: str | None = None, mod
 class Client:
     """A DEALER connection to the master's client endpoint. Not thread-safe: one per thread."""
 
-    def __init__(self, endpoint: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, endpoint: str, timeout_s: float = 30.0, curve_secret_key: str | Path | None = None,
+                 master_public_key: str | Path | None = None) -> None:
+        """CurveZMQ keys come from the arguments or from INFAAS_CURVE_SECRET_KEY / INFAAS_MASTER_PUBLIC_KEY."""
+        from infaas_cli.security import client_keys_from_env, make_client
+
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self._sock = zmq.Context.instance().socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        keys = client_keys_from_env(curve_secret_key, master_public_key)
+        if keys:
+            make_client(self._sock, *keys)
         self._sock.connect(endpoint)
         self._sent_at: dict[str, float] = {}
         self._done: dict[str, QueryResult | QueryFailed] = {}
