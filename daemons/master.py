@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections
 import json
 import os
+import shlex
+import subprocess
 import threading
 import time
 import uuid
@@ -29,6 +31,7 @@ from infaas_cli.records import ReplicationRecord, VariantRecord
 from infaas_cli.autoscale import (AutoscaleConfig, VariantLoad, VariantState, WorkerView, autoscale_worker,
                                   options_from_index)
 from infaas_cli.baselines import POLICIES, pin_variant, query_class
+from infaas_cli.cluster_autoscale import ClusterAutoscaleConfig, ClusterState, HostLoad, autoscale_cluster
 from infaas_cli.selection import (ClusterSnapshot, Query, WorkerState, build_index, load_prices, select)
 from infaas_cli.store import LmdbStore, SequenceGapError
 from infaas_daemons.common import log, safe_send
@@ -84,7 +87,15 @@ class Master:
                  worker_endpoint: str = "tcp://127.0.0.1:0", heartbeat_interval_s: float = 1.0,
                  endpoints_file: str | Path | None = None, prices_file: str | Path | None = None,
                  policy: str = "infaas", autoscale: AutoscaleConfig | None = None,
-                 curve_secret_key: str | Path | None = None, authorized_keys: str | Path | None = None) -> None:
+                 curve_secret_key: str | Path | None = None, authorized_keys: str | Path | None = None,
+                 cluster: ClusterAutoscaleConfig | None = None, scale_out_command: str | None = None,
+                 scale_in_command: str | None = None) -> None:
+        self.cluster_config = cluster or ClusterAutoscaleConfig()
+        self.cluster_state = ClusterState()
+        self.scale_out_command, self.scale_in_command = scale_out_command, scale_in_command
+        self.cluster_decisions: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
+        self.draining: set[str] = set()
+        self._scaling: list[subprocess.Popen] = []
         if bool(curve_secret_key) != bool(authorized_keys):
             raise InfaasError("CurveZMQ needs both --curve-secret-key (the master's .key_secret) and "
                               "--authorized-keys (a directory of the workers' and clients' public .key files)")
@@ -182,7 +193,7 @@ class Master:
                     worker_id=w.worker_id, backends=frozenset(w.backends), cores=cores,
                     free_cores=float(min(m.get("free_cores", cores), max(0, cores - used))),
                     free_memory_bytes=int(m.get("free_memory_bytes", w.hardware.get("memory_bytes", 0))),
-                    loaded=dict(w.loaded), alive=w.alive))
+                    loaded=dict(w.loaded), alive=w.alive and w.worker_id not in self.draining))
             self._snapshot = ClusterSnapshot(tuple(states))
             self._snapshot_at = time.monotonic()
             self._snapshot_stale = False
@@ -242,6 +253,7 @@ class Master:
                     next_tick = time.monotonic() + min(0.25, self.heartbeat_interval_s / 2)
                 if time.monotonic() >= next_autoscale:
                     self._step(self._autoscale)
+                    self._step(self._autoscale_cluster)
                     next_autoscale = time.monotonic() + self.heartbeat_interval_s
         finally:
             for p in list(self.pending.values()):
@@ -388,6 +400,8 @@ class Master:
                 "cpu_model": w.hardware.get("cpu_model"), "hostname": w.hardware.get("hostname"),
                 "variants": self._worker_variants(w),
                 "autoscale": {name: st.state for name, st in self.autoscale_states.get(w.worker_id, {}).items()},
+                "state": "dead" if not w.alive else ("draining" if w.worker_id in self.draining else "serving"),
+                "hardware": {k: w.hardware.get(k) for k in ("cpu_model", "cores", "memory_bytes", "gpus", "hostname")},
             })
         return {
             "master": {
@@ -397,6 +411,7 @@ class Master:
                 "replication": {r.source: r.last_seq for r in self.store.scan(ReplicationRecord)},
                 "policy": self.policy, "pins": {"/".join(str(k) for k in key): v for key, v in self.pins.items()},
                 "autoscale_actions": list(self.actions),
+                "cluster_decisions": list(self.cluster_decisions),
                 "pending": len(self.pending), "queries_served": self.queries_served,
                 "queries_failed": self.queries_failed,
                 "decision_us": {"count": int(dec.size),
@@ -621,6 +636,30 @@ class Master:
             if safe_send(self.workers_sock, protocol.Message("load", {"variant": variant, "spec": spec}), w.identity):
                 w.loaded[variant] = 0
         self._cluster_changed()
+
+    # -- horizontal autoscaling ---------------------------------------------------------------------------
+    def _autoscale_cluster(self) -> None:
+        hosts = [HostLoad(w.worker_id, "gpu" if w.hardware.get("gpus") else "cpu",
+                          float(w.metrics.get("cpu_percent") or 0.0) / 100.0, w.alive, w.worker_id in self.draining)
+                 for w in self.workers.values()]
+        actions, self.cluster_state = autoscale_cluster(self.cluster_state, hosts, time.monotonic(),
+                                                        self.cluster_config)
+        for a in actions:
+            command = self.scale_out_command if a.kind == "scale_out" else self.scale_in_command
+            if a.kind == "scale_in" and a.worker_id and command:
+                self.draining.add(a.worker_id)  # no new queries; it unloads and leaves once idle
+                self._cluster_changed()
+            ran = None
+            if command:
+                env = {**os.environ, "INFAAS_HARDWARE": a.hardware, "INFAAS_WORKER_ID": a.worker_id or ""}
+                self._scaling.append(subprocess.Popen(shlex.split(command), env=env, stdout=subprocess.DEVNULL,
+                                                      stderr=subprocess.DEVNULL, start_new_session=True))
+                ran = command
+            self.cluster_decisions.append({"at": round(time.time(), 3), "kind": a.kind, "hardware": a.hardware,
+                                           "worker": a.worker_id, "reason": a.reason, "command": ran})
+            log.info("cluster %s (%s): %s; %s", a.kind, a.hardware, a.reason,
+                     f"running {command}" if command else "no command configured")
+        self._scaling = [p for p in self._scaling if p.poll() is None]
 
     # -- model-level autoscaling -----------------------------------------------------------------------
     def _autoscale(self) -> None:

@@ -373,6 +373,8 @@ def master_cmd(
     autoscale_hold_s: Annotated[float, typer.Option(help="Low load must last this long before scaling down (> window).")] = 15.0,
     autoscale_cooldown_s: Annotated[float, typer.Option(help="Back-off after an action on a variant.")] = 3.0,
     autoscale_idle_unload_s: Annotated[float, typer.Option(help="Unload a variant idle this long.")] = 30.0,
+    scale_out_command: Annotated[Optional[str], typer.Option(help="Run to add a worker host (e.g. ansible-playbook … scale-out.yml).")] = None,
+    scale_in_command: Annotated[Optional[str], typer.Option(help="Run to remove the drained host $INFAAS_WORKER_ID.")] = None,
     curve_secret_key: Annotated[Optional[Path], typer.Option(help="The master's .key_secret: turns CurveZMQ on.")] = None,
     authorized_keys: Annotated[Optional[Path], typer.Option(help="Directory of the public .key files allowed in.")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
@@ -388,7 +390,8 @@ def master_cmd(
                                 idle_unload_s=autoscale_idle_unload_s)
     daemon = Master(data_dir or infaas_home(_state["home"]) / "master", client_endpoint, worker_endpoint,
                     heartbeat_interval_s, endpoints_file, policy=policy, autoscale=autoscale,
-                    curve_secret_key=curve_secret_key, authorized_keys=authorized_keys)
+                    curve_secret_key=curve_secret_key, authorized_keys=authorized_keys,
+                    scale_out_command=scale_out_command, scale_in_command=scale_in_command)
     stop_on_signals(daemon.stop_event)
     daemon.run()
 
@@ -614,6 +617,39 @@ def keys_generate(
 
     public, secret = generate_keys(directory or infaas_home(_state["home"]) / "keys", name)
     out.print(f"public key: {public}\nsecret key: {secret} (mode 0600)", highlight=False)
+
+
+cluster_app = typer.Typer(help="The worker hosts and horizontal autoscaling.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+
+
+@cluster_app.command("status")
+@_guard
+def cluster_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    timeout_s: Annotated[float, typer.Option(help="How long to wait for the master.")] = 5.0,
+) -> None:
+    """Hosts, their hardware and state, and the horizontal autoscaler's last decisions."""
+    with _client(timeout_s) as client:
+        st = client.status()
+    hosts = [{"worker_id": w["worker_id"], "state": w.get("state"), "hardware": w.get("hardware"),
+              "cpu_percent": w.get("cpu_percent"), "variants": len(w.get("variants") or {})} for w in st["workers"]]
+    decisions = st["master"].get("cluster_decisions", [])
+    if as_json:
+        _print_json({"master": st["master"]["endpoint"], "hosts": hosts, "decisions": decisions})
+        return
+    table = Table(title=f"cluster of {st['master']['endpoint']}")
+    for col in ("worker", "host", "state", "cores", "memory GiB", "GPUs", "cpu %", "variants"):
+        table.add_column(col)
+    for h in hosts:
+        hw = h["hardware"] or {}
+        table.add_row(h["worker_id"], str(hw.get("hostname")), str(h["state"]), str(hw.get("cores")),
+                      _fmt((hw.get("memory_bytes") or 0) / (1 << 30), ".1f"), str(len(hw.get("gpus") or [])),
+                      _fmt(h["cpu_percent"], ".0f"), str(h["variants"]))
+    out.print(table)
+    for d in decisions[-5:]:
+        out.print(f"  {d['kind']} ({d['hardware']}): {d['reason']}" + (f" — ran {d['command']}" if d["command"] else ""),
+                  highlight=False)
 
 
 @bench_app.command("slo")

@@ -122,3 +122,8 @@ def test_cli_as_subprocess(tmp_path, sklearn_models):
     if console.exists():
         done = subprocess.run([str(console), "--version"], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and done.stdout.startswith("infaas ")
+
+
+def test_cluster_status_without_master_is_a_clear_error(cli):
+    r = cli("cluster", "status")
+    assert r.exit_code == 1 and "no master known" in r.stderr

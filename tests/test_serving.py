@@ -316,6 +316,12 @@ def test_cli_status_and_query(cluster, tmp_path):
     out = json.loads(done.stdout)
     assert {"variant", "worker", "decision_us", "latency_ms", "timing", "outputs"} <= set(out)
     assert len(out["outputs"]["label"]) == 4
+    done = subprocess.run([sys.executable, "-m", "infaas_cli", "cluster", "status", "--json"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    cluster = json.loads(done.stdout)
+    assert {h["state"] for h in cluster["hosts"]} == {"serving"} and len(cluster["hosts"]) == 2
+    assert cluster["hosts"][0]["hardware"]["cores"] >= 1
     done = subprocess.run([sys.executable, "-m", "infaas_cli", "query", "--model", "nope", "--input",
                            str(tmp_path / "in.npy")], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "unknown" in done.stderr and "Traceback" not in done.stderr
