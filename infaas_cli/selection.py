@@ -26,7 +26,20 @@ from infaas_cli.errors import InfaasError
 from infaas_cli.records import ModelRecord, ProfileRecord, VariantRecord
 
 #: The bundled price table, found relative to the package like the zoo manifest (a checkout layout).
-PRICES_PATH = Path(__file__).resolve().parent.parent / "configs" / "prices.toml"
+def _default_prices_path() -> Path:
+    """configs/prices.toml: from the checkout, or as installed with the package (infaas_configs)."""
+    checkout = Path(__file__).resolve().parent.parent / "configs" / "prices.toml"
+    if checkout.is_file():
+        return checkout
+    try:
+        from importlib.resources import files
+
+        return Path(str(files("infaas_configs") / "prices.toml"))
+    except ModuleNotFoundError:
+        return checkout
+
+
+PRICES_PATH = _default_prices_path()
 
 KINDS = ("variant", "model", "task")
 OBJECTIVES = ("cost", "latency")

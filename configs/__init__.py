@@ -1,0 +1,1 @@
+"""Default configuration files shipped with infaas (importable as `infaas_configs`)."""
