@@ -373,14 +373,20 @@ def master_cmd(
     autoscale_hold_s: Annotated[float, typer.Option(help="Low load must last this long before scaling down (> window).")] = 15.0,
     autoscale_cooldown_s: Annotated[float, typer.Option(help="Back-off after an action on a variant.")] = 3.0,
     autoscale_idle_unload_s: Annotated[float, typer.Option(help="Unload a variant idle this long.")] = 30.0,
-    scale_out_command: Annotated[Optional[str], typer.Option(help="Run to add a worker host (e.g. ansible-playbook … scale-out.yml).")] = None,
-    scale_in_command: Annotated[Optional[str], typer.Option(help="Run to remove the drained host $INFAAS_WORKER_ID.")] = None,
+    cluster_scale_out_utilisation: Annotated[float, typer.Option(help="Scale out when every host is above this.")] = 0.8,
+    cluster_scale_in_utilisation: Annotated[float, typer.Option(help="Scale in when every host is below this.")] = 0.2,
+    cluster_out_window_s: Annotated[float, typer.Option(help="How long all hosts must be busy.")] = 10.0,
+    cluster_in_window_s: Annotated[float, typer.Option(help="How long all hosts must be idle (> out window).")] = 30.0,
+    cluster_backoff_s: Annotated[float, typer.Option(help="Nothing more for this long after a scaling action.")] = 30.0,
+    scale_out_command: Annotated[Optional[str], typer.Option(envvar="INFAAS_SCALE_OUT_COMMAND", help="Run to add a worker host (e.g. ansible-playbook … scale-out.yml).")] = None,
+    scale_in_command: Annotated[Optional[str], typer.Option(envvar="INFAAS_SCALE_IN_COMMAND", help="Run to remove the drained host $INFAAS_WORKER_ID.")] = None,
     curve_secret_key: Annotated[Optional[Path], typer.Option(help="The master's .key_secret: turns CurveZMQ on.")] = None,
     authorized_keys: Annotated[Optional[Path], typer.Option(help="Directory of the public .key files allowed in.")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
 ) -> None:
     """Run the master daemon in the foreground (SIGTERM stops it)."""
     from infaas_cli.autoscale import AutoscaleConfig
+    from infaas_cli.cluster_autoscale import ClusterAutoscaleConfig
     from infaas_cli.config import infaas_home
     from infaas_daemons.common import setup_logging, stop_on_signals
     from infaas_daemons.master import Master
@@ -391,7 +397,11 @@ def master_cmd(
     daemon = Master(data_dir or infaas_home(_state["home"]) / "master", client_endpoint, worker_endpoint,
                     heartbeat_interval_s, endpoints_file, policy=policy, autoscale=autoscale,
                     curve_secret_key=curve_secret_key, authorized_keys=authorized_keys,
-                    scale_out_command=scale_out_command, scale_in_command=scale_in_command)
+                    scale_out_command=scale_out_command, scale_in_command=scale_in_command,
+                    cluster=ClusterAutoscaleConfig(scale_out_utilisation=cluster_scale_out_utilisation,
+                                                   scale_in_utilisation=cluster_scale_in_utilisation,
+                                                   out_window_s=cluster_out_window_s, in_window_s=cluster_in_window_s,
+                                                   backoff_s=cluster_backoff_s))
     stop_on_signals(daemon.stop_event)
     daemon.run()
 
