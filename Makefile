@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_HOME ?= $(CURDIR)/.infaas-demo
 
-.PHONY: venv demo test bench zoo clean
+.PHONY: venv demo test cluster-test bench zoo clean
 
 $(BIN)/infaas: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+# Three network namespaces with sshd, provisioned by Ansible over ssh (root; needs iproute2 and
+# openssh-server). Also part of `make test`.
+cluster-test: venv
+	$(BIN)/python -m pytest -q tests/test_cluster_netns.py
 
 bench: venv
 	$(BIN)/python benchmarks/profile_speed.py

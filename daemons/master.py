@@ -639,8 +639,14 @@ class Master:
 
     # -- horizontal autoscaling ---------------------------------------------------------------------------
     def _autoscale_cluster(self) -> None:
+        self._scaling = [p for p in self._scaling if p.poll() is None]
+        if self._scaling:
+            return  # one scaling command at a time: the next decision sees its result
+        # A worker's utilisation is its own process's CPU over its cores (a host may run other things).
         hosts = [HostLoad(w.worker_id, "gpu" if w.hardware.get("gpus") else "cpu",
-                          float(w.metrics.get("cpu_percent") or 0.0) / 100.0, w.alive, w.worker_id in self.draining)
+                          float(w.metrics.get("process_cpu_percent") or 0.0)
+                          / (100.0 * max(1, int(w.metrics.get("cores") or w.hardware.get("cores") or 1))),
+                          w.alive, w.worker_id in self.draining)
                  for w in self.workers.values()]
         actions, self.cluster_state = autoscale_cluster(self.cluster_state, hosts, time.monotonic(),
                                                         self.cluster_config)
@@ -659,7 +665,6 @@ class Master:
                                            "worker": a.worker_id, "reason": a.reason, "command": ran})
             log.info("cluster %s (%s): %s; %s", a.kind, a.hardware, a.reason,
                      f"running {command}" if command else "no command configured")
-        self._scaling = [p for p in self._scaling if p.poll() is None]
 
     # -- model-level autoscaling -----------------------------------------------------------------------
     def _autoscale(self) -> None:
