@@ -19,7 +19,7 @@ SECRET_KEY_ENV = "INFAAS_CURVE_SECRET_KEY"
 MASTER_PUBLIC_KEY_ENV = "INFAAS_MASTER_PUBLIC_KEY"
 
 
-class KeyError_(InfaasError):
+class KeyFileError(InfaasError):
     code = "bad_request"
 
 
@@ -29,7 +29,7 @@ def generate_keys(directory: str | Path, name: str) -> tuple[Path, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
     if public.exists() or secret.exists():
-        raise KeyError_(f"keys named {name} already exist in {directory}; pick another --name or delete them")
+        raise KeyFileError(f"keys named {name} already exist in {directory}; pick another --name or delete them")
     public_file, secret_file = zmq.auth.create_certificates(str(directory), name)
     os.chmod(secret_file, 0o600)
     return Path(public_file), Path(secret_file)
@@ -40,10 +40,10 @@ def load_keypair(secret_file: str | Path) -> tuple[bytes, bytes]:
     try:
         public, secret = zmq.auth.load_certificate(str(secret_file))
     except (OSError, ValueError) as exc:
-        raise KeyError_(f"cannot read the key pair in {secret_file}: {exc}; create one with `infaas keys generate`") \
+        raise KeyFileError(f"cannot read the key pair in {secret_file}: {exc}; create one with `infaas keys generate`") \
             from None
     if secret is None:
-        raise KeyError_(f"{secret_file} holds no secret key; pass the .key_secret file, not the public .key")
+        raise KeyFileError(f"{secret_file} holds no secret key; pass the .key_secret file, not the public .key")
     return public, secret
 
 
@@ -51,7 +51,7 @@ def load_public_key(public_file: str | Path) -> bytes:
     try:
         public, _ = zmq.auth.load_certificate(str(public_file))
     except (OSError, ValueError) as exc:
-        raise KeyError_(f"cannot read the public key in {public_file}: {exc}") from None
+        raise KeyFileError(f"cannot read the public key in {public_file}: {exc}") from None
     return public
 
 
@@ -61,7 +61,7 @@ class AuthorisedKeys:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         if not self.directory.is_dir():
-            raise KeyError_(f"--authorized-keys {self.directory} is not a directory of .key files")
+            raise KeyFileError(f"--authorized-keys {self.directory} is not a directory of .key files")
         self._stamp: tuple = ()
         self._keys: dict[bytes, str] = {}
 
@@ -73,7 +73,7 @@ class AuthorisedKeys:
             for f in files:
                 try:
                     keys[load_public_key(f)] = f.stem
-                except KeyError_ as exc:
+                except KeyFileError as exc:
                     log.warning("ignoring %s: %s", f, exc)
             self._keys, self._stamp = keys, stamp
 
@@ -115,6 +115,6 @@ def client_keys_from_env(secret_file: str | Path | None = None,
     secret = secret_file or os.environ.get(SECRET_KEY_ENV)
     master = master_public_file or os.environ.get(MASTER_PUBLIC_KEY_ENV)
     if bool(secret) != bool(master):
-        raise KeyError_(f"CurveZMQ needs both a secret key ({SECRET_KEY_ENV}) and the master's public key "
+        raise KeyFileError(f"CurveZMQ needs both a secret key ({SECRET_KEY_ENV}) and the master's public key "
                         f"({MASTER_PUBLIC_KEY_ENV}); only one is set")
     return (str(secret), str(master)) if secret else None
