@@ -26,6 +26,14 @@ def stop_on_signals(stop: threading.Event) -> None:
         signal.signal(sig, handler)
 
 
+def step(who: str, fn, *args) -> None:
+    """One step of a daemon loop: a failure is logged with its traceback, never fatal to the loop."""
+    try:
+        fn(*args)
+    except Exception:
+        log.exception("%s step %s failed", who, getattr(fn, "__name__", fn))
+
+
 def send(sock: zmq.Socket, msg: protocol.Message, identity: bytes | None = None) -> None:
     frame = protocol.encode(msg)
     if identity is None:

@@ -34,7 +34,7 @@ from infaas_cli.baselines import POLICIES, pin_variant, query_class
 from infaas_cli.cluster_autoscale import ClusterAutoscaleConfig, ClusterState, HostLoad, autoscale_cluster
 from infaas_cli.selection import (ClusterSnapshot, Query, WorkerState, build_index, load_prices, select)
 from infaas_cli.store import LmdbStore, SequenceGapError
-from infaas_daemons.common import log, safe_send
+from infaas_daemons.common import log, safe_send, step
 
 CHUNK_BYTES = 1 << 20
 #: A query not answered after this long is answered with an error (never left hanging).
@@ -133,7 +133,6 @@ class Master:
         self._snapshot: ClusterSnapshot | None = None
         self._snapshot_at = 0.0
         self._snapshot_stale = False
-        self.ready = threading.Event()
 
     # -- catalog ---------------------------------------------------------------------------------------
     def index(self):
@@ -241,7 +240,6 @@ class Master:
         poller.register(self.workers_sock, zmq.POLLIN)
         log.info("master serving clients on %s, workers on %s (catalog: %d models, %d variants)",
                  self.client_endpoint, self.worker_endpoint, len(self.store.models()), len(self.store.variants()))
-        self.ready.set()
         next_tick = next_autoscale = time.monotonic()
         try:
             while not self.stop_event.is_set():
@@ -275,10 +273,7 @@ class Master:
         os.replace(tmp, self.endpoints_file)
 
     def _step(self, fn, *args) -> None:
-        try:
-            fn(*args)
-        except Exception:
-            log.exception("master step %s failed", getattr(fn, "__name__", fn))
+        step("master", fn, *args)
 
     def _drain(self, sock: zmq.Socket) -> None:
         for _ in range(1000):  # bounded, so timers still run under a flood

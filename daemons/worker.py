@@ -31,7 +31,7 @@ from infaas_cli.errors import InfaasError
 from infaas_cli.hardware import host_hardware
 from infaas_cli.modelio import check_query_inputs, synthetic_inputs
 from infaas_cli.records import TensorSpec
-from infaas_daemons.common import log, safe_send
+from infaas_daemons.common import log, safe_send, step
 
 #: Longest a batch waits for more queries, even when the SLOs would allow more.
 MAX_BATCH_WAIT_MS = 2.0
@@ -364,11 +364,7 @@ class Worker:
             log.info("worker %s stopped", self.worker_id)
 
     def _step(self, fn, *args) -> None:
-        """One step of the loop; a failure is logged, never fatal."""
-        try:
-            fn(*args)
-        except Exception:
-            log.exception("worker step %s failed", getattr(fn, "__name__", fn))
+        step("worker", fn, *args)
 
     def _drain_master(self) -> None:
         while True:

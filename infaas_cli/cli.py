@@ -69,6 +69,12 @@ def _home():
     return InfaasHome(_state["home"])
 
 
+def _progress(quiet: bool) -> Progress:
+    """The progress bar on stderr; none with --json."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, transient=quiet, disable=quiet)
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
@@ -212,8 +218,7 @@ def profile(
         targets = [m.name for m in home.store.models()] if all_models else list(names or [])
         if not targets:
             raise InfaasError("name a model to profile, or pass --all")
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err, transient=as_json, disable=as_json) as progress:
+        with _progress(quiet=as_json) as progress:
             task = progress.add_task("profiling", total=None)
             report = profile_models(
                 home, targets, sizes, force, MeasureSettings(budget_ms=budget_ms),
@@ -588,8 +593,7 @@ def _offline(model, input_dir, output_dir, min_accuracy, max_in_flight, timeout_
         raise InfaasError("an offline query needs --model, --input-dir and --output-dir")
     if max_in_flight < 1:
         raise InfaasError("--max-in-flight must be at least 1")
-    with _client(timeout_s) as client, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                                TimeElapsedColumn(), console=err, disable=as_json) as progress:
+    with _client(timeout_s) as client, _progress(quiet=as_json) as progress:
         files = [p for p in input_dir.iterdir() if p.suffix in (".npy", ".npz")] if input_dir.is_dir() else []
         task = progress.add_task(f"offline {model}", total=len(files))
         report = run_offline(client, model, input_dir, output_dir, min_accuracy=min_accuracy,
