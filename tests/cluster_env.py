@@ -85,10 +85,12 @@ class Cluster:
                               "PasswordAuthentication no\nStrictModes no\nUsePAM no\n"
                               "Subsystem sftp /usr/lib/openssh/sftp-server\n")
             sh("ip", "netns", "exec", host.ns, "/usr/sbin/sshd", "-f", str(config))
+            # sshd creates its pid file before writing the pid: wait for the content, not the file.
             deadline = time.monotonic() + 10
-            while not pid_file.exists() and time.monotonic() < deadline:
+            while time.monotonic() < deadline and not (pid_file.exists() and pid_file.read_text().strip()):
                 time.sleep(0.05)
-            host.sshd_pid = int(pid_file.read_text()) if pid_file.exists() else None
+            text = pid_file.read_text().strip() if pid_file.exists() else ""
+            host.sshd_pid = int(text) if text.isdigit() else None
             self.hosts.append(host)
 
     def processes_in(self, ns: str) -> list[int]:
