@@ -190,7 +190,8 @@ class Master:
                 used = sum(self._threads_of(name) for name in w.loaded)
                 states.append(WorkerState(
                     worker_id=w.worker_id, backends=frozenset(w.backends), cores=cores,
-                    free_cores=float(min(m.get("free_cores", cores), max(0, cores - used))),
+                    # Not clamped at 0: placement then prefers the less oversubscribed of two full workers.
+                    free_cores=float(min(m.get("free_cores", cores), cores - used)),
                     free_memory_bytes=int(m.get("free_memory_bytes", w.hardware.get("memory_bytes", 0))),
                     loaded=dict(w.loaded), alive=w.alive and w.worker_id not in self.draining))
             self._snapshot = ClusterSnapshot(tuple(states))
