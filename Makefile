@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_HOME ?= $(CURDIR)/.infaas-demo
 
-.PHONY: venv demo test cluster-test bench zoo clean
+.PHONY: venv demo test test-unit test-integration test-e2e cluster-test bench zoo clean
 
 $(BIN)/infaas: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,13 +28,23 @@ demo: venv
 	INFAAS_HOME=$(DEMO_HOME) $(BIN)/infaas status
 	INFAAS_HOME=$(DEMO_HOME) $(BIN)/infaas down
 
+# Every tier: unit (pure, seconds), integration (real sockets, LMDB, ONNX Runtime in-process), e2e (processes).
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q tests/unit tests/integration tests/e2e
+
+test-unit: venv
+	$(BIN)/python -m pytest -q tests/unit
+
+test-integration: venv
+	$(BIN)/python -m pytest -q tests/integration
+
+test-e2e: venv
+	$(BIN)/python -m pytest -q tests/e2e
 
 # Three network namespaces with sshd, provisioned by Ansible over ssh (root; needs iproute2 and
 # openssh-server). Also part of `make test`.
 cluster-test: venv
-	$(BIN)/python -m pytest -q tests/test_cluster_netns.py
+	$(BIN)/python -m pytest -q tests/e2e/test_cluster_netns.py
 
 bench: venv
 	$(BIN)/python benchmarks/profile_speed.py

@@ -21,13 +21,13 @@ import msgpack
 import numpy as np
 import zmq
 
-from infaas_cli import embedded
+from infaas_cli.cluster import embedded
 from infaas_cli.client import Client
-from infaas_cli.generate import generate_variants
-from infaas_cli.home import InfaasHome
-from infaas_cli.profiler import profile_models
-from infaas_cli.register import register_model
-from infaas_cli.zoo import load_manifest
+from infaas_cli.toolkit.generate import generate_variants
+from infaas_cli.catalog.home import InfaasHome
+from infaas_cli.toolkit.profiler import profile_models
+from infaas_cli.toolkit.register import register_model
+from infaas_cli.toolkit.zoo import load_manifest
 
 MODEL = "digits-logreg"
 VARIANT = f"{MODEL}/ort-cpu-fp32o3-t1-b8"

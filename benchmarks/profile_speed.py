@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 from infaas_cli.config import DEFAULT_PROFILE_BATCH_SIZES
-from infaas_cli.generate import generate_variants
-from infaas_cli.hardware import host_hardware
-from infaas_cli.home import InfaasHome
-from infaas_cli.profiler import profile_models
-from infaas_cli.register import register_model
-from infaas_cli.zoo import load_manifest
+from infaas_cli.toolkit.generate import generate_variants
+from infaas_cli.toolkit.hardware import host_hardware
+from infaas_cli.catalog.home import InfaasHome
+from infaas_cli.toolkit.profiler import profile_models
+from infaas_cli.toolkit.register import register_model
+from infaas_cli.toolkit.zoo import load_manifest
 
 
 def main() -> int:

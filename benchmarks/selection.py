@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from infaas_cli.errors import InfaasError
-from infaas_cli.records import ModelRecord, ProfileRecord, VariantRecord
-from infaas_cli.selection import (CatalogIndex, ClusterSnapshot, Query, WorkerState, build_index, load_prices,
+from infaas_cli.catalog.records import ModelRecord, ProfileRecord, VariantRecord
+from infaas_cli.policy.selection import (CatalogIndex, ClusterSnapshot, Query, WorkerState, build_index, load_prices,
                                   select)
 
 GIB = 1 << 30

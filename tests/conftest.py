@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-from infaas_cli.home import InfaasHome
-
-OPSET = [helper.make_opsetid("", 17)]
-
+from infaas_cli.catalog.home import InfaasHome
+from support import REPO, make_fixed_batch_model, make_int_input_model, make_two_input_model  # noqa: F401
 
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> InfaasHome:
@@ -21,54 +16,6 @@ def home(tmp_path, monkeypatch) -> InfaasHome:
     h = InfaasHome(tmp_path / "home")
     yield h
     h.close()
-
-
-def _save(model: onnx.ModelProto, path: Path) -> Path:
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
-
-
-def _weights(name: str, shape, seed: int) -> onnx.TensorProto:
-    rng = np.random.default_rng(seed)
-    return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
-
-
-def make_two_input_model(path: Path) -> Path:
-    """a, b: float32 [N, 4] -> logits float32 [N, 3] = (a + b) @ W."""
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("MatMul", ["s", "W"], ["logits"])],
-        "two_inputs",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 4]),
-         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
-        [_weights("W", (4, 3), 1)])
-    return _save(helper.make_model(graph, opset_imports=OPSET), path)
-
-
-def make_int_input_model(path: Path) -> Path:
-    """ids: int64 [N, 5] in [0, 10) -> embedding lookup, mean, projection -> scores float32 [N, 3]."""
-    graph = helper.make_graph(
-        [helper.make_node("Gather", ["E", "ids"], ["emb"]),
-         helper.make_node("ReduceMean", ["emb"], ["pooled"], axes=[1], keepdims=0),
-         helper.make_node("MatMul", ["pooled", "W"], ["scores"])],
-        "int_input",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 5])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])],
-        [_weights("E", (10, 8), 2), _weights("W", (8, 3), 3)])
-    return _save(helper.make_model(graph, opset_imports=OPSET), path)
-
-
-def make_fixed_batch_model(path: Path, batch: int = 4) -> Path:
-    """x: float32 [4, 6] (batch fixed at 4) -> y float32 [4, 3]."""
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])],
-        "fixed_batch",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])],
-        [_weights("W", (6, 3), 4)])
-    return _save(helper.make_model(graph, opset_imports=OPSET), path)
 
 
 @pytest.fixture(scope="session")
@@ -115,5 +62,4 @@ def _no_gpu_surprises(monkeypatch):
     yield
 
 
-REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("PYTHONHASHSEED", "0")

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from infaas_cli.records import ModelRecord
+from infaas_cli.catalog.records import ModelRecord
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from infaas_cli.backends.base import Availability, Backend, BuildInput, Recipe, Skipped
 from infaas_cli.errors import BackendUnavailableError
-from infaas_cli.hardware import neuron_devices
+from infaas_cli.toolkit.hardware import neuron_devices
 
 
 class NeuronBackend(Backend):

@@ -14,7 +14,7 @@ import onnxruntime as ort
 from infaas_cli.backends.base import Availability, Backend, BuildInput, Recipe, Skipped
 from infaas_cli.config import CALIBRATION_SAMPLES
 from infaas_cli.errors import InfaasError
-from infaas_cli.modelio import run_dataset, take_batch
+from infaas_cli.toolkit.modelio import run_dataset, take_batch
 
 ort.set_default_logger_severity(3)  # session warnings (unused initialisers…) are not the user's concern
 

@@ -9,7 +9,7 @@ import onnxruntime as ort
 
 from infaas_cli.backends.base import Availability, Backend, BuildInput, Recipe, Skipped
 from infaas_cli.backends.ort_cpu import OrtSession, session_options
-from infaas_cli.hardware import nvidia_gpus
+from infaas_cli.toolkit.hardware import nvidia_gpus
 
 FP32 = Recipe("fp32", "fp32", "fp32 as registered")
 FP16 = Recipe("fp16", "fp16", "fp16 weights and activations")

@@ -14,7 +14,7 @@ import numpy as np
 
 from infaas_cli.backends.base import Availability, Backend, BuildInput, Recipe, Skipped
 from infaas_cli.errors import BackendUnavailableError
-from infaas_cli.hardware import nvidia_gpus
+from infaas_cli.toolkit.hardware import nvidia_gpus
 
 FP32 = Recipe("fp32", "fp32", "TensorRT engine, fp32")
 FP16 = Recipe("fp16", "fp16", "TensorRT engine, fp16 kernels allowed")

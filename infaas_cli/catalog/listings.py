@@ -1,0 +1,75 @@
+"""Plain-data views of the catalog for `models`, `variants` and `plot` (JSON-ready dicts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infaas_cli.toolkit.hardware import hardware_id, host_hardware
+from infaas_cli.catalog.records import ModelRecord, ProfileRecord, VariantRecord
+from infaas_cli.catalog.store import MetadataStore
+
+
+def model_view(model: ModelRecord, variant_count: int) -> dict[str, Any]:
+    return {
+        "name": model.name, "task": model.task, "dataset": model.dataset,
+        "inputs": model.inputs, "outputs": model.outputs,
+        "batch_dim": model.batch_dim, "max_batch": model.max_batch,
+        "accuracy": model.accuracy, "accuracy_metric": model.accuracy_metric,
+        "validation_samples": model.validation_samples, "variants": variant_count,
+        "artifact_sha256": model.artifact_sha256, "size_bytes": model.size_bytes,
+    }
+
+
+def models_view(store: MetadataStore) -> list[dict[str, Any]]:
+    counts: dict[str, int] = {}
+    for v in store.variants():
+        counts[v.model] = counts.get(v.model, 0) + 1
+    return [model_view(m, counts.get(m.name, 0)) for m in store.models()]
+
+
+def pick_profile(variant: VariantRecord, profiles: list[ProfileRecord]) -> ProfileRecord | None:
+    """This host's profile of the variant if there is one, else the most recent on any hardware."""
+    mine = [p for p in profiles if p.variant == variant.name]
+    if not mine:
+        return None
+    local = hardware_id(variant.hardware, host_hardware())
+    for p in mine:
+        if p.hardware_id == local:
+            return p
+    return max(mine, key=lambda p: p.measured_at)
+
+
+def variant_view(variant: VariantRecord, profile: ProfileRecord | None) -> dict[str, Any]:
+    return {
+        "name": variant.name, "model": variant.model, "backend": variant.backend,
+        "hardware": variant.hardware, "recipe": variant.recipe, "precision": variant.precision,
+        "threads": variant.threads, "max_batch": variant.max_batch,
+        "accuracy": variant.accuracy, "accuracy_metric": variant.accuracy_metric,
+        "load_time_ms": profile.load_time_ms if profile else None,
+        "peak_memory_bytes": profile.peak_memory_bytes if profile else None,
+        "hardware_id": profile.hardware_id if profile else None,
+        "profiles": dict(sorted((profile.batches if profile else {}).items(), key=lambda kv: int(kv[0]))),
+        "artifact_sha256": variant.artifact_sha256,
+    }
+
+
+def variants_view(store: MetadataStore, model: str | None = None) -> list[dict[str, Any]]:
+    if model is not None:
+        store.model(model)  # a clear error for an unknown name
+    profiles = store.profiles(model)
+    by_variant: dict[str, list[ProfileRecord]] = {}
+    for p in profiles:
+        by_variant.setdefault(p.variant, []).append(p)
+    ordered = sorted(store.variants(model), key=lambda v: (v.model, v.backend, v.recipe, v.threads, v.max_batch))
+    return [variant_view(v, pick_profile(v, by_variant.get(v.name, []))) for v in ordered]
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated by another (lower latency and higher accuracy are better)."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best_acc = [], float("-inf")
+    for i in order:
+        if points[i][1] > best_acc:
+            front.append(i)
+            best_acc = points[i][1]
+    return front

@@ -1,0 +1,229 @@
+"""The Python client: queries of the three kinds (one at a time or many in flight), status, and replication push."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from infaas_cli import protocol
+from infaas_cli.catalog.artifacts import ArtifactStore
+from infaas_cli.config import infaas_home
+from infaas_cli.errors import InfaasError
+from infaas_cli.catalog.store import MetadataStore
+
+MASTER_ENV = "INFAAS_MASTER"
+PUSH_BATCH = 500
+CHUNK_BYTES = 1 << 20
+
+
+class MasterUnreachableError(InfaasError):
+    code = "unavailable"
+
+
+class QueryFailed(InfaasError):
+    """The master answered with an error; `code` is the protocol's stable error code."""
+
+    def __init__(self, code: str, reason: str, body: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.body = body or {}
+
+
+@dataclass
+class QueryResult:
+    outputs: list[Any]
+    variant: str
+    worker: str
+    decision_us: float
+    timing: dict[str, Any]
+    latency_ms: float  # as the client saw it
+    needs_load: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def endpoints_file(home: str | Path | None = None) -> Path:
+    return infaas_home(home) / "run" / "master.json"
+
+
+def resolve_master(explicit: str | None = None, home: str | Path | None = None) -> str | None:
+    """The master's client endpoint: --master, else $INFAAS_MASTER, else the embedded one `infaas up` recorded."""
+    if explicit:
+        return explicit
+    if os.environ.get(MASTER_ENV):
+        return os.environ[MASTER_ENV]
+    path = endpoints_file(home)
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())["client_endpoint"]
+        except (ValueError, KeyError):
+            return None
+    return None
+
+
+def load_input_file(path: Path) -> dict[str, np.ndarray]:
+    """Query inputs from a file: .npz keyed by input name, or .npy for a single-input model (named "")."""
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return {k: archive[k] for k in archive.files}
+        return {"": np.load(path, allow_pickle=False)}
+    except (ValueError, OSError, EOFError) as exc:
+        raise InfaasError(f"cannot read {path}: {exc}; save it with numpy.save or numpy.savez") from None
+
+
+def query_body(inputs: dict[str, np.ndarray], *, variant: str | None = None, model: str | None = None,
+               task: str | None = None, dataset: str | None = None, latency_ms: float | None = None,
+               min_accuracy: float | None = None, objective: str = "cost",
+               max_cost_usd: float | None = None) -> dict[str, Any]:
+    if variant:
+        kind = "variant"
+    elif model:
+        kind = "model"
+    elif task:
+        kind = "task"
+    else:
+        raise InfaasError("say what to run: a variant, a model, or a task and dataset (--task T --dataset D)")
+    if kind == "task" and not dataset:
+        raise InfaasError("a model-less query names a dataset too (--dataset D)")
+    return {"kind": kind, "variant": variant, "model": model, "task": task, "dataset": dataset,
+            "latency_ms": latency_ms, "min_accuracy": min_accuracy, "objective": objective,
+            "max_cost_usd": max_cost_usd, "inputs": protocol.pack_tensors(inputs)}
+
+
+class Client:
+    """A DEALER connection to the master's client endpoint. Not thread-safe: one per thread."""
+
+    def __init__(self, endpoint: str, timeout_s: float = 30.0, curve_secret_key: str | Path | None = None,
+                 master_public_key: str | Path | None = None) -> None:
+        """CurveZMQ keys come from the arguments or from INFAAS_CURVE_SECRET_KEY / INFAAS_MASTER_PUBLIC_KEY."""
+        from infaas_cli.security import client_keys_from_env, make_client
+
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self._sock = zmq.Context.instance().socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        keys = client_keys_from_env(curve_secret_key, master_public_key)
+        if keys:
+            make_client(self._sock, *keys)
+        self._sock.connect(endpoint)
+        self._sent_at: dict[str, float] = {}
+        self._done: dict[str, QueryResult | QueryFailed] = {}
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- low level -------------------------------------------------------------------------------------
+    def _send(self, msg: protocol.Message) -> str:
+        self._sock.send(protocol.encode(msg))
+        self._sent_at[msg.id] = time.monotonic()
+        return msg.id
+
+    def _receive_one(self, deadline: float) -> protocol.Message:
+        remaining_ms = int(max(0.0, deadline - time.monotonic()) * 1e3)
+        if not self._sock.poll(remaining_ms, zmq.POLLIN):
+            raise MasterUnreachableError(
+                f"no answer from the master at {self.endpoint} within {self.timeout_s:g} s; is it running? "
+                "Start one with `infaas up`, or point --master / INFAAS_MASTER at it")
+        return protocol.decode(self._sock.recv())
+
+    def _request(self, msg: protocol.Message) -> protocol.Message:
+        self._send(msg)
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            reply = self._receive_one(deadline)
+            if reply.id == msg.id:
+                self._sent_at.pop(msg.id, None)
+                if reply.type == "error":
+                    raise QueryFailed(reply.body.get("code", "internal"), reply.body.get("reason", ""), reply.body)
+                return reply
+            self._store_reply(reply)
+
+    def _store_reply(self, reply: protocol.Message) -> None:
+        sent = self._sent_at.pop(reply.id, None)
+        if sent is None:
+            return  # an answer to a request given up on
+        if reply.type == "error":
+            self._done[reply.id] = QueryFailed(reply.body.get("code", "internal"), reply.body.get("reason", ""),
+                                               reply.body)
+            return
+        b = reply.body
+        self._done[reply.id] = QueryResult(
+            outputs=[protocol.unpack_output(o) for o in b["outputs"]], variant=b["variant"], worker=b["worker"],
+            decision_us=b["decision_us"], timing=b["timing"], latency_ms=(time.monotonic() - sent) * 1e3,
+            needs_load=bool(b.get("needs_load")), extra={k: v for k, v in b.items() if k not in
+                                                         ("outputs", "variant", "worker", "decision_us", "timing")})
+
+    # -- queries ---------------------------------------------------------------------------------------
+    def submit(self, inputs: dict[str, np.ndarray], **slo: Any) -> str:
+        """Send a query without waiting; collect it with gather()."""
+        return self._send(protocol.Message("query", query_body(inputs, **slo)))
+
+    def gather(self, ids: list[str], timeout_s: float | None = None) -> dict[str, QueryResult | QueryFailed]:
+        """Wait for the answers to submitted queries (each a QueryResult or a QueryFailed)."""
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        while any(i not in self._done for i in ids):
+            self._store_reply(self._receive_one(deadline))
+        return {i: self._done.pop(i) for i in ids}
+
+    def query(self, inputs: dict[str, np.ndarray], **slo: Any) -> QueryResult:
+        """One query, synchronously. Raises QueryFailed with the master's error code and reason."""
+        rid = self.submit(inputs, **slo)
+        result = self.gather([rid])[rid]
+        if isinstance(result, QueryFailed):
+            raise result
+        return result
+
+    def status(self) -> dict[str, Any]:
+        return self._request(protocol.Message("status", {})).body
+
+    # -- replication -------------------------------------------------------------------------------------
+    def push(self, store: MetadataStore, artifacts: ArtifactStore) -> dict[str, Any]:
+        """Ship the store's change log and the artifacts the master lacks; safe to repeat."""
+        source = store.store_id()
+        ack = self._request(protocol.Message("changes", {"source": source, "entries": []})).body
+        last, sent = ack["last_seq"], 0
+        while True:
+            entries = [c.to_dict() for c in store.changes(after_seq=last, limit=PUSH_BATCH)]
+            if not entries:
+                break
+            try:
+                ack = self._request(protocol.Message("changes", {"source": source, "entries": entries})).body
+            except QueryFailed as exc:
+                if exc.code == "sequence_gap" and "last_seq" in exc.body:
+                    last = exc.body["last_seq"]
+                    continue
+                raise
+            sent += ack["applied"]
+            last = ack["last_seq"]
+        uploaded = 0
+        for sha in ack.get("missing_artifacts", []):
+            if artifacts.has(sha):
+                self._upload(artifacts.verify(sha), sha)
+                uploaded += 1
+        return {"source": source, "last_seq": last, "applied": sent, "artifacts_uploaded": uploaded,
+                "missing_here": [s for s in ack.get("missing_artifacts", []) if not artifacts.has(s)]}
+
+    def _upload(self, path: Path, sha: str) -> None:
+        total = path.stat().st_size
+        with open(path, "rb") as fh:
+            offset = 0
+            while True:
+                data = fh.read(CHUNK_BYTES)
+                ack = self._request(protocol.Message("artifact_chunk", {"sha256": sha, "offset": offset, "data": data,
+                                                                        "total_bytes": total})).body
+                offset += len(data)
+                if ack.get("complete") or not data:
+                    return

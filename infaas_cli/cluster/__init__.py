@@ -1,0 +1,1 @@
+"""Running infaas: the embedded local cluster (`infaas up` / `down`)."""

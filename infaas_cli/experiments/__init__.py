@@ -1,0 +1,1 @@
+"""Reproducible experiments: seeded traces, the open-loop replayer, `infaas bench slo`."""

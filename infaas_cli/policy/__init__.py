@@ -1,0 +1,1 @@
+"""Pure decisions: selection, placement, eviction, batching, autoscaling, baselines. No sockets, no store."""

@@ -1,0 +1,129 @@
+"""The CLI, through typer's CliRunner and as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from support import REPO, make_two_input_model
+from infaas_cli.cli import app
+
+VARIANT_FIELDS = {"name", "model", "backend", "precision", "threads", "max_batch", "accuracy",
+                  "load_time_ms", "peak_memory_bytes", "profiles"}
+
+
+@pytest.fixture
+def cli(tmp_path):
+    runner = CliRunner()
+    env = {"INFAAS_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+
+    def invoke(*args):
+        return runner.invoke(app, [str(a) for a in args], env=env)
+
+    return invoke
+
+
+def test_register_profile_list_plot(cli, sklearn_models, tmp_path):
+    r = cli("register", sklearn_models["mlp"], "--name", "mlp", "--task", "digit-classification",
+            "--dataset", "digits", "--validation", sklearn_models["val"], "--json")
+    assert r.exit_code == 0, r.output
+    reg = json.loads(r.stdout)
+    assert reg["model"]["name"] == "mlp" and reg["generate"]["variants"] > 0
+    assert any(u["backend"] == "trt" for u in reg["generate"]["unavailable"])
+
+    r = cli("profile", "mlp", "--batch-sizes", "1,8", "--budget-ms", "2")
+    assert r.exit_code == 0, r.output
+
+    r = cli("models", "--json")
+    models = json.loads(r.stdout)
+    assert set(models[0]) >= {"name", "task", "dataset", "inputs", "outputs", "accuracy", "variants"}
+    assert models[0]["variants"] == reg["generate"]["variants"]
+
+    r = cli("variants", "mlp", "--json")
+    rows = json.loads(r.stdout)
+    assert len(rows) == reg["generate"]["variants"]
+    for row in rows:
+        assert set(row) >= VARIANT_FIELDS
+        assert row["load_time_ms"] > 0
+        assert "1" in row["profiles"]
+        assert set(row["profiles"]["1"]) >= {"p50_ms", "p95_ms", "p99_ms", "throughput_qps"}
+
+    r = cli("variants", "mlp")
+    assert r.exit_code == 0 and "mlp/ort-cpu-int8s-t1-b8" in r.stdout
+
+    png = tmp_path / "plot.png"
+    r = cli("plot", "mlp", "--output", png, "--batch-size", "8")
+    assert r.exit_code == 0, r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["generate", "nope"], "unknown model 'nope'"),
+    (["variants", "nope"], "unknown model 'nope'"),
+    (["profile"], "name a model"),
+    (["profile", "x", "--batch-sizes", "a,b"], "comma-separated"),
+])
+def test_errors_are_one_line_exit_1(cli, args, message):
+    r = cli(*args)
+    assert r.exit_code == 1
+    assert message in r.stderr
+    assert "Traceback" not in r.output
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_register_errors(cli, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"garbage")
+    r = cli("register", bad, "--name", "bad", "--task", "t", "--dataset", "d")
+    assert r.exit_code == 1 and "not an ONNX model" in r.stderr and "Traceback" not in r.output
+    good = make_two_input_model(tmp_path / "two.onnx")
+    np.savez(tmp_path / "val.npz", a=np.zeros((3, 4), np.float32))
+    r = cli("register", good, "--name", "two", "--task", "t", "--dataset", "d", "--validation", tmp_path / "val.npz")
+    assert r.exit_code == 1 and "lacks arrays for input(s) b" in r.stderr
+    assert json.loads(cli("models", "--json").stdout) == []
+    assert cli("register", good, "--name", "two", "--task", "t", "--dataset", "d", "--accuracy", "0.9",
+               "--no-generate").exit_code == 0
+    r = cli("register", good, "--name", "two", "--task", "t", "--dataset", "d", "--accuracy", "0.9")
+    assert r.exit_code == 1 and "--replace" in r.stderr
+
+
+def test_backends_listing_names_missing_toolchains(cli):
+    rows = json.loads(cli("backends", "--json").stdout)
+    by_name = {r["backend"]: r for r in rows}
+    assert by_name["ort-cpu"]["available"] is True
+    for name in ("ort-cuda", "ort-trt", "trt", "neuron"):
+        assert name in by_name
+        if not by_name[name]["available"]:
+            assert by_name[name]["reason"]
+    assert "not available on this host:" in cli("backends").stdout or all(r["available"] for r in rows)
+
+
+def test_cli_as_subprocess(tmp_path, sklearn_models):
+    env = {**os.environ, "INFAAS_HOME": str(tmp_path / "home")}
+    exe = [sys.executable, "-m", "infaas_cli"]
+    done = subprocess.run([*exe, "register", str(sklearn_models["tree"]), "--name", "tree", "--task",
+                           "digit-classification", "--dataset", "digits", "--validation",
+                           str(sklearn_models["val"])], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "skipped ort-cpu int8d" in done.stderr
+    done = subprocess.run([*exe, "profile", "--all", "--batch-sizes", "1", "--budget-ms", "2", "--json"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["profiled_variants"] > 0
+    done = subprocess.run([*exe, "generate", "missing"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "unknown model 'missing'" in done.stderr and "Traceback" not in done.stderr
+    console = REPO / ".venv" / "bin" / "infaas"
+    if console.exists():
+        done = subprocess.run([str(console), "--version"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and done.stdout.startswith("infaas ")
+
+
+def test_cluster_status_without_master_is_a_clear_error(cli):
+    r = cli("cluster", "status")
+    assert r.exit_code == 1 and "no master known" in r.stderr
