@@ -20,7 +20,7 @@ MASTER_PUBLIC_KEY_ENV = "INFAAS_MASTER_PUBLIC_KEY"
 
 
 class KeyFileError(InfaasError):
-    code = "bad_request"
+    code = "bad_config"
 
 
 def generate_keys(directory: str | Path, name: str) -> tuple[Path, Path]:
@@ -111,10 +111,16 @@ def make_client(sock: zmq.Socket, secret_file: str | Path, server_public_file: s
 
 def client_keys_from_env(secret_file: str | Path | None = None,
                          master_public_file: str | Path | None = None) -> tuple[str, str] | None:
-    """The (secret key file, master public key file) pair from arguments or the environment; both or none."""
-    secret = secret_file or os.environ.get(SECRET_KEY_ENV)
-    master = master_public_file or os.environ.get(MASTER_PUBLIC_KEY_ENV)
-    if bool(secret) != bool(master):
-        raise KeyFileError(f"CurveZMQ needs both a secret key ({SECRET_KEY_ENV}) and the master's public key "
-                        f"({MASTER_PUBLIC_KEY_ENV}); only one is set")
-    return (str(secret), str(master)) if secret else None
+    """The (secret key file, master public key file) pair from the arguments, else from the settings
+    (security.curve_secret_key / security.master_public_key: $INFAAS_CURVE_SECRET_KEY, the config files);
+    both or none."""
+    if secret_file is None or master_public_file is None:
+        from infaas_cli.settings import load_settings
+
+        security = load_settings()[0].security
+        secret_file = secret_file or security.curve_secret_key
+        master_public_file = master_public_file or security.master_public_key
+    if bool(secret_file) != bool(master_public_file):
+        raise KeyFileError(f"CurveZMQ needs both a secret key (security.curve_secret_key, {SECRET_KEY_ENV}) and the "
+                           f"master's public key (security.master_public_key, {MASTER_PUBLIC_KEY_ENV}); only one is set")
+    return (str(secret_file), str(master_public_file)) if secret_file else None

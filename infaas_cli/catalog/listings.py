@@ -7,6 +7,7 @@ from typing import Any
 from infaas_cli.toolkit.hardware import hardware_id, host_hardware
 from infaas_cli.catalog.records import ModelRecord, ProfileRecord, VariantRecord
 from infaas_cli.catalog.store import MetadataStore
+from infaas_cli.policy.profiles import applicable_profile
 
 
 def model_view(model: ModelRecord, variant_count: int) -> dict[str, Any]:
@@ -28,15 +29,11 @@ def models_view(store: MetadataStore) -> list[dict[str, Any]]:
 
 
 def pick_profile(variant: VariantRecord, profiles: list[ProfileRecord]) -> ProfileRecord | None:
-    """This host's profile of the variant if there is one, else the most recent on any hardware."""
+    """The profile of the variant that applies on this host (`policy.profiles.applicable_profile`)."""
     mine = [p for p in profiles if p.variant == variant.name]
     if not mine:
-        return None
-    local = hardware_id(variant.hardware, host_hardware())
-    for p in mine:
-        if p.hardware_id == local:
-            return p
-    return max(mine, key=lambda p: p.measured_at)
+        return None  # no need to look at the host's hardware
+    return applicable_profile(mine, hardware_id(variant.hardware, host_hardware()))
 
 
 def variant_view(variant: VariantRecord, profile: ProfileRecord | None) -> dict[str, Any]:

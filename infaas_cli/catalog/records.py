@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
+
+import msgspec
+
+from infaas_cli.errors import InfaasError
+
+
+class InvalidRecordError(InfaasError):
+    """A dict that is not its table's record; the message names the record and the bad field's path."""
+
+    code = "bad_request"
 
 
 @dataclass
@@ -31,6 +41,8 @@ class Record:
     """Base of every stored record: a table name, a key, and a plain-dict form for msgpack."""
 
     table: ClassVar[str]
+    #: Typed shapes of the fields a record keeps as plain dicts: checked on decode, kept as given.
+    nested: ClassVar[dict[str, Any]] = {}
 
     @property
     def key(self) -> str:
@@ -40,10 +52,34 @@ class Record:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        kwargs = {k: v for k, v in data.items() if k in names}
-        return cls(**kwargs)
+    def from_dict(cls, data: Any, label: str | None = None):
+        """The record a stored or replicated dict holds, every field checked (unknown keys are ignored).
+
+        Raises InvalidRecordError naming the field's path under `label` (default: the table), e.g.
+        ``models['x'].inputs[0].shape: Expected array | null, got str``.
+        """
+        label = label or cls.table
+        try:
+            record = msgspec.convert(data, cls, strict=True)
+        except msgspec.ValidationError as exc:
+            raise InvalidRecordError(describe_invalid(label, exc)) from None
+        for name, shape in cls.nested.items():
+            try:
+                msgspec.convert(getattr(record, name), shape, strict=True)
+            except msgspec.ValidationError as exc:
+                raise InvalidRecordError(describe_invalid(f"{label}.{name}", exc)) from None
+        return record
+
+
+def describe_invalid(label: str, exc: msgspec.ValidationError) -> str:
+    """msgspec's "Expected `int`, got `str` - at `$.size_bytes`" as "LABEL.size_bytes: Expected int, got str"."""
+    message, sep, where = str(exc).replace("`", "").rpartition(" - at ")
+    if not sep:
+        message, where = where, "$"
+    kind = ""
+    if where.startswith("key in "):  # a dict key: "at `key` in `$.batches`"
+        kind, where = " (a key)", where[len("key in "):]
+    return f"{label}{where.removeprefix('$')}{kind}: {message}"
 
 
 @dataclass
@@ -67,6 +103,8 @@ class ModelRecord(Record):
     validation_sha256: str | None
     validation_samples: int
     registered_at: float
+
+    nested: ClassVar[dict[str, Any]] = {"inputs": list[TensorSpec], "outputs": list[TensorSpec]}
 
     @property
     def key(self) -> str:
@@ -112,6 +150,10 @@ class BatchProfile:
     runs: int
 
 
+#: A batch size as a profile's key: the selector reads it back with int().
+BatchSizeKey = Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{0,5}$")]
+
+
 @dataclass
 class ProfileRecord(Record):
     """Measured numbers of one variant on one hardware kind."""
@@ -126,6 +168,8 @@ class ProfileRecord(Record):
     peak_memory_bytes: int
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)  # batch size (str) -> BatchProfile
     measured_at: float = 0.0
+
+    nested: ClassVar[dict[str, Any]] = {"batches": dict[BatchSizeKey, BatchProfile]}
 
     @property
     def key(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -12,6 +13,7 @@ from typing import Any, TypeVar
 
 import lmdb
 import msgpack
+import msgspec
 
 from infaas_cli.config import LMDB_MAP_SIZE_BYTES
 from infaas_cli.errors import InfaasError, NotFoundError, StoreError, StoreFormatError
@@ -19,11 +21,13 @@ from infaas_cli.catalog.records import (
     RECORD_TYPES,
     REPLICATED_TABLES,
     ArtifactRecord,
+    InvalidRecordError,
     ModelRecord,
     ProfileRecord,
     Record,
     ReplicationRecord,
     VariantRecord,
+    describe_invalid,
 )
 
 #: Bump when the layout of the LMDB file or of a record changes incompatibly (say so in CHANGELOG.md).
@@ -31,6 +35,13 @@ STORE_FORMAT_VERSION = 1
 
 TABLES = tuple(RECORD_TYPES)
 R = TypeVar("R", bound=Record)
+
+#: LMDB refuses keys over 511 bytes; record keys stay well below, with room for a profile's "@hardware".
+MAX_KEY_BYTES = 400
+#: A replication source is another store's id (32 hex characters); it also keys the replication table.
+MAX_SOURCE_CHARS = 128
+
+log = logging.getLogger("infaas")
 
 
 @dataclass(frozen=True)
@@ -55,10 +66,27 @@ class Change:
 
 class SequenceGapError(InfaasError):
     code = "sequence_gap"
+    last_seq: int
 
     def __init__(self, source: str, last_seq: int, got_seq: int) -> None:
-        super().__init__(f"change {got_seq} from {source} does not follow {last_seq}; resend from {last_seq + 1}")
-        self.last_seq = last_seq
+        super().__init__(f"change {got_seq} from {source} does not follow {last_seq}; resend from {last_seq + 1}",
+                         last_seq=last_seq)
+
+
+class InvalidChangeError(InfaasError):
+    """A replicated batch that is refused whole: the message names the entry and the bad field's path."""
+
+    code = "bad_request"
+
+
+def check_key(key: Any, what: str) -> str:
+    """A record key or replication source that LMDB can store and a log line can show; else InvalidChangeError."""
+    if not isinstance(key, str):
+        raise InvalidChangeError(f"{what} must be a string, not {type(key).__name__}")
+    if not key or not key.isprintable() or len(key.encode()) > MAX_KEY_BYTES:
+        raise InvalidChangeError(f"{what} must be 1 to {MAX_KEY_BYTES} bytes of printable text, not "
+                                 f"{len(key)} characters starting {key[:40]!r}")
+    return key
 
 
 class Transaction:
@@ -113,17 +141,20 @@ class MetadataStore(ABC):
         push duplicates nothing); the rest must continue it without a gap. The entries and the
         new position are written in one transaction, so a crash loses or repeats nothing.
         """
+        check_key(source, "the replication source")
+        if len(source) > MAX_SOURCE_CHARS:
+            raise InvalidChangeError(f"the replication source must be at most {MAX_SOURCE_CHARS} characters, "
+                                     f"not {len(source)}")
+        if not isinstance(entries, (list, tuple)):
+            raise InvalidChangeError(f"the entries from {source} must be a list, not {type(entries).__name__}")
+        changes = [_check_change(i, raw) for i, raw in enumerate(entries)]  # all of them before writing any
         last = self.replicated_seq(source)
         ops: list[tuple[str, str, str, dict[str, Any] | None]] = []
-        for raw in entries:
-            change = Change.from_dict(raw)
+        for change in changes:
             if change.seq <= last:
                 continue
             if change.seq != last + 1:
                 raise SequenceGapError(source, last, change.seq)
-            if change.table not in REPLICATED_TABLES or change.op not in ("put", "delete"):
-                raise StoreError(f"change {change.seq} from {source} targets {change.op} on table "
-                                 f"'{change.table}', which is not replicated")
             ops.append((change.op, change.table, change.key, change.value))
             last = change.seq
         if ops:
@@ -142,12 +173,15 @@ class MetadataStore(ABC):
         return self.last_seq()
 
     # -- typed reads -----------------------------------------------------------------------------
+    # A record this build cannot read (an older build's, or corrupt) is logged and skipped, so that
+    # one bad record does not fail every query and status.
     def get(self, cls: type[R], key: str) -> R | None:
         raw = self.get_raw(cls.table, key)
-        return None if raw is None else cls.from_dict(raw)  # type: ignore[return-value]
+        return None if raw is None else _read(cls, key, raw)
 
     def scan(self, cls: type[R], prefix: str = "") -> list[R]:
-        return [cls.from_dict(v) for _, v in self.scan_raw(cls.table, prefix)]  # type: ignore[misc]
+        records = (_read(cls, key, raw) for key, raw in self.scan_raw(cls.table, prefix))
+        return [r for r in records if r is not None]
 
     def model(self, name: str) -> ModelRecord:
         record = self.get(ModelRecord, name)
@@ -188,6 +222,45 @@ class _TxnContext:
             self.store._commit(self.txn.ops)
 
 
+def _check_change(index: int, raw: Any) -> Change:
+    """One replicated change-log entry, checked down to its record's fields; else InvalidChangeError."""
+    where = f"change-log entry {index}"
+    try:
+        change = msgspec.convert(raw, Change, strict=True)
+    except msgspec.ValidationError as exc:
+        raise InvalidChangeError(describe_invalid(where, exc)) from None
+    where = f"{where} (seq {change.seq})"
+    if change.table not in REPLICATED_TABLES:
+        raise InvalidChangeError(f"{where} targets table {change.table[:40]!r}, which is not replicated "
+                                 f"(replicated: {', '.join(REPLICATED_TABLES)})")
+    check_key(change.key, f"{where}: the key")
+    if change.op == "delete":
+        if change.value is not None:
+            raise InvalidChangeError(f"{where} deletes {change.table}[{change.key!r}] but carries a value")
+        return change
+    if change.op != "put":
+        raise InvalidChangeError(f"{where}: op must be 'put' or 'delete', not {change.op[:40]!r}")
+    if change.value is None:
+        raise InvalidChangeError(f"{where} puts {change.table}[{change.key!r}] without a value")
+    cls = RECORD_TYPES[change.table]
+    try:
+        record = cls.from_dict(change.value, f"{change.table}[{change.key!r}]")
+    except InvalidRecordError as exc:
+        raise InvalidChangeError(f"{where}: {exc}") from None
+    if record.key != change.key:
+        raise InvalidChangeError(f"{where}: {change.table}[{change.key!r}] holds the record of "
+                                 f"{record.key[:80]!r}; a record is stored under its own key")
+    return change
+
+
+def _read(cls: type[R], key: str, raw: Any) -> R | None:
+    try:
+        return cls.from_dict(raw, f"{cls.table}[{key!r}]")
+    except InvalidRecordError as exc:
+        log.error("skipping an unreadable record (written by another build, or corrupt): %s", exc)
+        return None
+
+
 def _check_table(table: str) -> None:
     if table not in TABLES:
         raise StoreError(f"unknown table '{table}' (tables: {', '.join(TABLES)})")
@@ -199,6 +272,16 @@ def _pack(value: Any) -> bytes:
 
 def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def _unpack_stored(table: str, key: bytes, data: bytes) -> Any:
+    """A stored value, or None (logged) when its bytes are not msgpack."""
+    try:
+        return _unpack(data)
+    except Exception as exc:  # msgpack raises several types for garbage
+        log.error("skipping an unreadable record %s[%r]: its bytes are not msgpack (%s)", table,
+                  key[:80].decode("utf-8", "replace"), type(exc).__name__)
+        return None
 
 
 class MemoryStore(MetadataStore):
@@ -293,9 +376,12 @@ class LmdbStore(MetadataStore):
 
     def get_raw(self, table, key):
         _check_table(table)
+        encoded = key.encode()
+        if not encoded or len(encoded) > MAX_KEY_BYTES:
+            return None  # no such key can have been stored
         with self.env.begin(db=self._dbs[table]) as txn:
-            data = txn.get(key.encode())
-        return None if data is None else _unpack(data)
+            data = txn.get(encoded)
+        return None if data is None else _unpack_stored(table, encoded, data)
 
     def scan_raw(self, table, prefix=""):
         _check_table(table)
@@ -307,7 +393,9 @@ class LmdbStore(MetadataStore):
                 for key, data in cursor:
                     if not key.startswith(start):
                         break
-                    out.append((key.decode(), _unpack(data)))
+                    value = _unpack_stored(table, key, data)
+                    if value is not None:
+                        out.append((key.decode("utf-8", "replace"), value))
         yield from out
 
     def _commit(self, ops):
@@ -330,6 +418,9 @@ class LmdbStore(MetadataStore):
                 txn.put(_META_LAST_SEQ, _pack(seq), db=self._meta)
         except lmdb.MapFullError:
             raise StoreError(f"the metadata store at {self.path} is full; raise the map size") from None
+        except lmdb.BadValsizeError:
+            raise StoreError(f"a key is longer than the metadata store at {self.path} takes "
+                             f"({MAX_KEY_BYTES} bytes); use a shorter name") from None
         return seq
 
     def changes(self, after_seq=0, limit=None):

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import msgspec
 import zmq
 
 from infaas_cli import protocol
+from infaas_cli.protocol.messages import ErrorBody, QueryBody, StatusBody
 from infaas_cli.catalog.artifacts import ArtifactStore
 from infaas_cli.config import infaas_home
-from infaas_cli.errors import InfaasError
+from infaas_cli.errors import ERROR_CODES, InfaasError
 from infaas_cli.catalog.store import MetadataStore
 
 MASTER_ENV = "INFAAS_MASTER"
@@ -31,8 +32,8 @@ class QueryFailed(InfaasError):
     """The master answered with an error; `code` is the protocol's stable error code."""
 
     def __init__(self, code: str, reason: str, body: dict[str, Any] | None = None) -> None:
-        super().__init__(reason)
-        self.code = code
+        # A newer master may send a code this build does not know: it stays in body; the error says internal.
+        super().__init__(reason, code=code if code in ERROR_CODES else "internal")
         self.body = body or {}
 
 
@@ -52,12 +53,17 @@ def endpoints_file(home: str | Path | None = None) -> Path:
     return infaas_home(home) / "run" / "master.json"
 
 
-def resolve_master(explicit: str | None = None, home: str | Path | None = None) -> str | None:
-    """The master's client endpoint: --master, else $INFAAS_MASTER, else the embedded one `infaas up` recorded."""
+def resolve_master(explicit: str | None = None, home: str | Path | None = None, settings: Any = None) -> str | None:
+    """The master's client endpoint: --master, else client.master of the settings ($INFAAS_MASTER, the config
+    files), else the embedded one `infaas up` recorded. `settings` are loaded when not given."""
     if explicit:
         return explicit
-    if os.environ.get(MASTER_ENV):
-        return os.environ[MASTER_ENV]
+    if settings is None:
+        from infaas_cli.settings import load_settings
+
+        settings, _ = load_settings(home=home)
+    if settings.client.master:
+        return settings.client.master
     path = endpoints_file(home)
     if path.is_file():
         try:
@@ -81,7 +87,7 @@ def load_input_file(path: Path) -> dict[str, np.ndarray]:
 def query_body(inputs: dict[str, np.ndarray], *, variant: str | None = None, model: str | None = None,
                task: str | None = None, dataset: str | None = None, latency_ms: float | None = None,
                min_accuracy: float | None = None, objective: str = "cost",
-               max_cost_usd: float | None = None) -> dict[str, Any]:
+               max_cost_usd: float | None = None) -> QueryBody:
     if variant:
         kind = "variant"
     elif model:
@@ -92,9 +98,17 @@ def query_body(inputs: dict[str, np.ndarray], *, variant: str | None = None, mod
         raise InfaasError("say what to run: a variant, a model, or a task and dataset (--task T --dataset D)")
     if kind == "task" and not dataset:
         raise InfaasError("a model-less query names a dataset too (--dataset D)")
-    return {"kind": kind, "variant": variant, "model": model, "task": task, "dataset": dataset,
+    try:
+        return protocol.body_of("query", {
+            "kind": kind, "variant": variant, "model": model, "task": task, "dataset": dataset,
             "latency_ms": latency_ms, "min_accuracy": min_accuracy, "objective": objective,
-            "max_cost_usd": max_cost_usd, "inputs": protocol.pack_tensors(inputs)}
+            "max_cost_usd": max_cost_usd, "inputs": protocol.pack_tensors(inputs)})
+    except protocol.ProtocolError as exc:
+        raise InfaasError(f"this query cannot be sent: {exc.reason}") from None
+
+
+def _failed(body: ErrorBody) -> QueryFailed:
+    return QueryFailed(body.code, body.reason, msgspec.structs.asdict(body))
 
 
 class Client:
@@ -147,7 +161,7 @@ class Client:
             if reply.id == msg.id:
                 self._sent_at.pop(msg.id, None)
                 if reply.type == "error":
-                    raise QueryFailed(reply.body.get("code", "internal"), reply.body.get("reason", ""), reply.body)
+                    raise _failed(reply.body)
                 return reply
             self._store_reply(reply)
 
@@ -156,15 +170,16 @@ class Client:
         if sent is None:
             return  # an answer to a request given up on
         if reply.type == "error":
-            self._done[reply.id] = QueryFailed(reply.body.get("code", "internal"), reply.body.get("reason", ""),
-                                               reply.body)
+            self._done[reply.id] = _failed(reply.body)
+            return
+        if reply.type != "reply":
+            self._done[reply.id] = QueryFailed("internal", f"the master answered a query with {reply.type}")
             return
         b = reply.body
         self._done[reply.id] = QueryResult(
-            outputs=[protocol.unpack_output(o) for o in b["outputs"]], variant=b["variant"], worker=b["worker"],
-            decision_us=b["decision_us"], timing=b["timing"], latency_ms=(time.monotonic() - sent) * 1e3,
-            needs_load=bool(b.get("needs_load")), extra={k: v for k, v in b.items() if k not in
-                                                         ("outputs", "variant", "worker", "decision_us", "timing")})
+            outputs=[protocol.unpack_output(o) for o in b.outputs], variant=b.variant, worker=b.worker,
+            decision_us=b.decision_us, timing=dict(b.timing), latency_ms=(time.monotonic() - sent) * 1e3,
+            needs_load=b.needs_load, extra={"attempts": b.attempts, "output_names": list(b.output_names)})
 
     # -- queries ---------------------------------------------------------------------------------------
     def submit(self, inputs: dict[str, np.ndarray], **slo: Any) -> str:
@@ -187,14 +202,15 @@ class Client:
         return result
 
     def status(self) -> dict[str, Any]:
-        return self._request(protocol.Message("status", {})).body
+        body = self._request(protocol.Message("status", StatusBody())).body
+        return {"master": body.master, "workers": body.workers}
 
     # -- replication -------------------------------------------------------------------------------------
     def push(self, store: MetadataStore, artifacts: ArtifactStore) -> dict[str, Any]:
         """Ship the store's change log and the artifacts the master lacks; safe to repeat."""
         source = store.store_id()
         ack = self._request(protocol.Message("changes", {"source": source, "entries": []})).body
-        last, sent = ack["last_seq"], 0
+        last, sent = ack.last_seq or 0, 0
         while True:
             entries = [c.to_dict() for c in store.changes(after_seq=last, limit=PUSH_BATCH)]
             if not entries:
@@ -202,19 +218,20 @@ class Client:
             try:
                 ack = self._request(protocol.Message("changes", {"source": source, "entries": entries})).body
             except QueryFailed as exc:
-                if exc.code == "sequence_gap" and "last_seq" in exc.body:
+                if exc.code == "sequence_gap" and exc.body.get("last_seq") is not None:
                     last = exc.body["last_seq"]
                     continue
                 raise
-            sent += ack["applied"]
-            last = ack["last_seq"]
+            sent += ack.applied or 0
+            last = ack.last_seq or 0
+        missing = ack.missing_artifacts or []
         uploaded = 0
-        for sha in ack.get("missing_artifacts", []):
+        for sha in missing:
             if artifacts.has(sha):
                 self._upload(artifacts.verify(sha), sha)
                 uploaded += 1
         return {"source": source, "last_seq": last, "applied": sent, "artifacts_uploaded": uploaded,
-                "missing_here": [s for s in ack.get("missing_artifacts", []) if not artifacts.has(s)]}
+                "missing_here": [s for s in missing if not artifacts.has(s)]}
 
     def _upload(self, path: Path, sha: str) -> None:
         total = path.stat().st_size
@@ -225,5 +242,5 @@ class Client:
                 ack = self._request(protocol.Message("artifact_chunk", {"sha256": sha, "offset": offset, "data": data,
                                                                         "total_bytes": total})).body
                 offset += len(data)
-                if ack.get("complete") or not data:
+                if ack.complete or not data:
                     return

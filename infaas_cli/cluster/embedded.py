@@ -1,4 +1,5 @@
-"""The embedded default: a master and N local workers as background processes under INFAAS_HOME/run."""
+"""The embedded default: a master and N local workers as background processes under INFAAS_HOME/run,
+all reading one generated config file there (run/infaas.toml)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infaas_cli.client import Client, endpoints_file
 from infaas_cli.config import infaas_home
 from infaas_cli.errors import InfaasError
+
+if TYPE_CHECKING:
+    from infaas_cli.settings import Settings
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
@@ -51,26 +57,56 @@ def read_cluster(home: str | Path | None = None) -> dict[str, Any] | None:
         return None
 
 
+def config_path(home: str | Path | None = None) -> Path:
+    """The config file the embedded daemons run with."""
+    return run_dir(home) / "infaas.toml"
+
+
+def _daemon_env(home: Path) -> dict[str, str]:
+    """The environment without the variables that set config keys: the generated file is the whole truth."""
+    from infaas_cli.settings import ENV_ALIASES, all_keys, env_var
+
+    setting_vars = set(ENV_ALIASES) | {env_var(k) for k in all_keys()}
+    return {**{k: v for k, v in os.environ.items() if k not in setting_vars}, "INFAAS_HOME": str(home),
+            "PYTHONUNBUFFERED": "1"}
+
+
 def _spawn(args: list[str], log_path: Path, home: Path) -> subprocess.Popen:
-    env = {**os.environ, "INFAAS_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "infaas_cli", *args], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        return subprocess.Popen([sys.executable, "-m", "infaas_cli", "--config", str(config_path(home)), *args],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_daemon_env(home),
+                                start_new_session=True)
 
 
-def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: float = 1.0,
-       policy: str = "infaas", master_args: list[str] | None = None) -> dict[str, Any]:
+def _write_config(path: Path, settings: Settings) -> None:
+    from infaas_cli.settings import to_toml
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("# Written by `infaas up`: the settings of the embedded master and workers.\n" + to_toml(settings))
+    tmp.replace(path)
+
+
+def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: float | None = None,
+       policy: str | None = None, master_args: list[str] | None = None, *, settings: Settings | None = None,
+       overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Start a master and `workers` workers unless they run already; return the cluster record.
 
-    `master_args` are extra `infaas master` options (e.g. the autoscaling windows).
+    The daemons read a generated config file, run/infaas.toml: `settings` (default: loaded as the CLI would,
+    with `overrides` such as {"autoscale.window_s": 1}), with free local ports and the data directories under
+    `home`. `heartbeat_interval_s` and `policy` are shorthands for the master/worker keys; `master_args` are
+    extra `infaas master` options, kept for callers that still pass them.
     """
-    from infaas_cli.policy.baselines import POLICIES
+    from infaas_cli.settings import load_settings, override, with_home_defaults
 
     if workers < 1:
         raise InfaasError("--workers must be at least 1")
-    if policy not in POLICIES:
-        raise InfaasError(f"unknown policy '{policy}'; choose one of {', '.join(POLICIES)}")
     home = infaas_home(home)
+    shorthand = {"master.heartbeat_interval_s": heartbeat_interval_s, "worker.heartbeat_interval_s": heartbeat_interval_s,
+                 "master.policy": policy}
+    if settings is None:
+        settings, _ = load_settings(overrides={**shorthand, **(overrides or {})}, home=home)
+    else:
+        settings = override(settings, {**shorthand, **(overrides or {})})
     rdir = run_dir(home)
     rdir.mkdir(parents=True, exist_ok=True)
     current = read_cluster(home)
@@ -81,10 +117,11 @@ def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: f
     ep_file.unlink(missing_ok=True)
     # Free ports picked by the master (port 0) and recorded in the endpoints file: two homes, or a
     # test beside a running demo, never collide.
-    master = _spawn(["master", "--data-dir", str(home / "master"), "--endpoints-file", str(ep_file),
-                     "--client-endpoint", "tcp://127.0.0.1:0", "--worker-endpoint", "tcp://127.0.0.1:0",
-                     "--heartbeat-interval-s", str(heartbeat_interval_s), "--policy", policy, *(master_args or [])],
-                    rdir / "master.log", home)
+    settings = with_home_defaults(replace(settings, master=replace(
+        settings.master, client_endpoint="tcp://127.0.0.1:0", worker_endpoint="tcp://127.0.0.1:0",
+        data_dir=str(home / "master"))), home)
+    _write_config(config_path(home), settings)
+    master = _spawn(["master", "--endpoints-file", str(ep_file), *(master_args or [])], rdir / "master.log", home)
     deadline = time.monotonic() + START_TIMEOUT_S
     endpoints = None
     while time.monotonic() < deadline:
@@ -98,15 +135,19 @@ def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: f
     else:
         master.kill()
         raise InfaasError(f"the master did not start within {START_TIMEOUT_S:.0f} s; see {rdir / 'master.log'}")
-    record: dict[str, Any] = {"master": {"pid": master.pid, **endpoints}, "workers": []}
+    # The workers learn the port the master picked from the same file, now completed.
+    settings = replace(settings, worker=replace(settings.worker, master_endpoint=endpoints["worker_endpoint"]),
+                       client=replace(settings.client, master=endpoints["client_endpoint"]))
+    _write_config(config_path(home), settings)
+    record: dict[str, Any] = {"master": {"pid": master.pid, **endpoints}, "workers": [],
+                              "config": str(config_path(home))}
     for i in range(workers):
         wid = f"local-{i}"
-        proc = _spawn(["worker", "--master", endpoints["worker_endpoint"], "--worker-id", wid,
-                       "--cache-dir", str(home / "worker-cache"), "--heartbeat-interval-s", str(heartbeat_interval_s)],
-                      rdir / f"{wid}.log", home)
+        proc = _spawn(["worker", "--worker-id", wid], rdir / f"{wid}.log", home)
         record["workers"].append({"pid": proc.pid, "worker_id": wid})
     cluster_file(home).write_text(json.dumps(record, indent=2))
-    with Client(endpoints["client_endpoint"], timeout_s=5.0) as client:
+    with Client(endpoints["client_endpoint"], timeout_s=5.0, curve_secret_key=settings.security.curve_secret_key,
+                master_public_key=settings.security.master_public_key) as client:
         while time.monotonic() < deadline:
             alive = [w for w in client.status()["workers"] if w["alive"]]
             if len(alive) >= workers:

@@ -356,23 +356,3 @@ def _finish(state: VariantState, action: Action | None, now_s: float) -> tuple[V
         state = replace(state, low_since_s=None)
     return replace(state, last_action_s=now_s), [action]
 
-
-# -- eviction ------------------------------------------------------------------------------------------
-
-def evict_lru(loaded: Mapping[str, tuple[float, int, bool]], needed_threads: int, free_threads: int) -> list[str]:
-    """The idle variants to unload, least recently used first, so that `needed_threads` fit; [] if they cannot.
-
-    `loaded` maps variant -> (last_used_s, threads, idle). Busy variants are never evicted; when even evicting
-    every idle one would not make room, nothing is evicted (unloading would cost warm variants for nothing).
-    """
-    if needed_threads <= free_threads:
-        return []
-    idle = sorted(((last_used, name, threads) for name, (last_used, threads, is_idle) in loaded.items() if is_idle))
-    victims: list[str] = []
-    free = free_threads
-    for _, name, threads in idle:
-        victims.append(name)
-        free += threads
-        if free >= needed_threads:
-            return victims
-    return []

@@ -15,7 +15,7 @@ import math
 import tomllib
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ import numpy as np
 
 from infaas_cli.errors import InfaasError
 from infaas_cli.catalog.records import ModelRecord, ProfileRecord, VariantRecord
+from infaas_cli.policy.placement import VariantNeed, WorkerState, place, rank_key
+from infaas_cli.policy.profiles import applicable_profiles
 
 #: The bundled price table, found relative to the package like the zoo manifest (a checkout layout).
 def _default_prices_path() -> Path:
@@ -68,12 +70,12 @@ class NoVariantError(InfaasError):
     """No variant meets the SLO; carries the best achievable numbers so a client can relax its SLO."""
 
     code = "no_variant"
+    best_latency_ms: float | None
+    best_accuracy: float | None
 
     def __init__(self, message: str, best_latency_ms: float | None = None,
                  best_accuracy: float | None = None) -> None:
-        super().__init__(message)
-        self.best_latency_ms = best_latency_ms
-        self.best_accuracy = best_accuracy
+        super().__init__(message, best_latency_ms=best_latency_ms, best_accuracy=best_accuracy)
 
 
 class UnavailableError(InfaasError):
@@ -346,18 +348,22 @@ class CatalogIndex:
 
 
 def build_index(models: Sequence[ModelRecord], variants: Sequence[VariantRecord],
-                profiles: Sequence[ProfileRecord], prices: PriceTable) -> CatalogIndex:
-    """Join the records into a CatalogIndex; a variant's profile is its most recently measured one."""
+                profiles: Sequence[ProfileRecord], prices: PriceTable,
+                hardware_ids: Mapping[str, str] | None = None) -> CatalogIndex:
+    """Join the records into a CatalogIndex; a variant's profile is `profiles.applicable_profile`'s.
+
+    `hardware_ids` maps a hardware kind ("cpu", "gpu", ...) to the hardware id whose profiles to prefer
+    for variants of that kind; without it, a variant's newest profile applies.
+    """
     model_by_name = {m.name: m for m in models}
-    latest: dict[str, ProfileRecord] = {}
-    for p in profiles:
-        current = latest.get(p.variant)
-        if current is None or p.measured_at > current.measured_at:
-            latest[p.variant] = p
+    prefer = None
+    if hardware_ids:
+        prefer = {v.name: hardware_ids.get(v.hardware) for v in variants}
+    applicable = applicable_profiles(profiles, prefer)
     infos = []
     for v in variants:
         m = model_by_name.get(v.model)
-        p = latest.get(v.name)
+        p = applicable.get(v.name)
         batches: list[tuple[int, float]] = []
         if p is not None:
             for key, stats in p.batches.items():
@@ -375,15 +381,7 @@ def build_index(models: Sequence[ModelRecord], variants: Sequence[VariantRecord]
 
 # -- cluster -----------------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class WorkerState:
-    worker_id: str
-    backends: frozenset[str]
-    cores: int
-    free_cores: float
-    free_memory_bytes: int
-    loaded: Mapping[str, int] = field(default_factory=dict)  # variant -> queued queries
-    alive: bool = True
+# WorkerState (one worker as the master sees it) lives in placement.py, with the rule that places loads on it.
 
 
 class _GroupView:
@@ -506,8 +504,7 @@ class ClusterSnapshot:
         """Alive workers that run `backend`, best place for a load first: most free cores, then memory."""
         order = self._load_order.get(backend)
         if order is None:
-            order = sorted((w for w in self.workers if w.alive and backend in w.backends),
-                           key=lambda w: (-w.free_cores, -w.free_memory_bytes, w.worker_id))
+            order = sorted((w for w in self.workers if w.alive and backend in w.backends), key=rank_key)
             self._load_order[backend] = order
         return order
 
@@ -626,14 +623,12 @@ def _select_variant(query: Query, index: CatalogIndex, cluster: ClusterSnapshot)
 
 
 def _place(cluster: ClusterSnapshot, info: VariantInfo) -> str:
-    """The worker to load `info` on: most free cores among those with room for it, else the most free memory."""
-    order = cluster.load_order(info.backend)
-    if not order:
+    """The worker to load `info` on (`placement.place`, purpose "query")."""
+    where = place(cluster.load_order(info.backend),
+                  VariantNeed(info.name, info.backend, info.threads, info.peak_memory_bytes), "query")
+    if not where:
         raise _unavailable([info.backend])
-    for w in order:
-        if w.free_memory_bytes >= info.peak_memory_bytes:
-            return w.worker_id
-    return min(order, key=lambda w: (-w.free_memory_bytes, w.worker_id)).worker_id
+    return where[0]
 
 
 # -- error messages (the slow path: vectorised where it is cheap, plain otherwise) -------------------

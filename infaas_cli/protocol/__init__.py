@@ -1,10 +1,12 @@
 """The infaas wire protocol: envelope, typed message bodies, tensors, error codes. No sockets here."""
 
-from infaas_cli.protocol.envelope import (ERROR_CODES, MESSAGE_TYPES, PROTOCOL_VERSION, Message, ProtocolError, decode,
-                                          encode, error, new_id, peek_id)
-from infaas_cli.protocol.tensors import (_ALLOWED_DTYPES, pack_output, pack_tensor, pack_tensors, unpack_output,
-                                         unpack_tensor, unpack_tensors)
+from infaas_cli.protocol import messages
+from infaas_cli.protocol.envelope import (ERROR_CODES, MESSAGE_TYPES, PROTOCOL_VERSION, Message, ProtocolError, body_of,
+                                          decode, encode, error, new_id, peek_id)
+from infaas_cli.protocol.messages import BODIES, VariantSpec
+from infaas_cli.protocol.tensors import (pack_output, pack_tensor, pack_tensors, unpack_output, unpack_tensor,
+                                         unpack_tensors)
 
-__all__ = ["ERROR_CODES", "MESSAGE_TYPES", "PROTOCOL_VERSION", "Message", "ProtocolError", "decode", "encode", "error",
-           "new_id", "peek_id", "pack_output", "pack_tensor", "pack_tensors", "unpack_output", "unpack_tensor",
-           "unpack_tensors"]
+__all__ = ["BODIES", "ERROR_CODES", "MESSAGE_TYPES", "PROTOCOL_VERSION", "Message", "ProtocolError", "VariantSpec",
+           "body_of", "decode", "encode", "error", "messages", "new_id", "peek_id", "pack_output", "pack_tensor",
+           "pack_tensors", "unpack_output", "unpack_tensor", "unpack_tensors"]

@@ -12,6 +12,7 @@ from typing import Any
 from infaas_cli.backends import BACKENDS, Backend, BuildInput, Recipe, Skipped
 from infaas_cli.backends.ort_cpu import run_original
 from infaas_cli.config import MAX_BATCH_CHOICES, host_cores
+from infaas_cli.errors import InfaasError
 from infaas_cli.catalog.home import InfaasHome
 from infaas_cli.toolkit.modelio import ValidationSet, agreement, load_validation, run_dataset, top1_accuracy
 from infaas_cli.catalog.records import ArtifactRecord, ModelRecord, ProfileRecord, VariantRecord
@@ -55,7 +56,8 @@ def measure_accuracy(backend: Backend, artifact: Path, recipe: str, model: Model
         runner.close()
     if vset.labels is not None:
         return top1_accuracy(outputs, model.output_specs(), vset.labels), "top1"
-    assert reference is not None
+    if reference is None:  # the caller computes it whenever the validation set has no labels
+        raise InfaasError(f"{model.name}: no labels and no fp32 reference outputs to measure agreement against")
     return agreement(outputs, reference), "agreement"
 
 

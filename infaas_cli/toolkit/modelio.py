@@ -167,7 +167,9 @@ def conform_array(arr: np.ndarray, spec: TensorSpec, what: str, batch_dim: str) 
     With a batch dimension the leading axis of `arr` stands in for it; without one ("none") each
     sample has the spec's full shape and `arr` has one more axis.
     """
-    assert spec.dtype is not None and spec.shape is not None
+    if spec.dtype is None or spec.shape is None:
+        raise InvalidValidationDataError(f"{what} is given for {spec.name}, a {spec.type} input; only tensor "
+                                         "inputs take data")
     want = np.dtype(spec.dtype) if spec.dtype != "str" else np.dtype(object)
     if arr.dtype.kind != want.kind and not (want.kind in "iu" and arr.dtype.kind in "iu"):
         raise InvalidValidationDataError(

@@ -16,6 +16,7 @@ import zmq
 
 from support import REPO
 from infaas_cli.client import Client
+from infaas_cli.settings import load_settings
 from support import ZOO, build_catalog, wait_for
 
 ANSIBLE = REPO / "ansible"
@@ -84,6 +85,13 @@ all:
     try:
         done = run_playbook("-i", str(inventory), "site.yml")
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+        # One config file, assembled from the roles' fragments, that infaas loads: the daemons' command lines are short.
+        settings, sources = load_settings(tmp_path / "etc" / "infaas.toml", env={}, home=state,
+                                          system_file=tmp_path / "none.toml")
+        assert settings.master.client_endpoint == f"tcp://127.0.0.1:{client_port}"
+        assert settings.worker.master_endpoint == f"tcp://127.0.0.1:{worker_port}"
+        assert sources["master.policy"] == str(tmp_path / "etc" / "infaas.toml")
+        assert settings.master.data_dir == str(state / "master")
         home = build_catalog(tmp_path / "home", models=("digits-logreg",))
         with Client(f"tcp://127.0.0.1:{client_port}", timeout_s=30) as client:
             wait_for(lambda: [w for w in client.status()["workers"] if w["alive"]], timeout_s=30)

@@ -53,6 +53,14 @@ def test_hardening_is_in_place():
     assert "PrivateDevices=" not in worker and "DeviceAllow=" in worker  # GPU workers keep their devices
 
 
+def test_units_start_the_daemons_from_the_config_file():
+    for unit in UNITS:
+        exec_start = next(line for line in unit.read_text().splitlines() if line.startswith("ExecStart="))
+        role = "master" if "master" in unit.name else "worker"
+        assert f"/bin/infaas --config /etc/infaas/infaas.toml {role}" in exec_start, exec_start
+        assert "--policy" not in exec_start and "--client-endpoint" not in exec_start  # those live in the file
+
+
 def test_the_check_itself_catches_mistakes(tmp_path):
     names = _install(tmp_path)
     broken = (tmp_path / names[0]).read_text().replace("Restart=on-failure", "Restart=on-failur\nNoSuchDirective=1")

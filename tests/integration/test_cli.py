@@ -127,3 +127,40 @@ def test_cli_as_subprocess(tmp_path, sklearn_models):
 def test_cluster_status_without_master_is_a_clear_error(cli):
     r = cli("cluster", "status")
     assert r.exit_code == 1 and "no master known" in r.stderr
+
+
+def test_config_show_json_gives_every_value_and_its_source(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text('[worker]\ncores = 3\n')
+    given = tmp_path / "infaas.toml"
+    given.write_text('[master]\npolicy = "static"\nmax_attempts = 4\n[autoscale]\nwindow_s = 2.0\n')
+    env = {"INFAAS_HOME": str(home), "INFAAS_MASTER_MAX_ATTEMPTS": "7", "INFAAS_MASTER": "tcp://10.1.2.3:7010"}
+    r = CliRunner().invoke(app, ["--config", str(given), "--set", "autoscale.window_s=1.5", "config", "show", "--json"],
+                           env=env)
+    assert r.exit_code == 0, r.output
+    shown = json.loads(r.stdout)
+    from infaas_cli.settings import SECTIONS, section_keys
+
+    assert {s: set(keys) for s, keys in shown.items()} == {s: set(section_keys(s)) for s in SECTIONS}
+    assert shown["master"]["policy"] == {"value": "static", "source": str(given)}
+    assert shown["master"]["max_attempts"] == {"value": 7, "source": "INFAAS_MASTER_MAX_ATTEMPTS"}
+    assert shown["autoscale"]["window_s"] == {"value": 1.5, "source": "cli"}
+    assert shown["worker"]["cores"] == {"value": 3, "source": str(home / "config.toml")}
+    assert shown["client"]["master"] == {"value": "tcp://10.1.2.3:7010", "source": "INFAAS_MASTER"}
+    assert shown["cluster"]["min_workers"] == {"value": 1, "source": "default"}
+
+    r = CliRunner().invoke(app, ["--config", str(given), "config", "show"], env={**env, "COLUMNS": "200"})
+    assert r.exit_code == 0 and "master.policy" in r.stdout and str(given) in r.stdout
+
+
+def test_a_bad_config_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[master]\npolcy = "static"\n')
+    r = CliRunner().invoke(app, ["--config", str(bad), "config", "show"], env={"INFAAS_HOME": str(tmp_path)})
+    assert r.exit_code == 2
+    assert f"unknown key master.polcy in {bad}" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = CliRunner().invoke(app, ["config", "show"], env={"INFAAS_HOME": str(tmp_path), "INFAAS_WORKER_CORES": "many"})
+    assert r.exit_code == 2 and "worker.cores must be an integer, not 'many' (set by INFAAS_WORKER_CORES)" in r.stderr
+    r = CliRunner().invoke(app, ["--set", "nokey", "config", "show"], env={"INFAAS_HOME": str(tmp_path)})
+    assert r.exit_code == 2 and "KEY=VALUE" in r.output

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import lmdb
 import msgpack
 import pytest
 
 from infaas_cli.errors import NotFoundError, StoreError, StoreFormatError
 from infaas_cli.catalog.records import ArtifactRecord, ModelRecord, VariantRecord
-from infaas_cli.catalog.store import STORE_FORMAT_VERSION, LmdbStore, MemoryStore, SequenceGapError
+from infaas_cli.catalog.store import (STORE_FORMAT_VERSION, InvalidChangeError, LmdbStore, MemoryStore,
+                                      SequenceGapError)
 
 
 def _model(name: str) -> ModelRecord:
@@ -165,7 +168,7 @@ def test_replication_is_idempotent_and_ordered(tmp_path):
 def test_replication_refuses_foreign_tables(tmp_path):
     master = LmdbStore(tmp_path / "master")
     bad = {"seq": 1, "ts": 0.0, "op": "put", "table": "replication", "key": "x", "value": {}}
-    with pytest.raises(StoreError, match="not replicated"):
+    with pytest.raises(InvalidChangeError, match="not replicated"):
         master.apply_replicated("src", [bad])
     assert master.last_seq() == 0
     master.close()
@@ -178,3 +181,53 @@ def test_store_ids_differ_and_persist(tmp_path):
     a.close()
     b.close()
     assert LmdbStore(tmp_path / "a").store_id() == ida
+
+
+def test_a_record_this_build_cannot_read_is_skipped_with_a_log_line(tmp_path, caplog):
+    path = tmp_path / "db"
+    store = LmdbStore(path)
+    store.put(_model("a"))
+    store.put(_variant("a", "v1"))
+    store.close()
+    env = lmdb.open(str(path), max_dbs=8)  # as an older build, or a bad disk, left it
+    models, variants = env.open_db(b"models"), env.open_db(b"variants")
+    with env.begin(write=True) as txn:
+        txn.put(b"junk", msgpack.packb({"junk": 1}), db=models)
+        txn.put(b"b", msgpack.packb({**_model("b").to_dict(), "inputs": [{"name": "x", "shape": "4"}]}), db=models)
+        txn.put(b"a/garbled", b"\xc1\xc1 not msgpack", db=variants)
+    env.close()
+    store = LmdbStore(path)
+    with caplog.at_level(logging.ERROR, logger="infaas"):
+        assert [m.name for m in store.models()] == ["a"]
+        assert [v.name for v in store.variants("a")] == ["a/v1"]
+        assert store.get(ModelRecord, "junk") is None and store.get(VariantRecord, "a/garbled") is None
+        assert store.model("a") == _model("a")
+    assert "models['junk']: Object missing required field name" in caplog.text
+    assert "models['b'].inputs[0].shape: Expected array | null, got str" in caplog.text
+    assert "variants['a/garbled']: its bytes are not msgpack" in caplog.text
+    store.close()
+
+
+def test_garbage_from_a_peer_never_reaches_lmdb(tmp_path):
+    path = tmp_path / "master"
+    master = LmdbStore(path)
+    junk = {"seq": 1, "ts": 0.0, "op": "put", "table": "models", "key": "x", "value": {"junk": 1}}
+    with pytest.raises(InvalidChangeError, match=r"models\['x'\]: Object missing required field name"):
+        master.apply_replicated("a" * 32, [junk])
+    long = {**junk, "key": "m" * 3000, "value": _model("m" * 3000).to_dict()}
+    with pytest.raises(InvalidChangeError, match="the key must be 1 to 400 bytes"):
+        master.apply_replicated("a" * 32, [long])
+    with pytest.raises(InvalidChangeError, match="replication source"):
+        master.apply_replicated("s" * 3000, [{**junk, "value": _model("x").to_dict()}])
+    master.close()
+    master = LmdbStore(path)  # nothing of it survived the restart either
+    assert (master.last_seq(), master.models(), master.replicated_seq("a" * 32)) == (0, [], 0)
+    master.close()
+
+
+def test_an_overlong_local_key_is_a_store_error_not_a_crash(tmp_path):
+    store = LmdbStore(tmp_path / "db")
+    with pytest.raises(StoreError, match="shorter name"):
+        store.put(_model("m" * 3000))
+    assert store.last_seq() == 0 and store.get(ModelRecord, "m" * 3000) is None
+    store.close()

@@ -1,4 +1,4 @@
-"""Pure tests of the model-level autoscaling policy and LRU eviction: a fake clock and plain numbers."""
+"""Pure tests of the model-level autoscaling policy: a fake clock and plain numbers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from infaas_cli.policy.autoscale import (Action, AutoscaleConfig, VariantLoad, VariantOption, VariantState, WorkerView,
-                                  autoscale_worker, evict_lru, options_from_index)
+                                  autoscale_worker, options_from_index)
 from infaas_cli.errors import InfaasError
 from infaas_cli.policy.selection import CatalogIndex, PriceTable, VariantInfo
 from support import FakeClock
@@ -324,22 +324,6 @@ def test_unknown_variant_is_only_unloaded():
     assert h.log == [] and h.states["m/unprofiled"].state == "active"
     h.run(31, lambda t: load("m/unprofiled", qps=0.0, idle_s=t - 10.0))
     assert [(t, a.kind) for t, a in h.log] == [(40.0, "unload")]
-
-
-# -- eviction --------------------------------------------------------------------------------------------
-
-def test_evict_lru_order():
-    loaded = {"a": (30.0, 2, True), "b": (10.0, 1, True), "c": (5.0, 4, False), "d": (20.0, 2, True)}
-    assert evict_lru(loaded, needed_threads=2, free_threads=2) == []  # it fits already
-    assert evict_lru(loaded, needed_threads=2, free_threads=1) == ["b"]
-    assert evict_lru(loaded, needed_threads=4, free_threads=1) == ["b", "d"]  # c is older but busy
-    assert evict_lru(loaded, needed_threads=6, free_threads=1) == ["b", "d", "a"]
-
-
-def test_evict_lru_cannot_fit():
-    loaded = {"a": (30.0, 2, True), "busy": (1.0, 8, False)}
-    assert evict_lru(loaded, needed_threads=4, free_threads=1) == []
-    assert evict_lru({}, needed_threads=1, free_threads=0) == []
 
 
 # -- catalog ---------------------------------------------------------------------------------------------

@@ -1,0 +1,145 @@
+"""The master's control steps: snapshot → pure policy (infaas_cli.policy) → apply its actions to workers.
+
+Model-level autoscaling (replicate, upgrade, downgrade, unload), the static baseline's fixed
+replicas, and horizontal autoscaling (scale commands). Runs on the control timer, off the query path.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+
+from infaas_cli import protocol
+from infaas_cli.policy.autoscale import VariantLoad, WorkerView, autoscale_worker, options_from_index
+from infaas_cli.policy.cluster_autoscale import HostLoad, autoscale_cluster
+from infaas_cli.protocol import messages as m
+from infaas_daemons.common import log
+from infaas_daemons.master.state import WorkerEntry
+
+
+def _cores(w: WorkerEntry) -> int:
+    return w.metrics.cores if w.metrics is not None else w.hardware.cores
+
+
+def _free_cores(w: WorkerEntry) -> int:
+    return w.metrics.free_cores if w.metrics is not None else 0
+
+
+class Actions:
+    def _provision_static(self, variant: str) -> None:
+        """The static baseline's fixed replicas: its pinned variant on every live worker where it fits
+        beside the variants already placed there (on the roomiest worker when it fits nowhere)."""
+        spec = self.catalog.variant_spec(variant)
+        able = [w for w in self.workers.values() if w.alive and spec.backend in w.backends]
+
+        def free(w: WorkerEntry) -> int:
+            return w.hardware.cores - sum(self.catalog.threads_of(n) for n in w.loaded)
+
+        targets = [w for w in able if variant not in w.loaded and free(w) >= spec.threads]
+        if not targets and able and not any(variant in w.loaded for w in able):
+            targets = [max(able, key=free)]
+        for w in targets:
+            if self._send_worker(w.identity, protocol.Message("load", m.LoadBody(variant=variant, spec=spec))):
+                w.loaded[variant] = 0
+        self._cluster_changed()
+
+    # -- horizontal autoscaling ---------------------------------------------------------------------------
+    def _autoscale_cluster(self) -> None:
+        self._scaling = [p for p in self._scaling if p.poll() is None]
+        if self._scaling:
+            return  # one scaling command at a time: the next decision sees its result
+        # A worker's utilisation is its own process's CPU over its cores (a host may run other things).
+        hosts = [HostLoad(w.worker_id, "gpu" if w.hardware.gpus else "cpu",
+                          (w.metrics.process_cpu_percent if w.metrics else 0.0) / (100.0 * max(1, _cores(w))),
+                          w.alive, w.worker_id in self.draining)
+                 for w in self.workers.values()]
+        actions, self.cluster_state = autoscale_cluster(self.cluster_state, hosts, time.monotonic(),
+                                                        self.cluster_config)
+        for a in actions:
+            command = self.scale_out_command if a.kind == "scale_out" else self.scale_in_command
+            if a.kind == "scale_in" and a.worker_id and command:
+                self.draining.add(a.worker_id)  # no new queries; it unloads and leaves once idle
+                self._cluster_changed()
+            ran = None
+            if command:
+                env = {**os.environ, "INFAAS_HARDWARE": a.hardware, "INFAAS_WORKER_ID": a.worker_id or ""}
+                self._scaling.append(subprocess.Popen(shlex.split(command), env=env, stdout=subprocess.DEVNULL,
+                                                      stderr=subprocess.DEVNULL, start_new_session=True))
+                ran = command
+            self.cluster_decisions.append({"at": round(time.time(), 3), "kind": a.kind, "hardware": a.hardware,
+                                           "worker": a.worker_id, "reason": a.reason, "command": ran})
+            log.info("cluster %s (%s): %s; %s", a.kind, a.hardware, a.reason,
+                     f"running {command}" if command else "no command configured")
+
+    # -- model-level autoscaling -----------------------------------------------------------------------
+    def _autoscale(self) -> None:
+        """Snapshot each worker's measured load, ask the pure policy, apply what it allows under this policy."""
+        if self.policy == "static" or not self.workers:
+            return
+        index = self.catalog.index()
+        if self._options is None:
+            self._options = options_from_index(index)
+        now = time.monotonic()
+        for w in list(self.workers.values()):
+            if not w.alive or w.metrics is None:
+                continue
+            loads = []
+            for name, vm in w.metrics.variants.items():
+                if vm.state != "loaded" or name not in self._options:
+                    continue
+                slo = self.variant_slo.get(name)
+                loads.append(VariantLoad(
+                    variant=name, replicas=vm.replicas, queue_samples=vm.queue,
+                    # Capacity is profiled in samples per second, so load is measured in samples too.
+                    qps=vm.samples_per_s or vm.qps, latency_ms=vm.latency_ms,
+                    slo_ms=slo[0] if slo and now - slo[1] <= 3 * self.autoscale_config.window_s else None,
+                    idle_s=vm.idle_s))
+            view = WorkerView(cores=_cores(w), free_cores=_free_cores(w),
+                              free_memory_bytes=w.metrics.free_memory_bytes, variants=tuple(loads))
+            actions, self.autoscale_states[w.worker_id] = autoscale_worker(
+                self.autoscale_states.get(w.worker_id, {}), view, self._options, now, self.autoscale_config)
+            for action in actions:
+                self._step(self._apply, w, action)
+
+    def _apply(self, w: WorkerEntry, action) -> None:
+        allowed = {"infaas": ("replicate", "remove_replica", "upgrade", "downgrade", "unload"),
+                   "replicate": ("replicate", "remove_replica", "unload")}[self.policy]
+        if action.kind not in allowed:
+            return
+        vm = w.variant_metrics.get(action.variant)
+        replicas = vm.replicas if vm is not None else 1
+        spec = self.catalog.variant_spec(action.variant)
+        where = w
+        if action.kind == "replicate":
+            if _free_cores(w) >= spec.threads:
+                body = m.LoadBody(variant=action.variant, spec=spec, replicas=replicas + 1)
+            else:  # no room here: a replica on the worker with the most free cores
+                others = [o for o in self.workers.values() if o.alive and o is not w
+                          and action.variant not in o.loaded and spec.backend in o.backends
+                          and _free_cores(o) >= spec.threads]
+                if not others:
+                    return
+                where = max(others, key=_free_cores)
+                body = m.LoadBody(variant=action.variant, spec=spec)
+                where.loaded.setdefault(action.variant, 0)
+                self._cluster_changed()
+            msg = protocol.Message("load", body)
+        elif action.kind == "remove_replica":
+            msg = protocol.Message("load", m.LoadBody(variant=action.variant, spec=spec, replicas=max(1, replicas - 1)))
+        elif action.kind in ("upgrade", "downgrade"):
+            msg = protocol.Message("load", m.LoadBody(variant=action.target,
+                                                      spec=self.catalog.variant_spec(action.target)))
+            w.loaded.setdefault(action.target, 0)
+            self._cluster_changed()
+        else:  # unload: stop routing there first
+            w.loaded.pop(action.variant, None)
+            self._cluster_changed()
+            msg = protocol.Message("unload", m.UnloadBody(variant=action.variant))
+        if self._send_worker(where.identity, msg):
+            record = {"at": round(time.time(), 3), "worker": where.worker_id, "kind": action.kind,
+                      "variant": action.variant, "target": action.target, "reason": action.reason}
+            self.actions.append(record)
+            log.info("autoscale %s %s%s on %s: %s", action.kind, action.variant,
+                     f" -> {action.target}" if action.target else "", where.worker_id, action.reason)

@@ -1,0 +1,331 @@
+"""The master's message handlers: each takes one decoded, validated message and updates state or answers.
+
+Bodies arrive as the typed structures of infaas_cli.protocol.messages, already checked at the door
+(daemons/master/loop.py). A handler that raises has its exception turned into exactly one error
+reply by the door; decisions are the pure policies' (infaas_cli.policy).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infaas_cli import protocol
+from infaas_cli.catalog.artifacts import sha256_file
+from infaas_cli.catalog.records import ReplicationRecord
+from infaas_cli.errors import InfaasError, InvalidInputError
+from infaas_cli.policy.baselines import pin_variant, query_class
+from infaas_cli.policy.selection import ClusterSnapshot, Query, select
+from infaas_cli.protocol import messages as m
+from infaas_cli.toolkit.modelio import check_query_inputs, coerce_query_inputs
+from infaas_daemons.common import log
+from infaas_daemons.master.state import PendingQuery, WorkerEntry
+
+CHUNK_BYTES = 1 << 20
+
+
+class _Upload:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+
+class ClientHandlers:
+    """query, status, changes and artifact_chunk from clients (and the CLI's replication)."""
+
+    def _on_query(self, route: tuple[bytes, ...], msg: protocol.Message) -> None:
+        b: m.QueryBody = msg.body
+        if not b.inputs:
+            raise protocol.ProtocolError("invalid_input", "the query carries no inputs")
+        identity = route[0]
+        if self.ledger.load(identity) >= self.settings.max_pending_per_client or \
+                len(self.pending) >= self.settings.max_pending:
+            raise protocol.ProtocolError("overloaded", f"too many queries in flight ({self.ledger.load(identity)} "
+                                         "from this client); read the replies, or send fewer at once")
+        query = Query(kind=b.kind, variant=b.variant, model=b.model, task=b.task, dataset=b.dataset,
+                      latency_ms=b.latency_ms, min_accuracy=b.min_accuracy, objective=b.objective or "cost",
+                      max_cost_usd=b.max_cost_usd, batch_size=self._batch_hint(b))
+        self._dispatch(route, msg.id, b.inputs, query, attempts=1, exclude=())
+
+    def _batch_hint(self, b: m.QueryBody) -> int:
+        """The batch size selection plans for, after the inputs were checked against the candidate models."""
+        index = self.catalog.index()
+        if b.kind == "variant":
+            info = index.infos.get(b.variant or "")
+            names = [info.model] if info is not None else []
+        elif b.kind == "model":
+            names = [b.model] if b.model else []
+        else:
+            names = sorted(n for n, pair in index.models.items() if pair == (b.task, b.dataset))
+        feeds = protocol.unpack_tensors(b.inputs)
+        first_error: InfaasError | None = None
+        for name in names:
+            try:
+                model = self.catalog.model(name)
+            except InfaasError:
+                continue
+            coerced, _ = coerce_query_inputs(feeds, model.input_specs())
+            try:
+                return check_query_inputs(coerced, model.input_specs(), model.batch_dim, model.max_batch)
+            except InfaasError as exc:
+                first_error = first_error or InvalidInputError(f"{name}: {exc}")
+        if first_error is not None:
+            raise first_error
+        first = next(iter(feeds.values()))
+        return int(first.shape[0]) if first.ndim else 1
+
+    def _dispatch(self, route: tuple[bytes, ...], client_id: str, inputs: dict[str, m.Tensor], query: Query,
+                  attempts: int, exclude: tuple[str, ...]) -> None:
+        index = self.catalog.index()
+        snapshot = self.snapshot()
+        if exclude:
+            snapshot = ClusterSnapshot(tuple(w for w in snapshot.workers if w.worker_id not in exclude))
+        t0 = time.perf_counter_ns()
+        if self.policy == "infaas" or query.kind == "variant":
+            decision = select(query, index, snapshot)
+        else:  # a baseline: the class's fixed variant, placed like a by-name query
+            key = query_class(query)
+            pinned = self.pins.get(key)
+            if pinned is None:
+                pinned = self.pins[key] = pin_variant(query, index)
+                if self.policy == "static":
+                    self._provision_static(pinned)
+            decision = select(Query("variant", variant=pinned, batch_size=query.batch_size), index, snapshot)
+        decision_us = (time.perf_counter_ns() - t0) / 1e3
+        if query.latency_ms is not None:
+            prev = self.variant_slo.get(decision.variant)
+            now = time.monotonic()
+            if prev is None or query.latency_ms <= prev[0] or now - prev[1] > self.autoscale_config.window_s:
+                self.variant_slo[decision.variant] = (query.latency_ms, now)
+        self.decision_us.append(decision_us)
+        spec = self.catalog.variant_spec(decision.variant)
+        model = self.catalog.model(decision.model)
+        feeds, changed = coerce_query_inputs(protocol.unpack_tensors(inputs), model.input_specs())
+        try:
+            batch = check_query_inputs(feeds, model.input_specs(), model.batch_dim, model.max_batch)
+        except InfaasError as exc:
+            raise protocol.ProtocolError("invalid_input", f"{decision.model}: {exc}") from None
+        if changed:
+            inputs = protocol.pack_tensors(feeds)
+        worker = self.workers[decision.worker_id]
+        internal_id = uuid.uuid4().hex
+        infer = protocol.Message("infer", m.InferBody(variant=decision.variant, inputs=inputs, spec=spec,
+                                                      deadline_ms=query.latency_ms), id=internal_id)
+        if not self._send_worker(worker.identity, infer):
+            if attempts < self.settings.max_attempts:  # another worker may take it
+                self._dispatch(route, client_id, inputs, query, attempts + 1, exclude + (worker.worker_id,))
+                return
+            raise protocol.ProtocolError("unavailable", f"worker {worker.worker_id} cannot be reached")
+        self.pending[internal_id] = PendingQuery(route, client_id, inputs, query, decision.variant, worker.worker_id,
+                                                 batch, decision_us, time.monotonic(), decision.needs_load, attempts,
+                                                 [o["name"] for o in model.outputs])
+        self.ledger.started(route[0])
+        worker.inflight.add(internal_id)
+        if decision.variant in worker.loaded:
+            worker.loaded[decision.variant] += batch
+            self._queues_changed()
+        else:  # a load on this worker: the next query must see it as held there
+            worker.loaded[decision.variant] = batch
+            self._cluster_changed()
+
+    def _on_status(self, route: tuple[bytes, ...], msg: protocol.Message) -> None:
+        status = self.status()
+        self._reply(route, protocol.Message("status_reply", m.StatusReplyBody(**status), id=msg.id))
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        dec = np.asarray(self.decision_us) if self.decision_us else np.zeros(0)
+        workers = []
+        for w in self.workers.values():
+            mt = w.metrics
+            workers.append({
+                "worker_id": w.worker_id, "alive": w.alive, "last_seen_s": round(now - w.last_seen, 3),
+                "backends": w.backends, "cores": mt.cores if mt else w.hardware.cores,
+                "free_cores": mt.free_cores if mt else None, "cpu_percent": mt.cpu_percent if mt else None,
+                "free_memory_bytes": mt.free_memory_bytes if mt else None, "in_flight": len(w.inflight),
+                "cpu_model": w.hardware.cpu_model, "hostname": w.hardware.hostname,
+                "variants": self._worker_variants(w),
+                "autoscale": {name: st.state for name, st in self.autoscale_states.get(w.worker_id, {}).items()},
+                "state": "dead" if not w.alive else ("draining" if w.worker_id in self.draining else "serving"),
+                "hardware": {"cpu_model": w.hardware.cpu_model, "cores": w.hardware.cores,
+                             "memory_bytes": w.hardware.memory_bytes, "gpus": w.hardware.gpus,
+                             "hostname": w.hardware.hostname},
+            })
+        store = self.catalog.store
+        return {
+            "master": {
+                "endpoint": self.client_endpoint, "worker_endpoint": self.worker_endpoint, "pid": self.pid,
+                "uptime_s": round(time.time() - self.started, 1),
+                "models": len(store.models()), "variants": len(store.variants()),
+                "replication": {r.source: r.last_seq for r in store.scan(ReplicationRecord)},
+                "policy": self.policy, "pins": {"/".join(str(k) for k in key): v for key, v in self.pins.items()},
+                "autoscale_actions": list(self.actions),
+                "cluster_decisions": list(self.cluster_decisions),
+                "pending": len(self.pending), "queries_served": self.queries_served,
+                "queries_failed": self.queries_failed, "queries_refused": self.queries_refused,
+                "replies_waiting": self.ledger.waiting, "workers_refused": len(self.refused),
+                "decision_us": {"count": int(dec.size),
+                                "p50": float(np.percentile(dec, 50)) if dec.size else None,
+                                "p99": float(np.percentile(dec, 99)) if dec.size else None,
+                                "max": float(dec.max()) if dec.size else None},
+            },
+            "workers": workers,
+        }
+
+    @staticmethod
+    def _worker_variants(w: WorkerEntry) -> dict[str, Any]:
+        """The last heartbeat's view, plus what was dispatched since (loads the heartbeat has not shown yet)."""
+        variants = {k: {f: getattr(v, f) for f in v.__struct_fields__} for k, v in w.variant_metrics.items()}
+        for name, queued in w.loaded.items():
+            variants.setdefault(name, {"state": "dispatched", "queue": queued, "qps": 0.0, "latency_ms": 0.0})
+        return variants
+
+    # -- replication -------------------------------------------------------------------------------------
+    def _on_changes(self, route: tuple[bytes, ...], msg: protocol.Message) -> None:
+        b: m.ChangesBody = msg.body
+        entries = [{f: getattr(e, f) for f in e.__struct_fields__} for e in b.entries]
+        applied, last = self.catalog.store.apply_replicated(b.source, entries)
+        if applied:
+            self._catalog_changed()
+            log.info("applied %d change(s) from %s, now at %d", applied, b.source, last)
+        missing = sorted(s for s in self.catalog.needed_artifacts() if not self.artifacts.has(s))
+        self._reply(route, protocol.Message("ack", m.AckBody(last_seq=last, applied=applied,
+                                                             missing_artifacts=missing), id=msg.id))
+
+    def _on_upload(self, route: tuple[bytes, ...], msg: protocol.Message) -> None:
+        b: m.ArtifactChunkBody = msg.body
+        sha = b.sha256
+        if self.artifacts.has(sha):
+            self._reply(route, protocol.Message("ack", m.AckBody(sha256=sha, complete=True), id=msg.id))
+            return
+        upload = self.uploads.get(sha)
+        if b.offset == 0:
+            self.artifacts.root.mkdir(parents=True, exist_ok=True)
+            upload = self.uploads[sha] = _Upload(self.artifacts.root / f".upload-{sha}")
+            upload.path.write_bytes(b"")
+        if upload is None or b.offset != upload.offset:
+            expected = 0 if upload is None else upload.offset
+            raise protocol.ProtocolError("sequence_gap", f"chunk at offset {b.offset} of {sha[:12]}, expected {expected}")
+        if upload.offset + len(b.data) > b.total_bytes:
+            del self.uploads[sha]
+            upload.path.unlink(missing_ok=True)
+            raise protocol.ProtocolError("bad_request", f"chunks of {sha[:12]} run past total_bytes {b.total_bytes}")
+        with open(upload.path, "ab") as fh:
+            fh.write(b.data)
+        upload.offset += len(b.data)
+        if upload.offset < b.total_bytes:
+            self._reply(route, protocol.Message("ack", m.AckBody(sha256=sha, offset=upload.offset, complete=False),
+                                                id=msg.id))
+            return
+        del self.uploads[sha]
+        if sha256_file(upload.path) != sha:
+            upload.path.unlink(missing_ok=True)
+            raise protocol.ProtocolError("checksum", f"artifact {sha[:12]} arrived corrupt; push it again")
+        self.artifacts.put_file(upload.path)
+        upload.path.unlink(missing_ok=True)
+        self._reply(route, protocol.Message("ack", m.AckBody(sha256=sha, complete=True), id=msg.id))
+
+
+class WorkerHandlers:
+    """register, heartbeat, loaded, result, error and fetch from workers."""
+
+    def _on_register(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:
+        b: m.RegisterBody = msg.body
+        old = self.workers.get(worker_id)
+        self.workers[worker_id] = WorkerEntry(worker_id, identity, b.hardware, list(b.backends), time.monotonic(),
+                                              inflight=old.inflight if old else set())
+        self._cluster_changed()
+        log.info("worker %s registered (%s cores, backends %s)", worker_id, b.hardware.cores, ",".join(b.backends))
+        self._send_worker(identity, protocol.Message(
+            "registered", m.RegisteredBody(heartbeat_interval_s=self.heartbeat_interval_s), id=msg.id))
+
+    def _known(self, identity: bytes, worker_id: str, msg: protocol.Message) -> WorkerEntry | None:
+        entry = self.workers.get(worker_id)
+        if entry is None:
+            self._send_worker(identity, protocol.error("not_found", f"worker {worker_id} is not registered; "
+                                                       "register again", msg.id, worker_id=worker_id))
+        return entry
+
+    def _on_heartbeat(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:
+        entry = self._known(identity, worker_id, msg)
+        if entry is None:
+            return
+        metrics: m.WorkerMetrics = msg.body.metrics
+        if not entry.alive:
+            log.info("worker %s is back", worker_id)
+        entry.alive = True
+        entry.metrics = metrics
+        in_flight: dict[str, int] = collections.Counter()
+        for rid in entry.inflight:
+            p = self.pending.get(rid)
+            if p is not None:
+                in_flight[p.variant] += p.batch
+        entry.loaded = {name: int(in_flight.get(name, 0)) for name in metrics.variants}
+        for name, n in in_flight.items():  # dispatched but not yet seen by the worker's heartbeat
+            entry.loaded.setdefault(name, n)
+        self._cluster_changed()
+
+    def _on_loaded(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:
+        entry = self._known(identity, worker_id, msg)
+        if entry is not None:
+            entry.loaded.setdefault(msg.body.variant, 0)
+            self._cluster_changed()
+
+    def _on_result(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:
+        p = self._finish(msg.id, worker_id)
+        if p is None:
+            return
+        timing = dict(msg.body.timing)
+        timing["total_ms"] = (time.monotonic() - p.started) * 1e3
+        reply = protocol.Message("reply", m.ReplyBody(
+            outputs=msg.body.outputs, variant=p.variant, worker=p.worker_id, decision_us=p.decision_us,
+            timing=timing, needs_load=p.needs_load, attempts=p.attempts, output_names=p.output_names),
+            id=p.client_request_id)
+        self.queries_served += 1
+        self._reply(p.route, reply)
+
+    def _on_worker_error(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:
+        b: m.ErrorBody = msg.body
+        p = self._finish(msg.id, worker_id)
+        if p is None:
+            log.warning("worker %s reports %s: %s", worker_id, b.code, b.reason)
+            return
+        self._reply_error(p, b.code if b.code in protocol.ERROR_CODES else "internal", b.reason)
+
+    def _finish(self, internal_id: str, worker_id: str | None = None) -> PendingQuery | None:
+        """Take a query out of flight; only the worker it was sent to may finish it."""
+        p = self.pending.get(internal_id)
+        if p is None or (worker_id is not None and p.worker_id != worker_id):
+            return None
+        del self.pending[internal_id]
+        self.ledger.finished(p.route[0])
+        w = self.workers.get(p.worker_id)
+        if w is not None:
+            w.inflight.discard(internal_id)
+            if p.variant in w.loaded:
+                w.loaded[p.variant] = max(0, w.loaded[p.variant] - p.batch)
+            self._queues_changed()
+        return p
+
+    def _reply_error(self, p: PendingQuery, code: str, reason: str) -> None:
+        self.queries_failed += 1
+        self._reply(p.route, protocol.error(code, reason, p.client_request_id))
+
+    def _on_fetch(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:
+        b: m.FetchBody = msg.body
+        path = self.artifacts.path(b.sha256)
+        if not path.is_file():
+            self._send_worker(identity, protocol.error("not_found", f"artifact {b.sha256[:12]} is not on the master; "
+                                                       "run `infaas push`", msg.id, sha256=b.sha256))
+            return
+        total = path.stat().st_size
+        with open(path, "rb") as fh:
+            fh.seek(b.offset)
+            data = fh.read(CHUNK_BYTES)
+        self._send_worker(identity, protocol.Message("artifact_chunk", m.ArtifactChunkBody(
+            sha256=b.sha256, offset=b.offset, data=data, total_bytes=total), id=msg.id))

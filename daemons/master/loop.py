@@ -1,0 +1,416 @@
+"""The master's loop and its two guarded doors (clients, workers).
+
+A thin loop over two ROUTER sockets: decode and validate a frame at the door → hand the typed
+message to its handler (daemons/master/handlers.py) → send. Every frame at the client door gets
+exactly one reply, whatever it holds; replies wait in a per-client outbox rather than being dropped
+by a full socket. A worker that keeps sending garbage is cut off; dead workers leave the cluster view.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from infaas_cli import protocol
+from infaas_cli.catalog.artifacts import ArtifactStore
+from infaas_cli.catalog.store import LmdbStore
+from infaas_cli.errors import InfaasError, wire_error
+from infaas_cli.policy.autoscale import AutoscaleConfig
+from infaas_cli.policy.baselines import POLICIES
+from infaas_cli.policy.cluster_autoscale import ClusterState
+from infaas_cli.policy.selection import ClusterSnapshot, WorkerState, load_prices
+from infaas_cli.settings import ClusterSettings, MasterSettings, SecuritySettings, Settings
+from infaas_daemons.common import log, step
+from infaas_daemons.master.apply import Actions
+from infaas_daemons.master.handlers import ClientHandlers, WorkerHandlers
+from infaas_daemons.master.state import CatalogView, ClientLedger, PendingQuery
+
+#: How stale the queue lengths in the selection's cluster snapshot may get.
+SNAPSHOT_QUEUE_REFRESH_S = 0.005
+#: Client frames handled per socket per loop turn (bounded, so timers still run under a flood).
+DRAIN_BATCH = 1000
+#: Identities of refused (garbage-sending) workers remembered.
+MAX_REFUSED = 10_000
+
+
+class Master(ClientHandlers, WorkerHandlers, Actions):
+    """The master daemon. `run()` blocks until `stop_event` is set."""
+
+    def __init__(self, home: str | Path, settings: MasterSettings | None = None, *,
+                 autoscale: AutoscaleConfig | None = None, cluster: ClusterSettings | None = None,
+                 security: SecuritySettings | None = None, endpoints_file: str | Path | None = None) -> None:
+        self.settings = settings = settings or MasterSettings()
+        security = security or SecuritySettings()
+        cluster = cluster or ClusterSettings()
+        if bool(security.curve_secret_key) != bool(security.authorized_keys):
+            raise InfaasError("CurveZMQ needs both security.curve_secret_key (the master's .key_secret) and "
+                              "security.authorized_keys (a directory of the workers' and clients' public .key files)",
+                              code="bad_config")
+        if settings.policy not in POLICIES:
+            raise InfaasError(f"unknown policy '{settings.policy}'; choose one of {', '.join(POLICIES)}",
+                              code="bad_config")
+        self.curve_secret_key = security.curve_secret_key
+        self.authorized_keys = security.authorized_keys
+        self.policy = settings.policy
+        self.autoscale_config = autoscale or AutoscaleConfig()
+        self.cluster_config = cluster.policy()
+        self.cluster_state = ClusterState()
+        self.scale_out_command, self.scale_in_command = cluster.scale_out_command, cluster.scale_in_command
+        self.cluster_decisions: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
+        self.draining: set[str] = set()
+        self._scaling: list = []
+        self.pins: dict[tuple, str] = {}  # baselines: the fixed variant of each query class
+        self.autoscale_states: dict[str, dict] = {}  # worker -> variant -> state
+        self.variant_slo: dict[str, tuple[float, float]] = {}  # variant -> (tightest recent SLO ms, when)
+        self.actions: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
+        self._options = None
+        self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.catalog = CatalogView(LmdbStore(self.home / "metadata.lmdb"), load_prices(settings.prices_file))
+        self.artifacts = ArtifactStore(self.home / "artifacts")
+        self.client_endpoint = settings.client_endpoint
+        self.worker_endpoint = settings.worker_endpoint
+        self.heartbeat_interval_s = settings.heartbeat_interval_s
+        self.endpoints_file = Path(endpoints_file) if endpoints_file else None
+        self.stop_event = threading.Event()
+        self.workers: dict[str, Any] = {}
+        self.pending: dict[str, PendingQuery] = {}
+        self.ledger = ClientLedger()
+        self.uploads: dict[str, Any] = {}
+        self.garbage: collections.Counter[bytes] = collections.Counter()  # bad frames per worker identity
+        self.refused: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self.decision_us: collections.deque[float] = collections.deque(maxlen=10_000)
+        self.started = time.time()
+        self.pid = os.getpid()
+        self.queries_served = self.queries_failed = self.queries_refused = 0
+        self._snapshot: ClusterSnapshot | None = None
+        self._snapshot_at = 0.0
+        self._snapshot_stale = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, home: str | Path, endpoints_file: str | Path | None = None) -> Master:
+        """A master for INFAAS_HOME `home`: its data in master.data_dir (default `home`/master)."""
+        data_dir = Path(settings.master.data_dir) if settings.master.data_dir else Path(home) / "master"
+        return cls(data_dir, settings.master, autoscale=settings.autoscale, cluster=settings.cluster,
+                   security=settings.security, endpoints_file=endpoints_file)
+
+    @property
+    def store(self):
+        return self.catalog.store
+
+    # -- catalog and cluster views ---------------------------------------------------------------------
+    def _catalog_changed(self) -> None:
+        self.catalog.changed()
+        self._options = None
+        self.pins.clear()
+
+    def snapshot(self) -> ClusterSnapshot:
+        """The cluster as the selection policy sees it.
+
+        Rebuilt at once when membership, liveness or the set of loaded variants changes; queue
+        lengths alone (every dispatch and result changes them) refresh it at most every
+        SNAPSHOT_QUEUE_REFRESH_S, so a burst does not pay a rebuild per query.
+        """
+        if self._snapshot is not None and self._snapshot_stale \
+                and time.monotonic() - self._snapshot_at > SNAPSHOT_QUEUE_REFRESH_S:
+            self._snapshot = None
+        if self._snapshot is None:
+            states = []
+            for w in self.workers.values():
+                mt = w.metrics
+                cores = mt.cores if mt is not None else w.hardware.cores
+                # Free cores as the master knows them: it sees loads it dispatched before the
+                # worker's next heartbeat does.
+                used = sum(self.catalog.threads_of(name) for name in w.loaded)
+                states.append(WorkerState(
+                    worker_id=w.worker_id, backends=frozenset(w.backends), cores=cores,
+                    # Not clamped at 0: placement then prefers the less oversubscribed of two full workers.
+                    free_cores=float(min(mt.free_cores if mt is not None else cores, cores - used)),
+                    free_memory_bytes=mt.free_memory_bytes if mt is not None else w.hardware.memory_bytes,
+                    loaded=dict(w.loaded), alive=w.alive and w.worker_id not in self.draining))
+            self._snapshot = ClusterSnapshot(tuple(states))
+            self._snapshot_at = time.monotonic()
+            self._snapshot_stale = False
+        return self._snapshot
+
+    def _cluster_changed(self) -> None:
+        self._snapshot = None
+
+    def _queues_changed(self) -> None:
+        self._snapshot_stale = True
+
+    # -- loop ------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        ctx = zmq.Context.instance()
+        auth = None
+        if self.curve_secret_key:
+            from infaas_cli.security import start_authenticator
+
+            auth = start_authenticator(ctx, self.authorized_keys)
+        else:
+            log.warning("CurveZMQ is off: anyone who reaches %s or %s can use this master; keep it on loopback or "
+                        "configure keys (`infaas keys generate`)", self.client_endpoint, self.worker_endpoint)
+        self.clients = ctx.socket(zmq.ROUTER)
+        self.workers_sock = ctx.socket(zmq.ROUTER)
+        for sock in (self.clients, self.workers_sock):
+            sock.setsockopt(zmq.LINGER, 0)
+            # A send that does not fit raises instead of vanishing: replies wait in the outbox instead.
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            if self.curve_secret_key:
+                from infaas_cli.security import make_server
+
+                make_server(sock, self.curve_secret_key)
+        # A restarted worker reconnects under its old id; let the new connection take the id over.
+        self.workers_sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.client_endpoint = _bind(self.clients, self.client_endpoint)
+        self.worker_endpoint = _bind(self.workers_sock, self.worker_endpoint)
+        self._write_endpoints()
+        poller = zmq.Poller()
+        poller.register(self.clients, zmq.POLLIN)
+        poller.register(self.workers_sock, zmq.POLLIN)
+        log.info("master serving clients on %s, workers on %s (catalog: %d models, %d variants)",
+                 self.client_endpoint, self.worker_endpoint, len(self.store.models()), len(self.store.variants()))
+        next_tick = next_autoscale = time.monotonic()
+        try:
+            while not self.stop_event.is_set():
+                # Waiting replies are retried every few ms until their clients read.
+                for sock, _ in poller.poll(5 if self.ledger.waiting else 50):
+                    self._drain(sock)
+                if self.ledger.waiting:
+                    self._step(self._flush_outboxes)
+                if time.monotonic() >= next_tick:
+                    self._step(self._check_workers)
+                    self._step(self._expire_pending)
+                    next_tick = time.monotonic() + min(0.25, self.heartbeat_interval_s / 2)
+                if time.monotonic() >= next_autoscale:
+                    self._step(self._autoscale)
+                    self._step(self._autoscale_cluster)
+                    next_autoscale = time.monotonic() + self.heartbeat_interval_s
+        finally:
+            for p in list(self.pending.values()):
+                self._reply_error(p, "unavailable", "the master is shutting down; retry against the restarted master")
+            self._flush_outboxes()
+            self.clients.close(linger=200)
+            self.workers_sock.close(linger=0)
+            if auth is not None:
+                auth.stop()
+            self.store.close()
+            log.info("master stopped")
+
+    def _write_endpoints(self) -> None:
+        if self.endpoints_file is None:
+            return
+        self.endpoints_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.endpoints_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"client_endpoint": self.client_endpoint, "worker_endpoint": self.worker_endpoint,
+                                   "pid": os.getpid()}))
+        os.replace(tmp, self.endpoints_file)
+
+    def _step(self, fn, *args) -> None:
+        step("master", fn, *args)
+
+    def _drain(self, sock: zmq.Socket) -> None:
+        door = self._client_door if sock is self.clients else self._worker_door
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._step(door, frames)
+
+    # -- sending ---------------------------------------------------------------------------------------
+    def _reply(self, route: tuple[bytes, ...], msg: protocol.Message) -> None:
+        """Send to a client; a reply its socket cannot take now waits, in order, in its outbox."""
+        try:
+            frame = protocol.encode(msg)
+        except protocol.ProtocolError as exc:  # our own bug: still answer the request
+            log.error("cannot encode %s %s: %s", msg.type, msg.id, exc.reason)
+            frame = protocol.encode(protocol.error("internal", "the reply could not be encoded (logged)", msg.id))
+        frames = [*route, frame]
+        box = self.ledger.outbox.get(route[0])
+        if box is None:
+            try:
+                self.clients.send_multipart(frames, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                box = self.ledger.outbox[route[0]] = collections.deque()
+            except zmq.ZMQError as exc:  # EHOSTUNREACH: the client is gone; nobody is left to tell
+                log.info("client %r left before its reply %s: %s", route[0][:16], msg.id, exc)
+                return
+        box.append(frames)
+        self.ledger.waiting += 1
+
+    def _flush_outboxes(self) -> None:
+        for identity in list(self.ledger.outbox):
+            box = self.ledger.outbox[identity]
+            while box:
+                try:
+                    self.clients.send_multipart(box[0], zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except zmq.ZMQError:  # the client left: its waiting replies have no reader
+                    self.ledger.waiting -= len(box)
+                    box.clear()
+                    break
+                box.popleft()
+                self.ledger.waiting -= 1
+            if not box:
+                del self.ledger.outbox[identity]
+
+    def _send_worker(self, identity: bytes, msg: protocol.Message) -> bool:
+        """Send to a worker; False when its pipe is full or it is gone (then it is dead at once)."""
+        try:
+            self.workers_sock.send_multipart([identity, protocol.encode(msg)], zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            log.warning("worker %r cannot take %s %s now (its queue is full)", identity[:32], msg.type, msg.id)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the connection is gone
+            entry = self.workers.get(identity.decode(errors="replace"))
+            if entry is not None and entry.identity == identity and entry.alive:
+                self._declare_dead(entry, f"is unreachable ({exc})")
+        except protocol.ProtocolError as exc:
+            log.error("cannot encode %s %s: %s", msg.type, msg.id, exc.reason)
+        return False
+
+    # -- the client door -------------------------------------------------------------------------------
+    def _client_door(self, frames: list[bytes]) -> None:
+        """Exactly one reply per client frame: a result later, or an error now."""
+        if len(frames) < 2:
+            return  # ROUTER always prefixes the identity; nothing here to answer
+        route, frame = tuple(frames[:-1]), frames[-1]
+        try:
+            msg = protocol.decode(frame)
+        except protocol.ProtocolError as exc:
+            self._refuse(route, exc.code, exc.reason, protocol.peek_id(frame))
+            return
+        handler = {"query": self._on_query, "status": self._on_status, "changes": self._on_changes,
+                   "artifact_chunk": self._on_upload}.get(msg.type)
+        if handler is None:
+            self._refuse(route, "unknown_type", f"the master does not take {msg.type} from clients", msg.id)
+            return
+        try:
+            handler(route, msg)
+        except Exception as exc:
+            code, reason, extra = wire_error(exc)
+            if code == "internal":
+                log.exception("client %s %s failed", msg.type, msg.id)
+            self._refuse(route, code, reason, msg.id, **extra)
+
+    def _refuse(self, route: tuple[bytes, ...], code: str, reason: str, request_id: str, **extra: Any) -> None:
+        self.queries_refused += 1
+        self._reply(route, protocol.error(code, reason, request_id, **extra))
+
+    # -- the worker door -------------------------------------------------------------------------------
+    def _worker_door(self, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            return
+        identity, frame = frames[0], frames[-1]
+        if identity in self.refused:
+            return  # cut off for sending garbage
+        try:
+            msg = protocol.decode(frame)
+        except protocol.ProtocolError as exc:
+            self._worker_garbage(identity, exc.reason)
+            self._send_worker(identity, protocol.error(exc.code, exc.reason, protocol.peek_id(frame)))
+            return
+        worker_id = identity.decode(errors="replace")
+        entry = self.workers.get(worker_id)
+        if entry is not None and entry.identity == identity:
+            entry.last_seen = time.monotonic()
+        handler = {"register": self._on_register, "heartbeat": self._on_heartbeat, "result": self._on_result,
+                   "error": self._on_worker_error, "loaded": self._on_loaded, "fetch": self._on_fetch}.get(msg.type)
+        if handler is None:
+            self._worker_garbage(identity, f"a worker sent {msg.type}")
+            self._send_worker(identity, protocol.error("unknown_type", f"the master does not take {msg.type} "
+                                                       "from workers", msg.id))
+            return
+        try:
+            handler(identity, worker_id, msg)
+        except Exception as exc:
+            code, reason, extra = wire_error(exc)
+            if code == "internal":
+                log.exception("worker %s %s failed", msg.type, worker_id)
+            self._send_worker(identity, protocol.error(code, reason, msg.id, **extra))
+
+    def _worker_garbage(self, identity: bytes, reason: str) -> None:
+        """Count a worker's bad frame; past the limit it is cut off and leaves the cluster."""
+        self.garbage[identity] += 1
+        n = self.garbage[identity]
+        if n == 1:
+            log.warning("bad frame from worker %r: %s", identity[:32], reason)
+        if n < self.settings.worker_garbage_limit:
+            return
+        del self.garbage[identity]
+        self.refused[identity] = None
+        if len(self.refused) > MAX_REFUSED:
+            self.refused.popitem(last=False)
+        log.warning("worker %r sent %d bad frames: cut off", identity[:32], n)
+        entry = self.workers.get(identity.decode(errors="replace"))
+        if entry is not None and entry.identity == identity:
+            self._declare_dead(entry, "cut off for sending garbage")
+            self._forget(entry.worker_id)
+
+    # -- timers ----------------------------------------------------------------------------------------
+    def _check_workers(self) -> None:
+        now = time.monotonic()
+        late_s = self.settings.dead_after_missed_heartbeats * self.heartbeat_interval_s
+        for w in list(self.workers.values()):
+            if w.alive and now - w.last_seen > late_s:
+                self._declare_dead(w, f"missed {self.settings.dead_after_missed_heartbeats} heartbeats")
+            elif not w.alive and now - w.last_seen > self.settings.forget_dead_worker_s:
+                log.info("worker %s forgotten (dead for %.0f s)", w.worker_id, now - w.last_seen)
+                self._forget(w.worker_id)
+
+    def _declare_dead(self, w, why: str) -> None:
+        w.alive = False
+        w.loaded = {}
+        self._cluster_changed()
+        lost = [rid for rid in w.inflight if rid in self.pending]
+        log.warning("worker %s %s: dead; re-routing %d queries", w.worker_id, why, len(lost))
+        w.inflight = set()
+        for rid in lost:
+            p = self.pending.pop(rid)
+            self.ledger.finished(p.route[0])
+            self._reroute(p, w.worker_id)
+
+    def _forget(self, worker_id: str) -> None:
+        self.workers.pop(worker_id, None)
+        self.autoscale_states.pop(worker_id, None)
+        self.draining.discard(worker_id)
+        self._cluster_changed()
+
+    def _reroute(self, p: PendingQuery, dead_worker: str) -> None:
+        if p.attempts >= self.settings.max_attempts:
+            self._reply_error(p, "worker_lost", f"worker {dead_worker} died and the query was already retried "
+                                                f"{p.attempts - 1} time(s)")
+            return
+        try:
+            self._dispatch(p.route, p.client_request_id, p.inputs, p.query, p.attempts + 1, (dead_worker,))
+        except Exception as exc:
+            self._reply_error(p, "worker_lost", f"worker {dead_worker} died and no other can take the query: "
+                                                f"{wire_error(exc)[1]}")
+
+    def _expire_pending(self) -> None:
+        now = time.monotonic()
+        timeout_s = self.settings.pending_timeout_s
+        for rid, p in list(self.pending.items()):
+            if now - p.started > timeout_s:
+                self._finish(rid)
+                self._reply_error(p, "overloaded", f"no answer from worker {p.worker_id} within {timeout_s:.0f} s")
+
+
+def _bind(sock: zmq.Socket, endpoint: str) -> str:
+    """Bind; a tcp endpoint with port 0 gets a free port. Returns the endpoint actually bound."""
+    if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
+        host = endpoint[len("tcp://"):-2]
+        port = sock.bind_to_random_port(f"tcp://{host}")
+        return f"tcp://{host}:{port}"
+    sock.bind(endpoint)
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)

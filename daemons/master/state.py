@@ -1,0 +1,140 @@
+"""What the master knows: its workers, the queries in flight, each client's ledger, its view of the catalog."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Any
+
+from infaas_cli import protocol
+from infaas_cli.catalog.listings import pick_profile
+from infaas_cli.catalog.records import VariantRecord
+from infaas_cli.catalog.store import MetadataStore
+from infaas_cli.policy.selection import PriceTable, Query, build_index
+from infaas_cli.protocol.messages import Hardware, Tensor, VariantSpec, WorkerMetrics
+
+
+@dataclass
+class WorkerEntry:
+    worker_id: str
+    identity: bytes
+    hardware: Hardware
+    backends: list[str]
+    last_seen: float
+    alive: bool = True
+    metrics: WorkerMetrics | None = None
+    loaded: dict[str, int] = field(default_factory=dict)  # variant -> queued samples (heartbeat + in flight)
+    inflight: set[str] = field(default_factory=set)
+
+    @property
+    def variant_metrics(self) -> dict[str, Any]:
+        return self.metrics.variants if self.metrics is not None else {}
+
+
+@dataclass
+class PendingQuery:
+    route: tuple[bytes, ...]  # the client's routing frames (identity, and b"" for a REQ client)
+    client_request_id: str
+    inputs: dict[str, Tensor]
+    query: Query
+    variant: str
+    worker_id: str
+    batch: int
+    decision_us: float
+    started: float
+    needs_load: bool
+    attempts: int = 1
+    output_names: list[str] = field(default_factory=list)
+
+
+class ClientLedger:
+    """Per client: queries in flight and replies its socket could not take yet (sent, in order, when it reads).
+
+    Nothing is dropped by a full socket: a reply that does not fit waits here, and a client whose
+    in-flight queries plus waiting replies reach the per-client bound has further queries refused
+    at once with `overloaded`.
+    """
+
+    def __init__(self) -> None:
+        self.in_flight: collections.Counter[bytes] = collections.Counter()
+        self.outbox: dict[bytes, collections.deque[list[bytes]]] = {}
+        self.waiting = 0  # replies in all outboxes
+
+    def load(self, identity: bytes) -> int:
+        box = self.outbox.get(identity)
+        return self.in_flight[identity] + (len(box) if box else 0)
+
+    def started(self, identity: bytes) -> None:
+        self.in_flight[identity] += 1
+
+    def finished(self, identity: bytes) -> None:
+        n = self.in_flight[identity] - 1
+        if n > 0:
+            self.in_flight[identity] = n
+        else:
+            del self.in_flight[identity]
+
+
+class CatalogView:
+    """The master's cached reading of its store: the selection index, model records, variant specs.
+
+    Rebuilt lazily after a catalog change (replication), never on the query path otherwise.
+    """
+
+    def __init__(self, store: MetadataStore, prices: PriceTable) -> None:
+        self.store = store
+        self.prices = prices
+        self._index = None
+        self._models: dict[str, Any] = {}
+        self._specs: dict[str, VariantSpec] = {}
+
+    def changed(self) -> None:
+        self._index = None
+        self._models.clear()
+        self._specs.clear()
+
+    def index(self):
+        if self._index is None:
+            self._index = build_index(self.store.models(), self.store.variants(), self.store.profiles(), self.prices)
+        return self._index
+
+    def model(self, name: str):
+        record = self._models.get(name)
+        if record is None:
+            record = self._models[name] = self.store.model(name)
+        return record
+
+    def variant_spec(self, name: str) -> VariantSpec:
+        spec = self._specs.get(name)
+        if spec is None:
+            variant = self.store.get(VariantRecord, name)
+            if variant is None:
+                raise protocol.ProtocolError("unknown_model", f"unknown variant '{name}'")
+            model = self.model(variant.model)
+            profile = pick_profile(variant, [p for p in self.store.profiles(variant.model) if p.variant == name])
+            latency = {int(b): float(s["p95_ms"]) for b, s in profile.batches.items()} if profile else {}
+            spec = protocol.body_of("load", {"variant": name, "spec": {
+                "name": name, "backend": variant.backend, "recipe": variant.recipe, "threads": variant.threads,
+                "peak_memory_bytes": profile.peak_memory_bytes if profile else 0, "max_batch": variant.max_batch,
+                "batch_dim": model.batch_dim, "artifact_sha256": variant.artifact_sha256,
+                "inputs": [{"name": s.name, "type": s.type, "dtype": s.dtype, "shape": s.shape}
+                           for s in model.input_specs()],
+                "latency_ms": latency}}).spec
+            self._specs[name] = spec
+        return spec
+
+    def threads_of(self, variant: str) -> int:
+        try:
+            return self.variant_spec(variant).threads
+        except Exception:  # a variant the catalog no longer has holds no threads we can count
+            return 0
+
+    def needed_artifacts(self) -> set[str]:
+        needed = set()
+        for m in self.store.models():
+            needed.add(m.artifact_sha256)
+            if m.validation_sha256:
+                needed.add(m.validation_sha256)
+        for v in self.store.variants():
+            needed.add(v.artifact_sha256)
+        return needed

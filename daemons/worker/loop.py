@@ -1,0 +1,261 @@
+"""The worker's loop, its door to the master, and its handlers (infer, load, unload, chunks, errors).
+
+One thread owns the ZeroMQ socket to the master; each loaded variant has executor threads
+(daemons/worker/executor.py); a loader thread opens sessions (daemons/worker/loading.py). Every
+`infer` gets exactly one answer: a result, or an error naming why.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psutil
+import zmq
+
+from infaas_cli import protocol
+from infaas_cli.backends import BACKENDS
+from infaas_cli.catalog.artifacts import ArtifactStore
+from infaas_cli.catalog.records import TensorSpec
+from infaas_cli.config import host_cores
+from infaas_cli.errors import InfaasError, wire_error
+from infaas_cli.protocol import messages as m
+from infaas_cli.settings import SecuritySettings, Settings, WorkerSettings
+from infaas_cli.toolkit.hardware import host_hardware
+from infaas_cli.toolkit.modelio import check_query_inputs
+from infaas_daemons.common import log, step
+from infaas_daemons.worker.executor import _LOADER, _RESULT, LoadedVariant, QueuedQuery
+from infaas_daemons.worker.loading import Loading
+
+
+class Worker(Loading):
+    """The worker daemon. `run()` blocks until `stop_event` is set (SIGTERM in the CLI)."""
+
+    def __init__(self, settings: WorkerSettings | None = None, security: SecuritySettings | None = None) -> None:
+        self.settings = settings = settings or WorkerSettings()
+        security = security or SecuritySettings()
+        if bool(security.curve_secret_key) != bool(security.master_public_key):
+            raise InfaasError("CurveZMQ needs both security.curve_secret_key and security.master_public_key",
+                              code="bad_config")
+        # (own .key_secret file, master's public .key file), or None
+        self.curve = (str(security.curve_secret_key), str(security.master_public_key)) \
+            if security.curve_secret_key else None
+        self.master_endpoint = settings.master_endpoint
+        self.worker_id = settings.worker_id or f"worker-{uuid.uuid4().hex[:8]}"
+        self.cache = ArtifactStore(Path(settings.cache_dir) if settings.cache_dir else
+                                   Path(tempfile.gettempdir()) / f"infaas-{self.worker_id}")
+        self.heartbeat_interval_s = settings.heartbeat_interval_s
+        self.cores = settings.cores or host_cores()
+        self.stop_event = threading.Event()
+        self.variants: dict[str, LoadedVariant] = {}
+        self.loading: dict[str, m.VariantSpec] = {}
+        self.parked: dict[str, list[QueuedQuery]] = {}  # variant -> queries waiting for its load
+        self.waiting_budget: dict[str, m.VariantSpec] = {}
+        self.waiting_since: dict[str, float] = {}
+        self.fetches: dict[str, Any] = {}
+        self.fetch_waiters: dict[str, list[m.VariantSpec]] = {}
+        self.backends = [b.name for b in BACKENDS if b.availability().available]
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader")
+        # Sessions the loader opened, handed to the loop (dict operations are atomic under the GIL).
+        self._ready: dict[str, Any] = {}
+        self.loading_replicas: dict[str, int] = {}  # extra replicas being opened, per variant
+        self._inputs: dict[tuple[str, str], list[TensorSpec]] = {}
+        self._results_endpoint = f"inproc://results-{uuid.uuid4().hex}"
+        self._proc = psutil.Process()
+        self._proc.cpu_percent(None)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Worker:
+        return cls(settings.worker, settings.security)
+
+    # -- loop --------------------------------------------------------------------------------------
+    def run(self) -> None:
+        ctx = zmq.Context.instance()
+        self.ctx = ctx
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, self.worker_id.encode())
+        self.sock.setsockopt(zmq.LINGER, 0)
+        # Results are bounded by the queries the master has in flight here: never drop one for a full pipe.
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        if self.curve:
+            from infaas_cli.security import make_client
+
+            make_client(self.sock, *self.curve)
+        self.sock.connect(self.master_endpoint)
+        self.results = ctx.socket(zmq.PULL)
+        self.results.bind(self._results_endpoint)
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.results, zmq.POLLIN)
+        self._register()
+        next_beat = time.monotonic() + self.heartbeat_interval_s
+        log.info("worker %s connected to %s (%d cores, backends %s)", self.worker_id, self.master_endpoint,
+                 self.cores, ",".join(self.backends))
+        try:
+            while not self.stop_event.is_set():
+                timeout_ms = max(0, int((next_beat - time.monotonic()) * 1e3))
+                for sock, _ in poller.poll(min(timeout_ms, 100)):
+                    if sock is self.sock:
+                        self._drain_master()
+                    else:
+                        self._drain_results()
+                if time.monotonic() >= next_beat:
+                    self._step(self._heartbeat)
+                    self._step(self._retry_budget)
+                    next_beat = time.monotonic() + self.heartbeat_interval_s
+        finally:
+            for v in list(self.variants.values()):
+                v.stop()
+            self._loader.shutdown(wait=False, cancel_futures=True)
+            self.sock.close(linger=0)
+            self.results.close(linger=0)
+            log.info("worker %s stopped", self.worker_id)
+
+    def _step(self, fn, *args) -> None:
+        step("worker", fn, *args)
+
+    def _drain_master(self) -> None:
+        for _ in range(1000):  # bounded, so heartbeats still go out under a flood
+            try:
+                frame = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._step(self._door, frame)
+
+    def _drain_results(self) -> None:
+        while True:
+            try:
+                frames = self.results.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if frames[0] == _RESULT:
+                self._send_frame(frames[1])
+            elif frames[0] == _LOADER:
+                self._step(self._on_loader, frames)
+
+    def _send_frame(self, frame: bytes) -> None:
+        try:
+            self.sock.send(frame, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.warning("could not send to master: %s", exc)
+
+    def _send(self, msg: protocol.Message) -> None:
+        try:
+            self._send_frame(protocol.encode(msg))
+        except protocol.ProtocolError as exc:
+            log.error("cannot encode %s %s: %s", msg.type, msg.id, exc.reason)
+
+    # -- the door --------------------------------------------------------------------------------------
+    def _door(self, frame: bytes) -> None:
+        """One frame from the master: validated, then handled; a failure is answered with an error."""
+        try:
+            msg = protocol.decode(frame)
+        except protocol.ProtocolError as exc:
+            log.warning("bad frame from master: %s", exc.reason)
+            self._send(protocol.error(exc.code, exc.reason, protocol.peek_id(frame)))
+            return
+        handler = {"infer": self._on_infer, "load": self._on_load, "unload": self._on_unload,
+                   "artifact_chunk": self._on_chunk, "registered": lambda msg: None,
+                   "error": self._on_master_error}.get(msg.type)
+        if handler is None:
+            self._send(protocol.error("unknown_type", f"a worker does not take {msg.type} messages", msg.id))
+            return
+        try:
+            handler(msg)
+        except Exception as exc:
+            code, reason, extra = wire_error(exc)
+            if code == "internal":
+                log.exception("%s %s failed", msg.type, msg.id)
+            if msg.type not in ("error", "registered"):  # never answer an answer
+                self._send(protocol.error(code, reason, msg.id, **extra))
+
+    # -- handlers --------------------------------------------------------------------------------------
+    def _input_specs(self, spec: m.VariantSpec) -> list[TensorSpec]:
+        key = (spec.name, spec.artifact_sha256)
+        specs = self._inputs.get(key)
+        if specs is None:
+            if len(self._inputs) > 4096:
+                self._inputs.clear()
+            specs = self._inputs[key] = [TensorSpec(s.name, s.type, s.dtype, s.shape) for s in spec.inputs]
+        return specs
+
+    def _on_infer(self, msg: protocol.Message) -> None:
+        b: m.InferBody = msg.body
+        spec = b.spec
+        feeds = protocol.unpack_tensors(b.inputs)
+        try:
+            batch = check_query_inputs(feeds, self._input_specs(spec), spec.batch_dim, spec.max_batch)
+        except InfaasError as exc:
+            raise protocol.ProtocolError("invalid_input", str(exc)) from None
+        now = time.monotonic()
+        deadline = now + b.deadline_ms / 1e3 if b.deadline_ms else float("inf")
+        query = QueuedQuery(msg.id, feeds, batch, deadline, now)
+        loaded = self.variants.get(spec.name)
+        if loaded is not None:
+            for frame in loaded.submit(query) or ():
+                self._send_frame(frame)
+            return
+        self.parked.setdefault(spec.name, []).append(query)
+        self._ensure_loaded(spec)
+
+    def _on_load(self, msg: protocol.Message) -> None:
+        """Load a variant, or set its replica count (body "replicas"), within the thread budget."""
+        b: m.LoadBody = msg.body
+        spec, want = b.spec, b.replicas
+        loaded = self.variants.get(spec.name)
+        if loaded is None:
+            self._ensure_loaded(spec)
+            return
+        if want is None:
+            return
+        have = len(loaded.replicas) + self.loading_replicas.get(spec.name, 0)
+        if want > have:
+            for _ in range(want - have):
+                if self._threads_in_use() + spec.threads > self.cores:
+                    log.info("no free cores for another replica of %s", spec.name)
+                    break
+                self.loading_replicas[spec.name] = self.loading_replicas.get(spec.name, 0) + 1
+                self._loader.submit(self._load, spec)
+        else:
+            while len(loaded.replicas) > want and loaded.remove_replica():
+                log.info("removed a replica of %s (%d left)", spec.name, len(loaded.replicas))
+
+    def _on_unload(self, msg: protocol.Message) -> None:
+        loaded = self.variants.get(msg.body.variant)
+        if loaded is not None and loaded.idle():
+            self._unload(loaded.spec.name)
+
+    def _on_master_error(self, msg: protocol.Message) -> None:
+        b: m.ErrorBody = msg.body
+        if b.code == "not_found" and b.worker_id == self.worker_id:
+            self._register()  # the master restarted and forgot us
+        elif b.sha256 in self.fetches:
+            self._fetch_failed(b.sha256, b.reason)
+        else:
+            log.warning("master error %s: %s", b.code, b.reason)
+
+    # -- registration and heartbeats -----------------------------------------------------------------
+    def _register(self) -> None:
+        hw = host_hardware()
+        hw["cores"] = self.cores
+        self._send(protocol.Message("register", m.RegisterBody(worker_id=self.worker_id, hardware=m.Hardware(**hw),
+                                                               backends=self.backends, pid=os.getpid())))
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        mem = psutil.virtual_memory()
+        variants = {name: v.metrics(now) for name, v in self.variants.items()}
+        for name, spec in self.loading.items():
+            variants[name] = m.VariantMetrics(state="loading", queue=sum(q.batch for q in self.parked.get(name, [])),
+                                              threads=spec.threads)
+        metrics = m.WorkerMetrics(
+            cpu_percent=psutil.cpu_percent(None), process_cpu_percent=self._proc.cpu_percent(None),
+            memory_total_bytes=mem.total, free_memory_bytes=mem.available,
+            cores=self.cores, free_cores=max(0, self.cores - self._threads_in_use()), variants=variants)
+        self._send(protocol.Message("heartbeat", m.HeartbeatBody(worker_id=self.worker_id, metrics=metrics)))

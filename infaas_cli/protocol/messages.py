@@ -1,0 +1,322 @@
+"""Every message body as a typed structure with bounds, validated when a frame is decoded.
+
+msgspec decodes msgpack straight into these structures and checks every field's type and bound on
+the way, so a wrong field is refused with its path (``Expected `int`, got `str` - at `$.hardware.cores```)
+before any handler sees it. docs/protocol.md documents every field; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+# -- bounds ------------------------------------------------------------------------------------------
+
+#: Largest tensor a query may carry, in bytes (a frame is bounded by the sockets' max message size too).
+MAX_TENSOR_BYTES = 256 << 20
+#: Most elements in one tensor (the product of its dimensions, computed without overflow).
+MAX_TENSOR_ELEMENTS = MAX_TENSOR_BYTES
+#: Most dimensions of one tensor.
+MAX_RANK = 16
+#: Most named tensors in one query or result.
+MAX_TENSORS = 64
+#: Longest name (model, variant, worker id, tensor name).
+MAX_NAME = 256
+#: Longest free text (error reasons).
+MAX_TEXT = 8192
+#: Largest artifact chunk.
+MAX_CHUNK_BYTES = 8 << 20
+#: Most change-log entries in one `changes` message.
+MAX_ENTRIES = 10_000
+
+Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME)]
+Text = Annotated[str, Meta(max_length=MAX_TEXT)]
+Sha256 = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+Count = Annotated[int, Meta(ge=0, le=2**62)]
+Positive = Annotated[int, Meta(ge=1, le=2**31 - 1)]
+Finite = Annotated[float, Meta(ge=-1e300, le=1e300)]  # refuses NaN and infinities
+NonNegative = Annotated[float, Meta(ge=0, le=1e300)]
+Dim = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+
+DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+          "uint64", "bool")
+Dtype = Literal["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                "uint64", "bool"]
+_ITEMSIZE = {"float16": 2, "float32": 4, "float64": 8, "int8": 1, "int16": 2, "int32": 4, "int64": 8, "uint8": 1,
+             "uint16": 2, "uint32": 4, "uint64": 8, "bool": 1}
+
+
+class Body(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Base of every body: unknown fields are refused (a typo is an error, not a silent default)."""
+
+
+# -- tensors -----------------------------------------------------------------------------------------
+
+class Tensor(Body):
+    """A numpy array: dtype name, shape, raw C-order bytes. The byte count must match the shape."""
+
+    dtype: Dtype
+    shape: Annotated[list[Dim], Meta(max_length=MAX_RANK)]
+    data: Annotated[bytes, Meta(max_length=MAX_TENSOR_BYTES)]
+
+    def __post_init__(self) -> None:
+        elements = 1
+        for d in self.shape:  # Python ints: no overflow, however large the dimensions
+            elements *= d
+            if elements > MAX_TENSOR_ELEMENTS:
+                raise ValueError(f"shape {self.shape} holds more than {MAX_TENSOR_ELEMENTS} elements")
+        want = elements * _ITEMSIZE[self.dtype]
+        if len(self.data) != want:
+            raise ValueError(f"carries {len(self.data)} bytes; shape {self.shape} of {self.dtype} needs {want}")
+
+
+Rows = Annotated[list[Any], Meta(max_length=1 << 20)]
+
+
+class Output(Body):
+    """One model output: a tensor, or a list (a sequence of maps, e.g. scikit-learn's ZipMap)."""
+
+    tensor: Tensor | None = None
+    list: Rows | None = None
+
+
+Tensors = Annotated[dict[Annotated[str, Meta(max_length=MAX_NAME)], Tensor], Meta(max_length=MAX_TENSORS)]
+Timing = Annotated[dict[Annotated[str, Meta(max_length=64)], Finite], Meta(max_length=32)]
+
+
+# -- client <-> master -------------------------------------------------------------------------------
+
+class QueryBody(Body):
+    kind: Literal["variant", "model", "task"]
+    inputs: Tensors
+    variant: Name | None = None
+    model: Name | None = None
+    task: Name | None = None
+    dataset: Name | None = None
+    latency_ms: NonNegative | None = None
+    min_accuracy: Annotated[float, Meta(ge=0, le=1)] | None = None
+    objective: Literal["cost", "latency"] | None = None
+    max_cost_usd: NonNegative | None = None
+
+
+class ReplyBody(Body):
+    outputs: Annotated[list[Output], Meta(max_length=MAX_TENSORS)]
+    variant: Name
+    worker: Name
+    decision_us: NonNegative
+    timing: Timing
+    needs_load: bool = False
+    attempts: Positive = 1
+    output_names: Annotated[list[Name], Meta(max_length=MAX_TENSORS)] = []
+
+
+class StatusBody(Body):
+    pass
+
+
+class StatusReplyBody(Body):
+    master: dict[str, Any]
+    workers: list[dict[str, Any]]
+
+
+# -- master <-> worker -------------------------------------------------------------------------------
+
+class Hardware(Body):
+    """What a worker reports of its host when it registers."""
+
+    cores: Positive
+    cpu_model: Text = ""
+    physical_cores: Annotated[int, Meta(ge=0, le=2**31 - 1)] = 0
+    memory_bytes: Count = 0
+    gpus: Annotated[list[Text], Meta(max_length=64)] = []
+    neuron_devices: Annotated[int, Meta(ge=0, le=4096)] = 0
+    machine: Text = ""
+    hostname: Text = ""
+
+
+class RegisterBody(Body):
+    worker_id: Name
+    hardware: Hardware
+    backends: Annotated[list[Name], Meta(max_length=32)]
+    pid: Count | None = None
+
+
+class RegisteredBody(Body):
+    heartbeat_interval_s: Annotated[float, Meta(gt=0, le=3600)]
+
+
+class VariantMetrics(Body):
+    """One variant on a worker, over the worker's metrics window."""
+
+    state: Literal["loaded", "loading"]
+    queue: Count = 0
+    qps: NonNegative = 0.0
+    samples_per_s: NonNegative = 0.0
+    latency_ms: NonNegative = 0.0
+    threads: Annotated[int, Meta(ge=0, le=4096)] = 0
+    replicas: Annotated[int, Meta(ge=0, le=4096)] = 1
+    idle_s: NonNegative = 0.0
+
+
+class WorkerMetrics(Body):
+    cores: Positive
+    free_cores: Annotated[int, Meta(ge=-4096, le=4096)]
+    cpu_percent: NonNegative = 0.0
+    process_cpu_percent: NonNegative = 0.0
+    memory_total_bytes: Count = 0
+    free_memory_bytes: Count = 0
+    variants: Annotated[dict[Name, VariantMetrics], Meta(max_length=4096)] = {}
+
+
+class HeartbeatBody(Body):
+    worker_id: Name
+    metrics: WorkerMetrics
+
+
+class TensorSpec(Body):
+    """A model input as the worker needs it to check queries (names, dtype, shape; None: dynamic)."""
+
+    name: Name
+    type: Annotated[str, Meta(max_length=MAX_NAME)]
+    dtype: Annotated[str, Meta(max_length=32)] | None
+    shape: Annotated[list[Annotated[int, Meta(ge=-1, le=2**31 - 1)] | Annotated[str, Meta(max_length=MAX_NAME)] | None],
+                     Meta(max_length=MAX_RANK)] | None
+
+
+class VariantSpec(Body):
+    """What the master tells a worker about a variant so the worker can fetch, load and run it."""
+
+    name: Name
+    backend: Name
+    recipe: Name
+    threads: Annotated[int, Meta(ge=1, le=1024)]
+    max_batch: Annotated[int, Meta(ge=1, le=65536)]
+    batch_dim: Literal["dynamic", "fixed", "none"]
+    artifact_sha256: Sha256
+    inputs: Annotated[list[TensorSpec], Meta(max_length=MAX_TENSORS)]
+    latency_ms: Annotated[dict[Annotated[int, Meta(ge=1, le=65536)], NonNegative], Meta(max_length=64)] = {}
+    peak_memory_bytes: Count = 0
+
+    def predicted_ms(self, batch: int) -> float:
+        """Profiled latency at the smallest profiled batch that holds `batch`; linear beyond the largest."""
+        fitting = [b for b in self.latency_ms if b >= batch]
+        if fitting:
+            return self.latency_ms[min(fitting)]
+        if self.latency_ms:
+            biggest = max(self.latency_ms)
+            return self.latency_ms[biggest] * batch / biggest
+        return 0.0
+
+
+class LoadBody(Body):
+    variant: Name
+    spec: VariantSpec
+    replicas: Annotated[int, Meta(ge=1, le=256)] | None = None
+
+
+class UnloadBody(Body):
+    variant: Name
+
+
+class LoadedBody(Body):
+    variant: Name
+    load_time_ms: NonNegative
+    worker_id: Name | None = None
+
+
+class InferBody(Body):
+    variant: Name
+    inputs: Tensors
+    spec: VariantSpec
+    deadline_ms: NonNegative | None = None
+
+
+class ResultBody(Body):
+    outputs: Annotated[list[Output], Meta(max_length=MAX_TENSORS)]
+    timing: Timing
+
+
+class FetchBody(Body):
+    sha256: Sha256
+    offset: Count
+    worker_id: Name | None = None
+
+
+# -- CLI -> master replication -----------------------------------------------------------------------
+
+class ChangeEntry(Body):
+    """One change-log entry; `value` is validated as the table's record type before it is stored."""
+
+    seq: Annotated[int, Meta(ge=1, le=2**62)]
+    op: Literal["put", "delete"]
+    table: Annotated[str, Meta(min_length=1, max_length=64)]
+    key: Annotated[str, Meta(min_length=1, max_length=400)]
+    ts: Finite = 0.0
+    value: dict[str, Any] | None = None
+
+
+class ChangesBody(Body):
+    source: Annotated[str, Meta(min_length=1, max_length=128)]
+    entries: Annotated[list[ChangeEntry], Meta(max_length=MAX_ENTRIES)]
+
+
+class ArtifactChunkBody(Body):
+    sha256: Sha256
+    offset: Count
+    data: Annotated[bytes, Meta(max_length=MAX_CHUNK_BYTES)]
+    total_bytes: Annotated[int, Meta(ge=0, le=2**44)]
+
+
+class AckBody(Body):
+    """The answer to `changes` (last_seq, applied, missing_artifacts) or to `artifact_chunk` (sha256,
+    offset, complete)."""
+
+    last_seq: Count | None = None
+    applied: Count | None = None
+    missing_artifacts: list[Sha256] | None = None
+    sha256: Sha256 | None = None
+    offset: Count | None = None
+    complete: bool | None = None
+
+
+# -- any direction -----------------------------------------------------------------------------------
+
+class ErrorBody(Body):
+    """A refusal: a stable code (docs/protocol.md), a human reason, and fields some codes add."""
+
+    code: Annotated[str, Meta(min_length=1, max_length=64)]
+    reason: Text
+    best_latency_ms: NonNegative | None = None
+    best_accuracy: Annotated[float, Meta(ge=0, le=1)] | None = None
+    last_seq: Count | None = None
+    worker_id: Name | None = None
+    sha256: Annotated[str, Meta(max_length=128)] | None = None
+    variant: Name | None = None
+
+
+#: Message type -> its body structure, and who sends it (documentation and the doc test use this).
+BODIES: dict[str, type[Body]] = {
+    "query": QueryBody, "reply": ReplyBody, "status": StatusBody, "status_reply": StatusReplyBody,
+    "register": RegisterBody, "registered": RegisteredBody, "heartbeat": HeartbeatBody, "load": LoadBody,
+    "unload": UnloadBody, "loaded": LoadedBody, "infer": InferBody, "result": ResultBody, "fetch": FetchBody,
+    "changes": ChangesBody, "artifact_chunk": ArtifactChunkBody, "ack": AckBody, "error": ErrorBody,
+}
+
+DIRECTIONS: dict[str, str] = {
+    "query": "client → master", "reply": "master → client", "status": "client → master",
+    "status_reply": "master → client", "register": "worker → master", "registered": "master → worker",
+    "heartbeat": "worker → master", "load": "master → worker", "unload": "master → worker",
+    "loaded": "worker → master", "infer": "master → worker", "result": "worker → master", "fetch": "worker → master",
+    "changes": "CLI → master", "artifact_chunk": "CLI → master, master → worker", "ack": "master → CLI",
+    "error": "any → its peer",
+}
+
+DECODERS: dict[str, msgspec.msgpack.Decoder] = {t: msgspec.msgpack.Decoder(cls) for t, cls in BODIES.items()}
+
+
+def struct_fields(cls: type[Body]) -> list[tuple[str, Any, bool]]:
+    """(name, type, required) of each field of a body structure, in order."""
+    info = msgspec.inspect.type_info(cls)
+    return [(f.name, f.type, f.required) for f in info.fields]
