@@ -14,17 +14,24 @@ import time
 from infaas_cli import protocol
 from infaas_cli.policy.autoscale import VariantLoad, WorkerView, autoscale_worker, options_from_index
 from infaas_cli.policy.cluster_autoscale import HostLoad, autoscale_cluster
+from infaas_cli.policy.cores import cpu_utilisation, worker_cores
+from infaas_cli.policy.placement import VariantNeed, place
 from infaas_cli.protocol import messages as m
 from infaas_daemons.common import log
 from infaas_daemons.master.state import WorkerEntry
 
 
-def _cores(w: WorkerEntry) -> int:
-    return w.metrics.cores if w.metrics is not None else w.hardware.cores
-
-
 def _free_cores(w: WorkerEntry) -> int:
+    """The free cores a worker's last heartbeat reported (what the model-level autoscaler reasons about)."""
     return w.metrics.free_cores if w.metrics is not None else 0
+
+
+def _cores(w: WorkerEntry) -> int:
+    return worker_cores(w.metrics.cores if w.metrics is not None else None, w.hardware.cores)
+
+
+def _need(spec: m.VariantSpec) -> VariantNeed:
+    return VariantNeed(spec.name, spec.backend, spec.threads, spec.peak_memory_bytes)
 
 
 class Actions:
@@ -32,15 +39,8 @@ class Actions:
         """The static baseline's fixed replicas: its pinned variant on every live worker where it fits
         beside the variants already placed there (on the roomiest worker when it fits nowhere)."""
         spec = self.catalog.variant_spec(variant)
-        able = [w for w in self.workers.values() if w.alive and spec.backend in w.backends]
-
-        def free(w: WorkerEntry) -> int:
-            return w.hardware.cores - sum(self.catalog.threads_of(n) for n in w.loaded)
-
-        targets = [w for w in able if variant not in w.loaded and free(w) >= spec.threads]
-        if not targets and able and not any(variant in w.loaded for w in able):
-            targets = [max(able, key=free)]
-        for w in targets:
+        ids = place(self.snapshot().workers, _need(spec), "static")
+        for w in (self.workers[i] for i in ids):
             if self._send_worker(w.identity, protocol.Message("load", m.LoadBody(variant=variant, spec=spec))):
                 w.loaded[variant] = 0
         self._cluster_changed()
@@ -52,7 +52,7 @@ class Actions:
             return  # one scaling command at a time: the next decision sees its result
         # A worker's utilisation is its own process's CPU over its cores (a host may run other things).
         hosts = [HostLoad(w.worker_id, "gpu" if w.hardware.gpus else "cpu",
-                          (w.metrics.process_cpu_percent if w.metrics else 0.0) / (100.0 * max(1, _cores(w))),
+                          cpu_utilisation(w.metrics.process_cpu_percent if w.metrics else None, _cores(w)),
                           w.alive, w.worker_id in self.draining)
                  for w in self.workers.values()]
         actions, self.cluster_state = autoscale_cluster(self.cluster_state, hosts, time.monotonic(),
@@ -113,15 +113,13 @@ class Actions:
         spec = self.catalog.variant_spec(action.variant)
         where = w
         if action.kind == "replicate":
-            if _free_cores(w) >= spec.threads:
+            ids = place(self.snapshot().workers, _need(spec), "replica", current=w.worker_id)
+            if not ids:
+                return
+            if ids[0] == w.worker_id:
                 body = m.LoadBody(variant=action.variant, spec=spec, replicas=replicas + 1)
             else:  # no room here: a replica on the worker with the most free cores
-                others = [o for o in self.workers.values() if o.alive and o is not w
-                          and action.variant not in o.loaded and spec.backend in o.backends
-                          and _free_cores(o) >= spec.threads]
-                if not others:
-                    return
-                where = max(others, key=_free_cores)
+                where = self.workers[ids[0]]
                 body = m.LoadBody(variant=action.variant, spec=spec)
                 where.loaded.setdefault(action.variant, 0)
                 self._cluster_changed()

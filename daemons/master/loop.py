@@ -25,6 +25,7 @@ from infaas_cli.errors import InfaasError, wire_error
 from infaas_cli.policy.autoscale import AutoscaleConfig
 from infaas_cli.policy.baselines import POLICIES
 from infaas_cli.policy.cluster_autoscale import ClusterState
+from infaas_cli.policy.cores import dispatched_threads, known_free_cores, worker_cores
 from infaas_cli.policy.selection import ClusterSnapshot, WorkerState, load_prices
 from infaas_cli.settings import ClusterSettings, MasterSettings, SecuritySettings, Settings
 from infaas_daemons.common import log, step
@@ -125,14 +126,13 @@ class Master(ClientHandlers, WorkerHandlers, Actions):
             states = []
             for w in self.workers.values():
                 mt = w.metrics
-                cores = mt.cores if mt is not None else w.hardware.cores
+                cores = worker_cores(mt.cores if mt is not None else None, w.hardware.cores)
                 # Free cores as the master knows them: it sees loads it dispatched before the
                 # worker's next heartbeat does.
-                used = sum(self.catalog.threads_of(name) for name in w.loaded)
+                free = known_free_cores(cores, mt.free_cores if mt is not None else None,
+                                        dispatched_threads(w.loaded, self.catalog.threads_of))
                 states.append(WorkerState(
-                    worker_id=w.worker_id, backends=frozenset(w.backends), cores=cores,
-                    # Not clamped at 0: placement then prefers the less oversubscribed of two full workers.
-                    free_cores=float(min(mt.free_cores if mt is not None else cores, cores - used)),
+                    worker_id=w.worker_id, backends=frozenset(w.backends), cores=cores, free_cores=free,
                     free_memory_bytes=mt.free_memory_bytes if mt is not None else w.hardware.memory_bytes,
                     loaded=dict(w.loaded), alive=w.alive and w.worker_id not in self.draining))
             self._snapshot = ClusterSnapshot(tuple(states))

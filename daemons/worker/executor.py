@@ -16,6 +16,7 @@ import numpy as np
 import zmq
 
 from infaas_cli import protocol
+from infaas_cli.policy.batching import next_batch, run_inline, update_arrival_gap
 from infaas_cli.protocol.messages import ResultBody, VariantMetrics, VariantSpec
 from infaas_cli.settings import WorkerSettings
 
@@ -24,11 +25,19 @@ _RESULT, _LOADER = b"R", b"L"  # tags on the inproc channel: forward as-is, or f
 
 @dataclass
 class QueuedQuery:
+    """A query waiting for its variant; batching (infaas_cli.policy.batching) reads batch, shape_key,
+    deadline_s and arrived_s."""
+
     request_id: str
     feeds: dict[str, np.ndarray]
     batch: int
-    deadline: float  # time.monotonic() by which the result is due (inf without a latency SLO)
-    arrived: float
+    deadline_s: float  # time.monotonic() by which the result is due (inf without a latency SLO)
+    arrived_s: float
+    shape_key: tuple = ()
+
+    def __post_init__(self) -> None:
+        if not self.shape_key:
+            self.shape_key = shape_key(self.feeds)
 
 
 class LoadedVariant:
@@ -79,14 +88,12 @@ class LoadedVariant:
         """Queue a query for the executor thread — or, for a fast variant that is idle at low load,
         run it right here and return the result frames (two thread handoffs saved)."""
         with self.cond:
-            gap = query.arrived - self._last_arrival
-            self._last_arrival = query.arrived
-            self.arrival_gap_s = gap if self.arrival_gap_s == float("inf") else 0.8 * self.arrival_gap_s + 0.2 * gap
+            gap = query.arrived_s - self._last_arrival
+            self._last_arrival = query.arrived_s
+            self.arrival_gap_s = update_arrival_gap(self.arrival_gap_s, gap)
             self.last_used = time.monotonic()
-            spec = self.spec
-            inline = (not self.queue and not self.busy and len(self.replicas) == 1 and spec.latency_ms
-                      and spec.predicted_ms(query.batch) <= self.settings.inline_max_ms
-                      and self.arrival_gap_s * 1e3 >= spec.predicted_ms(min(spec.max_batch, query.batch + 1)))
+            inline = run_inline(self.spec.latency_ms, query.batch, self.spec.max_batch, self.arrival_gap_s,
+                                len(self.queue), self.busy, len(self.replicas), self.settings.inline_max_ms)
             if not inline:
                 self.queue.append(query)
                 self.cond.notify()
@@ -114,46 +121,19 @@ class LoadedVariant:
             runner.close()
 
     def _take_batch(self, stop: threading.Event) -> list[QueuedQuery] | None:
-        """Wait for work; then batch what is queued, waiting for more only when it pays.
-
-        Queries pile up while a batch runs, so under load batches form by themselves. Waiting
-        on top of that helps only when queries arrive faster than a batch is served, and then
-        only as long as the tightest queued deadline leaves slack (and never over
-        settings.max_batch_wait_ms). At low load a query runs at once.
-        """
+        """Wait for work, then take the batch the batching policy closes (None: this replica stops)."""
         spec = self.spec
         with self.cond:
-            while self.running and not stop.is_set() and not self.queue:
-                self.cond.wait(0.5)
-            if not self.running or stop.is_set():
-                return None
-            if spec.batch_dim == "none":
-                self.busy += 1
-                return [self.queue.popleft()]
             while True:
-                size = sum(q.batch for q in self.queue)
-                if size >= spec.max_batch or self.arrival_gap_s * 1e3 >= spec.predicted_ms(size + 1):
-                    break
-                tightest = min(q.deadline for q in self.queue)
-                slack_s = tightest - time.monotonic() - spec.predicted_ms(min(spec.max_batch, size + 1)) / 1e3
-                oldest_wait_s = time.monotonic() - self.queue[0].arrived
-                wait_s = min(slack_s, self.settings.max_batch_wait_ms / 1e3 - oldest_wait_s)
-                if wait_s <= 0:
-                    break
-                self.cond.wait(wait_s)
-                if not self.running or stop.is_set() or not self.queue:
-                    return [] if self.running and not stop.is_set() else None
-            batch, size = [], 0
-            shape_key = _shape_key(self.queue[0].feeds)
-            while self.queue and size + self.queue[0].batch <= spec.max_batch \
-                    and _shape_key(self.queue[0].feeds) == shape_key:
-                q = self.queue.popleft()
-                batch.append(q)
-                size += q.batch
-            if not batch:  # a single query larger than max batch cannot happen (checked on arrival)
-                batch.append(self.queue.popleft())
-            self.busy += 1
-            return batch
+                if not self.running or stop.is_set():
+                    return None
+                decision = next_batch(self.queue, spec.max_batch, spec.batch_dim, self.arrival_gap_s,
+                                      spec.latency_ms, time.monotonic(), self.settings.max_batch_wait_ms)
+                if decision.take:
+                    batch = [self.queue.popleft() for _ in range(decision.take)]
+                    self.busy += 1
+                    return batch
+                self.cond.wait(min(decision.wait_s, 0.5))
 
     def _loop(self, runner, stop: threading.Event) -> None:
         push = self._ctx.socket(zmq.PUSH)
@@ -163,8 +143,6 @@ class LoadedVariant:
                 batch = self._take_batch(stop)
                 if batch is None:
                     return
-                if not batch:  # another replica took the queue while this one waited
-                    continue
                 try:
                     for frame in self._run(batch, runner):
                         push.send_multipart([_RESULT, frame])
@@ -198,15 +176,15 @@ class LoadedVariant:
         for q in batch:
             outs = outputs if spec.batch_dim == "none" else [o[offset:offset + q.batch] for o in outputs]
             offset += q.batch
-            timing = {"queue_ms": (started - q.arrived) * 1e3, "inference_ms": inference_ms, "batch_size": size,
-                      "worker_ms": (now - q.arrived) * 1e3}
+            timing = {"queue_ms": (started - q.arrived_s) * 1e3, "inference_ms": inference_ms, "batch_size": size,
+                      "worker_ms": (now - q.arrived_s) * 1e3}
             try:
                 body = ResultBody(outputs=[protocol.pack_output(o) for o in outs], timing=timing)
                 frames.append(protocol.encode(protocol.Message("result", body, id=q.request_id)))
             except protocol.ProtocolError as exc:
                 frames.append(protocol.encode(protocol.error("internal", exc.reason, q.request_id)))
             with self.cond:
-                self.completed.append((now, (now - q.arrived) * 1e3, q.batch))
+                self.completed.append((now, (now - q.arrived_s) * 1e3, q.batch))
         return frames
 
     def metrics(self, now: float) -> VariantMetrics:
@@ -222,5 +200,6 @@ class LoadedVariant:
                               threads=self.threads, replicas=len(self.replicas), idle_s=max(0.0, now - self.last_used))
 
 
-def _shape_key(feeds: dict[str, np.ndarray]) -> tuple:
+def shape_key(feeds: dict[str, np.ndarray]) -> tuple:
+    """Queries batch together only when their per-sample input shapes are equal."""
     return tuple((k, v.shape[1:]) for k, v in sorted(feeds.items()))

@@ -18,6 +18,7 @@ from infaas_cli import protocol
 from infaas_cli.backends import backend as backend_named
 from infaas_cli.catalog.artifacts import sha256_file
 from infaas_cli.errors import wire_error
+from infaas_cli.policy.eviction import Resident, plan_eviction
 from infaas_cli.protocol import messages as m
 from infaas_cli.toolkit.modelio import synthetic_inputs
 from infaas_daemons.common import log
@@ -72,23 +73,17 @@ class Loading:
         return sum(v.threads for v in self.variants.values()) + sum(s.threads for s in self.loading.values()) + extra
 
     def _make_room(self, threads: int, memory_bytes: int = 0) -> bool:
-        """Keep thread budgets within the host's cores and loads within free memory, unloading idle
-        variants (least recently used first)."""
-        while memory_bytes and psutil.virtual_memory().available < memory_bytes:
-            idle = [v for v in self.variants.values() if v.idle() and not self.parked.get(v.spec.name)]
-            if not idle:
-                break  # nothing to give back; the load may still fit (profiles overestimate shared pages)
-            victim = min(idle, key=lambda v: v.last_used)
-            log.info("unloading idle %s to free memory", victim.spec.name)
-            self._unload(victim.spec.name)
-        while self._threads_in_use() + threads > self.cores:
-            idle = [v for v in self.variants.values() if v.idle() and not self.parked.get(v.spec.name)]
-            if not idle:
-                return not self.variants and not self.loading  # alone, a variant may use every core
-            victim = min(idle, key=lambda v: v.last_used)
-            log.info("unloading idle %s to free %d thread(s)", victim.spec.name, victim.spec.threads)
-            self._unload(victim.spec.name)
-        return True
+        """Keep thread budgets within the host's cores and loads within free memory: unload what the
+        eviction policy picks (idle variants, least recently used first); True when the load fits."""
+        plan = plan_eviction(
+            [Resident(name, v.last_used, v.threads, v.spec.peak_memory_bytes * len(v.replicas),
+                      idle=v.idle() and not self.parked.get(name)) for name, v in self.variants.items()],
+            threads, self.cores - self._threads_in_use(), memory_bytes, psutil.virtual_memory().available,
+            loading=bool(self.loading))
+        for name in plan.victims:
+            log.info("unloading idle %s to make room for %d thread(s)", name, threads)
+            self._unload(name)
+        return plan.fits
 
     def _retry_budget(self) -> None:
         """Retry loads that waited for cores; past budget_wait_s their queries get an explicit error."""

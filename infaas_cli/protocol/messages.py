@@ -33,7 +33,8 @@ MAX_ENTRIES = 10_000
 
 Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME)]
 Text = Annotated[str, Meta(max_length=MAX_TEXT)]
-Sha256 = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+# The lengths too: msgspec matches with re.search, and `$` also matches before a trailing newline.
+Sha256 = Annotated[str, Meta(min_length=64, max_length=64, pattern="^[0-9a-f]{64}$")]
 Count = Annotated[int, Meta(ge=0, le=2**62)]
 Positive = Annotated[int, Meta(ge=1, le=2**31 - 1)]
 Finite = Annotated[float, Meta(ge=-1e300, le=1e300)]  # refuses NaN and infinities
@@ -198,16 +199,6 @@ class VariantSpec(Body):
     inputs: Annotated[list[TensorSpec], Meta(max_length=MAX_TENSORS)]
     latency_ms: Annotated[dict[Annotated[int, Meta(ge=1, le=65536)], NonNegative], Meta(max_length=64)] = {}
     peak_memory_bytes: Count = 0
-
-    def predicted_ms(self, batch: int) -> float:
-        """Profiled latency at the smallest profiled batch that holds `batch`; linear beyond the largest."""
-        fitting = [b for b in self.latency_ms if b >= batch]
-        if fitting:
-            return self.latency_ms[min(fitting)]
-        if self.latency_ms:
-            biggest = max(self.latency_ms)
-            return self.latency_ms[biggest] * batch / biggest
-        return 0.0
 
 
 class LoadBody(Body):
