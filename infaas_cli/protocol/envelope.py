@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 import msgspec
 
 from infaas_cli.errors import ERROR_CODES, ProtocolError  # noqa: F401  (re-exported; defined with every error)
@@ -45,12 +46,7 @@ class _Envelope(msgspec.Struct):
     body: msgspec.Raw
 
 
-class _Peek(msgspec.Struct):
-    id: Any = ""
-
-
 _ENVELOPE = msgspec.msgpack.Decoder(_Envelope)
-_PEEK = msgspec.msgpack.Decoder(_Peek)
 _ENCODER = msgspec.msgpack.Encoder()
 #: Longest request id accepted (ids are echoed in replies).
 MAX_ID = 128
@@ -103,12 +99,23 @@ def decode(frame: bytes) -> Message:
 
 
 def peek_id(frame: bytes) -> str:
-    """The request id of a frame that failed to decode, when it can be found (for the error reply)."""
+    """The request id of a frame that failed to decode, when it can be found (for the error reply).
+
+    Reads only the top-level map, skipping every other value unparsed, so neither a body nested a
+    thousand deep nor an odd key elsewhere hides the id.
+    """
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(len(frame), 1))
     try:
-        rid = _PEEK.decode(frame).id
+        unpacker.feed(frame)
+        for _ in range(unpacker.read_map_header()):
+            key = unpacker.unpack()
+            if key == "id":
+                rid = unpacker.unpack()
+                return rid if isinstance(rid, str) and len(rid) <= MAX_ID else ""
+            unpacker.skip()
     except Exception:  # garbage of any kind: no id to echo
-        return ""
-    return rid if isinstance(rid, str) and len(rid) <= MAX_ID else ""
+        pass
+    return ""
 
 
 _ERROR_EXTRAS = frozenset(name for name, _, _ in struct_fields(ErrorBody)) - {"code", "reason"}
@@ -119,4 +126,4 @@ def error(code: str, reason: str, request_id: str = "", **extra: Any) -> Message
     if code not in ERROR_CODES:
         code = "internal"
     fields = {k: v for k, v in extra.items() if k in _ERROR_EXTRAS and v is not None}
-    return Message("error", ErrorBody(code=code, reason=str(reason)[:MAX_TEXT], **fields), id=request_id or new_id())
+    return Message("error", ErrorBody(code=code, reason=str(reason)[:MAX_TEXT], **fields), id=request_id)
