@@ -130,3 +130,294 @@ def original_outputs(name: str, x: np.ndarray):
     return ort.InferenceSession(str(ZOO[name].file)).run(None, {"x": x})
 
 
+
+
+# -- the master in-process, and fake workers speaking the real protocol --------------------------------
+
+import contextlib  # noqa: E402
+import os  # noqa: E402
+import threading  # noqa: E402
+
+
+
+def catalog_outputs(store) -> dict[str, list[tuple[str, list]]]:
+    """variant -> [(dtype, shape)] of its model's outputs (symbolic dimensions left as they are)."""
+    models = {m.name: [(o.get("dtype") or "float32", list(o.get("shape") or [])) for o in m.outputs]
+              for m in store.models()}
+    return {v.name: models.get(v.model, []) for v in store.variants()}
+
+
+def zeros_like_outputs(outputs: list[tuple[str, list]], batch: int) -> list[np.ndarray]:
+    """Zeros of each output's shape, every dimension that is not a fixed size taken as the batch."""
+    return [np.zeros([d if isinstance(d, int) and d > 0 else batch for d in shape], dtype=dtype)
+            for dtype, shape in outputs]
+
+
+class _FakeVariant:
+    def __init__(self, threads: int = 1, peak_memory_bytes: int = 0, replicas: int = 1) -> None:
+        self.threads = threads
+        self.peak_memory_bytes = peak_memory_bytes
+        self.replicas = replicas
+        self.queued = 0  # samples received and not yet answered
+        self.last_used = time.monotonic()
+        self.done: list[tuple[float, int, float]] = []  # (answered at, samples, latency ms)
+
+
+class FakeWorker:
+    """A worker with no model behind it that speaks the real protocol over a real DEALER socket.
+
+    In a background thread it registers, heartbeats every `interval_s` with metrics that reflect what it
+    "loaded" (a `load`, or an `infer` of a variant it does not hold, loads it and is answered `loaded`),
+    answers `infer` with a `result` after `delay_s` (outputs from `infer_fn(body, inputs)`, else zeros of the
+    shapes in `outputs[variant]`, else one float32 zero per sample), obeys `unload`, and records every message
+    it receives. `answer = False` leaves infers unanswered; `report()` overrides what its heartbeats claim for
+    a variant; `kill()` is death: no more heartbeats or answers, the socket closed.
+    """
+
+    def __init__(self, endpoint: str, worker_id: str = "fake-0", *, cores: int = 4, memory_bytes: int = 8 << 30,
+                 free_memory_bytes: int | None = None, backends=("ort-cpu",), interval_s: float = 0.05,
+                 delay_s: float = 0.0, answer: bool = True, outputs: dict | None = None, infer_fn=None,
+                 preload=(), metrics_window_s: float = 1.0, start: bool = True) -> None:
+        self.endpoint = endpoint
+        self.worker_id = worker_id
+        self.cores = cores
+        self.memory_bytes = memory_bytes
+        self.free_memory_bytes = free_memory_bytes  # None: memory_bytes less what it "loaded"
+        self.backends = list(backends)
+        self.interval_s = interval_s
+        self.delay_s = delay_s
+        self.answer = answer
+        self.outputs = outputs or {}
+        self.infer_fn = infer_fn
+        self.metrics_window_s = metrics_window_s
+        self.received: list = []  # every protocol.Message from the master, in order
+        self.heartbeats_sent = 0
+        self.unanswered: list = []  # infers left unanswered (answer = False)
+        self._lock = threading.Lock()
+        self._overrides: dict[str, dict] = {}
+        self._due: list[tuple[float, int, object]] = []  # (when, seq, infer message) results to send
+        self._seq = 0
+        self._outbox: list = []  # messages other threads asked to send
+        self.loaded: dict[str, _FakeVariant] = {name: _FakeVariant() for name in preload}
+        self.error: BaseException | None = None  # what broke its thread, re-raised by kill()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"fake-worker-{worker_id}", daemon=True)
+        if start:
+            self.start()
+
+    def start(self) -> FakeWorker:
+        self._thread.start()
+        return self
+
+    def __enter__(self) -> FakeWorker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stop.is_set()
+
+    def kill(self, timeout_s: float = 5.0) -> None:
+        """Die: stop heartbeating and answering, close the socket (what is in flight stays unanswered)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+            assert not self._thread.is_alive(), f"fake worker {self.worker_id} did not stop"
+        if self.error is not None:
+            raise AssertionError(f"fake worker {self.worker_id} failed: {self.error!r}") from self.error
+
+    # -- what the test sees and sets ------------------------------------------------------------------
+    def messages(self, type_: str | None = None) -> list:
+        with self._lock:
+            return [msg for msg in self.received if type_ is None or msg.type == type_]
+
+    def wait_message(self, type_: str, where=lambda msg: True, timeout_s: float = 5.0):
+        """The first received message of `type_` that `where` accepts, waiting up to `timeout_s`."""
+        return wait_for(lambda: next((msg for msg in self.messages(type_) if where(msg)), None), timeout_s)
+
+    def report(self, variant: str, **fields) -> None:
+        """What heartbeats claim for `variant` (VariantMetrics fields); no fields: report what it measures."""
+        with self._lock:
+            if fields:
+                self._overrides[variant] = fields
+            else:
+                self._overrides.pop(variant, None)
+
+    def send(self, msg) -> None:
+        """Send a message to the master from the worker's own socket (on its thread)."""
+        with self._lock:
+            self._outbox.append(msg)
+
+    # -- the worker's thread ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        import heapq
+
+        import zmq
+
+        from infaas_cli import protocol
+        from infaas_cli.protocol import messages as m
+
+        self._protocol, self._m, self._heapq = protocol, m, heapq
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self.worker_id.encode())
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.connect(self.endpoint)
+        self._sock = sock
+        try:
+            self._register()
+            next_beat = time.monotonic()
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now >= next_beat:
+                    self._heartbeat()
+                    next_beat = now + self.interval_s
+                with self._lock:
+                    outbox, self._outbox = self._outbox, []
+                for msg in outbox:
+                    self._send(msg)
+                while self._due and self._due[0][0] <= time.monotonic():
+                    self._answer(heapq.heappop(self._due)[2])
+                wake = min(next_beat, self._due[0][0]) if self._due else next_beat
+                timeout_ms = max(0, min(20, int((wake - time.monotonic()) * 1e3)))
+                if sock.poll(timeout_ms, zmq.POLLIN):
+                    for _ in range(1000):
+                        try:
+                            frame = sock.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._on_frame(frame)
+        except BaseException as exc:  # surfaced by kill(): a fake must not die quietly
+            self.error = exc
+            raise
+        finally:
+            sock.close(linger=0)
+
+    def _send(self, msg) -> None:
+        self._sock.send(self._protocol.encode(msg))
+
+    def _register(self) -> None:
+        m = self._m
+        self._send(self._protocol.Message("register", m.RegisterBody(
+            worker_id=self.worker_id, backends=self.backends, pid=os.getpid(),
+            hardware=m.Hardware(cores=self.cores, memory_bytes=self.memory_bytes, cpu_model="fake",
+                                hostname=f"host-{self.worker_id}"))))
+
+    def _heartbeat(self) -> None:
+        m, now = self._m, time.monotonic()
+        variants = {}
+        with self._lock:
+            overrides = {k: dict(v) for k, v in self._overrides.items()}
+        for name, v in self.loaded.items():
+            v.done = [d for d in v.done if now - d[0] <= self.metrics_window_s]
+            served = sum(d[1] for d in v.done)
+            fields = dict(state="loaded", queue=v.queued, qps=len(v.done) / self.metrics_window_s,
+                          samples_per_s=served / self.metrics_window_s,
+                          latency_ms=sum(d[2] for d in v.done) / len(v.done) if v.done else 0.0,
+                          threads=v.threads, replicas=v.replicas, idle_s=max(0.0, now - v.last_used))
+            fields.update(overrides.get(name, {}))
+            variants[name] = m.VariantMetrics(**fields)
+        used = sum(v.threads * v.replicas for v in self.loaded.values())
+        free_memory = self.free_memory_bytes
+        if free_memory is None:
+            free_memory = max(0, self.memory_bytes - sum(v.peak_memory_bytes * v.replicas
+                                                         for v in self.loaded.values()))
+        self._send(self._protocol.Message("heartbeat", m.HeartbeatBody(worker_id=self.worker_id, metrics=m.WorkerMetrics(
+            cores=self.cores, free_cores=self.cores - used, memory_total_bytes=self.memory_bytes,
+            free_memory_bytes=free_memory, variants=variants))))
+        self.heartbeats_sent += 1
+
+    def _on_frame(self, frame: bytes) -> None:
+        protocol = self._protocol
+        msg = protocol.decode(frame)  # the master must only ever send valid frames: fail loudly otherwise
+        with self._lock:
+            self.received.append(msg)
+        if msg.type == "infer":
+            self._on_infer(msg)
+        elif msg.type == "load":
+            v = self.loaded.get(msg.body.variant)
+            if v is None:
+                self._load(msg.body.spec, msg.body.replicas or 1)
+            elif msg.body.replicas is not None:
+                v.replicas = msg.body.replicas
+        elif msg.type == "unload":
+            v = self.loaded.get(msg.body.variant)
+            if v is not None and v.queued == 0:  # like the real worker: only an idle variant goes
+                del self.loaded[msg.body.variant]
+        elif msg.type == "error" and msg.body.code == "not_found" and msg.body.worker_id == self.worker_id:
+            self._register()  # the master forgot us
+
+    def _load(self, spec, replicas: int = 1) -> _FakeVariant:
+        v = self.loaded[spec.name] = _FakeVariant(spec.threads, spec.peak_memory_bytes, replicas)
+        self._send(self._protocol.Message("loaded", self._m.LoadedBody(variant=spec.name, load_time_ms=0.0,
+                                                                       worker_id=self.worker_id)))
+        return v
+
+    def _batch(self, body) -> int:
+        first = next(iter(body.inputs.values()))
+        return int(first.shape[0]) if body.spec.batch_dim != "none" and first.shape else 1
+
+    def _on_infer(self, msg) -> None:
+        v = self.loaded.get(msg.body.variant) or self._load(msg.body.spec)
+        v.queued += self._batch(msg.body)
+        v.last_used = time.monotonic()
+        if not self.answer:
+            self.unanswered.append(msg)
+            return
+        self._seq += 1
+        self._heapq.heappush(self._due, (time.monotonic() + self.delay_s, self._seq, msg))
+
+    def _answer(self, msg) -> None:
+        protocol, body = self._protocol, msg.body
+        batch = self._batch(body)
+        inputs = protocol.unpack_tensors(body.inputs)
+        if self.infer_fn is not None:
+            outputs = self.infer_fn(body, inputs)
+        elif body.variant in self.outputs:
+            outputs = zeros_like_outputs(self.outputs[body.variant], batch)
+        else:
+            outputs = [np.zeros(batch, np.float32)]
+        v = self.loaded.get(body.variant)
+        if v is not None:
+            now = time.monotonic()
+            v.queued = max(0, v.queued - batch)
+            v.last_used = now
+            v.done.append((now, batch, self.delay_s * 1e3))
+        self._send(protocol.Message("result", self._m.ResultBody(
+            outputs=[protocol.pack_output(o) for o in outputs],
+            timing={"batch_size": float(batch), "run_ms": self.delay_s * 1e3, "queue_ms": 0.0}), id=msg.id))
+
+
+@contextlib.contextmanager
+def start_master(tmp_path, catalog_home, *, autoscale=None, **settings):
+    """An in-process master on loopback ephemeral ports, the catalog pushed with the real Client.push.
+
+    Yields (master, client); `settings` are MasterSettings fields (a short heartbeat interval by default).
+    The master runs in a thread and is stopped, and its thread joined, on the way out.
+    """
+    from infaas_cli.client import Client
+    from infaas_cli.settings import MasterSettings
+    from infaas_daemons.master import Master
+
+    opts = {"client_endpoint": "tcp://127.0.0.1:0", "worker_endpoint": "tcp://127.0.0.1:0",
+            "heartbeat_interval_s": 0.1, **settings}
+    run_dir = Path(tmp_path) / "master"
+    endpoints = run_dir / "endpoints.json"
+    master = Master(run_dir / "data", MasterSettings(**opts), autoscale=autoscale, endpoints_file=endpoints)
+    thread = threading.Thread(target=master.run, name="master", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: endpoints.is_file() or not thread.is_alive(), 10.0)
+        assert thread.is_alive(), "the master stopped before binding its endpoints (see the log)"
+        client = Client(master.client_endpoint, timeout_s=10.0)
+        try:
+            client.push(catalog_home.store, catalog_home.artifacts)
+            yield master, client
+        finally:
+            client.close()
+    finally:
+        master.stop_event.set()
+        thread.join(10.0)
+        assert not thread.is_alive(), "the master did not stop within 10 s"

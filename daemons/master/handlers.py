@@ -168,7 +168,7 @@ class ClientHandlers:
                 "cluster_decisions": list(self.cluster_decisions),
                 "pending": len(self.pending), "queries_served": self.queries_served,
                 "queries_failed": self.queries_failed, "queries_refused": self.queries_refused,
-                "replies_waiting": self.ledger.waiting, "workers_refused": len(self.refused),
+                "replies_waiting": self.ledger.waiting, "replies_dropped": self.replies_dropped, "workers_refused": len(self.refused),
                 "decision_us": {"count": int(dec.size),
                                 "p50": float(np.percentile(dec, 50)) if dec.size else None,
                                 "p99": float(np.percentile(dec, 99)) if dec.size else None,

@@ -27,6 +27,7 @@ from infaas_cli.policy.baselines import POLICIES
 from infaas_cli.policy.cluster_autoscale import ClusterState
 from infaas_cli.policy.cores import dispatched_threads, known_free_cores, worker_cores
 from infaas_cli.policy.selection import ClusterSnapshot, WorkerState, load_prices
+from infaas_cli.protocol.messages import MAX_FRAME_BYTES
 from infaas_cli.settings import ClusterSettings, MasterSettings, SecuritySettings, Settings
 from infaas_daemons.common import log, step
 from infaas_daemons.master.apply import Actions
@@ -37,6 +38,8 @@ from infaas_daemons.master.state import CatalogView, ClientLedger, PendingQuery
 SNAPSHOT_QUEUE_REFRESH_S = 0.005
 #: Client frames handled per socket per loop turn (bounded, so timers still run under a flood).
 DRAIN_BATCH = 1000
+#: Replies one client may have waiting, as a multiple of master.max_pending_per_client, before more are dropped.
+MAX_WAITING_FACTOR = 4
 #: Identities of refused (garbage-sending) workers remembered.
 MAX_REFUSED = 10_000
 
@@ -90,7 +93,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions):
         self.decision_us: collections.deque[float] = collections.deque(maxlen=10_000)
         self.started = time.time()
         self.pid = os.getpid()
-        self.queries_served = self.queries_failed = self.queries_refused = 0
+        self.queries_served = self.queries_failed = self.queries_refused = self.replies_dropped = 0
         self._snapshot: ClusterSnapshot | None = None
         self._snapshot_at = 0.0
         self._snapshot_stale = False
@@ -163,6 +166,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions):
             sock.setsockopt(zmq.LINGER, 0)
             # A send that does not fit raises instead of vanishing: replies wait in the outbox instead.
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
             if self.curve_secret_key:
                 from infaas_cli.security import make_server
 
@@ -244,6 +248,14 @@ class Master(ClientHandlers, WorkerHandlers, Actions):
             except zmq.ZMQError as exc:  # EHOSTUNREACH: the client is gone; nobody is left to tell
                 log.info("client %r left before its reply %s: %s", route[0][:16], msg.id, exc)
                 return
+        if len(box) >= MAX_WAITING_FACTOR * self.settings.max_pending_per_client or \
+                self.ledger.waiting >= self.settings.max_pending:
+            # A client that sends without ever reading: memory stays bounded, and the loss is counted.
+            self.replies_dropped += 1
+            if self.replies_dropped % 1000 == 1:
+                log.warning("client %r reads no replies: %d waiting for it; dropping (%d dropped so far)",
+                            route[0][:16], len(box), self.replies_dropped)
+            return
         box.append(frames)
         self.ledger.waiting += 1
 

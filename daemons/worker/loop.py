@@ -83,6 +83,7 @@ class Worker(Loading):
         self.sock.setsockopt(zmq.LINGER, 0)
         # Results are bounded by the queries the master has in flight here: never drop one for a full pipe.
         self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, m.MAX_FRAME_BYTES)
         if self.curve:
             from infaas_cli.security import make_client
 

@@ -14,7 +14,7 @@ from msgspec import Meta, Struct
 
 # -- bounds ------------------------------------------------------------------------------------------
 
-#: Largest tensor a query may carry, in bytes (a frame is bounded by the sockets' max message size too).
+#: Largest tensor a query may carry, in bytes (a whole frame is bounded by MAX_FRAME_BYTES).
 MAX_TENSOR_BYTES = 256 << 20
 #: Most elements in one tensor (the product of its dimensions, computed without overflow).
 MAX_TENSOR_ELEMENTS = MAX_TENSOR_BYTES
@@ -28,6 +28,8 @@ MAX_NAME = 256
 MAX_TEXT = 8192
 #: Largest artifact chunk.
 MAX_CHUNK_BYTES = 8 << 20
+#: Largest frame a daemon's socket accepts; ZeroMQ drops the connection of a peer that sends more.
+MAX_FRAME_BYTES = 2 * MAX_TENSOR_BYTES
 #: Most change-log entries in one `changes` message.
 MAX_ENTRIES = 10_000
 
@@ -63,11 +65,14 @@ class Tensor(Body):
     data: Annotated[bytes, Meta(max_length=MAX_TENSOR_BYTES)]
 
     def __post_init__(self) -> None:
-        elements = 1
+        elements = extent = 1
         for d in self.shape:  # Python ints: no overflow, however large the dimensions
             elements *= d
-            if elements > MAX_TENSOR_ELEMENTS:
-                raise ValueError(f"shape {self.shape} holds more than {MAX_TENSOR_ELEMENTS} elements")
+            # numpy refuses a shape whose non-zero dimensions overflow, even when another one is 0
+            extent *= max(d, 1)
+            if extent > MAX_TENSOR_ELEMENTS:
+                raise ValueError(f"shape {self.shape} spans more than {MAX_TENSOR_ELEMENTS} elements "
+                                 "(counting a 0 dimension as 1)")
         want = elements * _ITEMSIZE[self.dtype]
         if len(self.data) != want:
             raise ValueError(f"carries {len(self.data)} bytes; shape {self.shape} of {self.dtype} needs {want}")

@@ -13,7 +13,7 @@ _ALLOWED_DTYPES = frozenset(DTYPES)
 
 
 def pack_tensor(arr: np.ndarray) -> Tensor:
-    arr = np.ascontiguousarray(arr)
+    arr = np.asarray(arr, order="C")  # not ascontiguousarray, which turns a 0-d array into shape (1,)
     if arr.dtype.name not in _ALLOWED_DTYPES:
         raise ProtocolError("invalid_input", f"dtype {arr.dtype} cannot travel; use a numeric or bool array")
     return Tensor(dtype=arr.dtype.name, shape=list(arr.shape), data=arr.tobytes())

@@ -1,0 +1,327 @@
+"""The master in-process against fake workers: real ZeroMQ on 127.0.0.1, real LMDB, no subprocesses.
+
+Each test starts a master thread on ephemeral ports (support.start_master), pushes a small catalog with the
+real Client, and drives it with FakeWorkers that speak the real protocol over DEALER sockets, so dispatch,
+re-routing, autoscaling, placement and the guarded doors are checked message by message.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+import pytest
+import zmq
+
+from infaas_cli import protocol
+from infaas_cli.catalog.records import VariantRecord
+from infaas_cli.client import QueryFailed, QueryResult
+from infaas_cli.client.client import query_body
+from infaas_cli.policy.autoscale import AutoscaleConfig
+from support import FakeWorker, build_catalog, catalog_outputs, digits_x, start_master, wait_for
+
+pytestmark = pytest.mark.timeout(30)
+
+MODELS = ("digits-logreg", "digits-mlp")
+#: A one-thread variant queried by name where a test needs to know which variant a worker holds.
+V = "digits-mlp/ort-cpu-fp32o2-t1-b8"
+MODELLESS = {"task": "digit-classification", "dataset": "digits", "latency_ms": 1000.0, "min_accuracy": 0.9}
+#: Short enough that a test sees pressure, a hold and idleness within a couple of seconds.
+FAST_AUTOSCALE = AutoscaleConfig(window_s=0.3, hold_s=0.6, cooldown_s=0.0, idle_unload_s=1.0)
+#: Pressure on V with a 50 ms SLO: 5000 queued samples wait far longer than half the SLO's slack.
+HEAVY = {"queue": 5000, "qps": 20000.0, "samples_per_s": 20000.0, "latency_ms": 200.0}
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    home = build_catalog(tmp_path_factory.mktemp("inprocess") / "home", MODELS)
+    yield home
+    home.close()
+
+
+@pytest.fixture(scope="module")
+def outputs(catalog):
+    return catalog_outputs(catalog.store)
+
+
+@pytest.fixture
+def workers(outputs):
+    """workers(master, worker_id, **options): a started FakeWorker, killed after the test."""
+    started: list[FakeWorker] = []
+
+    def start(master, worker_id: str, **options) -> FakeWorker:
+        options.setdefault("outputs", outputs)
+        w = FakeWorker(master.worker_endpoint, worker_id, **options)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.kill()
+
+
+def by_id(client) -> dict[str, dict]:
+    return {w["worker_id"]: w for w in client.status()["workers"]}
+
+
+def wait_serving(client, *worker_ids: str, holding: str | None = None) -> None:
+    """Until each worker is registered, serving, has heartbeated (and reports `holding`, when given)."""
+    def ready():
+        ws = by_id(client)
+        return all(i in ws and ws[i]["state"] == "serving" and ws[i]["free_memory_bytes"] is not None
+                   and (holding is None or holding in ws[i]["variants"]) for i in worker_ids)
+    wait_for(ready, 5.0)
+
+
+def raw_dealer(endpoint: str, identity: bytes | None = None, rcvhwm: int | None = None) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if identity is not None:
+        sock.setsockopt(zmq.IDENTITY, identity)
+    if rcvhwm is not None:
+        sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        sock.setsockopt(zmq.RCVBUF, 4096)
+    sock.connect(endpoint)
+    return sock
+
+
+def receive(sock: zmq.Socket, timeout_s: float = 5.0) -> protocol.Message:
+    assert sock.poll(int(timeout_s * 1e3), zmq.POLLIN), f"no frame within {timeout_s} s"
+    return protocol.decode(sock.recv())
+
+
+# -- dispatch -----------------------------------------------------------------------------------------------
+
+def test_modelless_query_is_dispatched_to_a_fake_worker_and_its_outputs_come_back(tmp_path, catalog, workers):
+    def infer_fn(body, inputs):
+        x = inputs["x"]
+        return [np.arange(len(x), dtype=np.int64), np.ascontiguousarray(x[:, :10])]
+
+    with start_master(tmp_path, catalog) as (master, client):
+        w = workers(master, "fake-a", infer_fn=infer_fn)
+        wait_serving(client, "fake-a")
+        x = digits_x(4)
+        res = client.query({"x": x}, **MODELLESS)
+        again = client.query({"x": x}, **MODELLESS)
+
+    infer = w.wait_message("infer")
+    assert res.variant.split("/")[0] in MODELS
+    assert infer.body.variant == res.variant
+    spec = infer.body.spec
+    assert spec.name == res.variant and [s.name for s in spec.inputs] == ["x"]
+    assert spec.artifact_sha256 == catalog.store.get(VariantRecord, res.variant).artifact_sha256
+    assert spec.latency_ms, "the spec carries the profiled latencies"
+    assert infer.body.deadline_ms == MODELLESS["latency_ms"]
+    np.testing.assert_array_equal(protocol.unpack_tensor(infer.body.inputs["x"]), x)
+
+    assert isinstance(res, QueryResult) and res.worker == "fake-a" and res.decision_us > 0
+    assert res.needs_load and res.extra["attempts"] == 1
+    assert res.extra["output_names"] == ["label", "probabilities"]
+    np.testing.assert_array_equal(res.outputs[0], np.arange(4))
+    np.testing.assert_array_equal(res.outputs[1], x[:, :10])
+    assert res.timing["batch_size"] == 4 and res.timing["total_ms"] >= 0
+    # The fake answered `loaded`: the next query of the class runs where the variant already is.
+    assert again.variant == res.variant and again.worker == "fake-a" and not again.needs_load
+    assert [m.body.variant for m in w.messages("infer")] == [res.variant, res.variant]
+
+
+# -- re-routing ---------------------------------------------------------------------------------------------
+
+def test_queries_on_a_dead_worker_are_rerouted_and_it_is_forgotten(tmp_path, catalog, workers):
+    with start_master(tmp_path, catalog, forget_dead_worker_s=1.0) as (master, client):
+        doomed = workers(master, "fake-a", answer=False, preload=[V])
+        survivor = workers(master, "fake-b", preload=[V])
+        wait_serving(client, "fake-a", "fake-b", holding=V)
+        x = digits_x(1)
+        ids = [client.submit({"x": x}, variant=V) for _ in range(12)]
+        wait_for(lambda: len(doomed.messages("infer")) + len(survivor.messages("infer")) == 12, 5.0)
+        lost = {m.id for m in doomed.messages("infer")}
+        assert lost, "ties go to fake-a, so the doomed worker holds at least one query"
+        assert len(doomed.unanswered) == len(lost)
+
+        doomed.kill()
+        results = client.gather(ids, timeout_s=8.0)
+        assert all(isinstance(r, QueryResult) for r in results.values()), results
+        assert {r.worker for r in results.values()} == {"fake-b"}
+        assert sum(r.extra["attempts"] == 2 for r in results.values()) == len(lost)
+        assert all(r.extra["attempts"] in (1, 2) for r in results.values())
+        assert len(survivor.messages("infer")) == 12  # its own, plus every one the dead worker held
+        label, probabilities = results[ids[0]].outputs  # the fake's zeros, in the model's output shapes
+        assert label.shape == (1,) and label.dtype == np.int64 and probabilities.shape == (1, 10)
+
+        wait_for(lambda: "fake-a" not in by_id(client), 5.0)
+        status = client.status()
+        assert [w["worker_id"] for w in status["workers"]] == ["fake-b"]
+        assert status["master"]["pending"] == 0 and status["master"]["queries_served"] == 12
+
+
+# -- autoscaling --------------------------------------------------------------------------------------------
+
+def _loads(w: FakeWorker, variant: str, replicas: int | None = None) -> list:
+    return [m for m in w.messages("load")
+            if m.body.variant == variant and (replicas is None or m.body.replicas == replicas)]
+
+
+def test_heavy_load_gets_a_replica_and_idleness_an_unload(tmp_path, catalog, workers):
+    with start_master(tmp_path, catalog, autoscale=FAST_AUTOSCALE) as (master, client):
+        w = workers(master, "fake-a", cores=4)
+        wait_serving(client, "fake-a")
+        x = digits_x(1)
+        assert client.query({"x": x}, variant=V, latency_ms=50.0).needs_load  # loads V there; sets its SLO
+        wait_serving(client, "fake-a", holding=V)
+        w.report(V, **HEAVY)
+
+        def replicated():
+            client.query({"x": x}, variant=V, latency_ms=50.0)  # the SLO stays fresh while pressure lasts
+            return _loads(w, V, replicas=2)
+        load = wait_for(replicated, 5.0)[0]
+        assert load.body.spec.name == V
+
+        w.report(V)  # back to what it measures: nothing is served any more
+        unload = w.wait_message("unload", lambda m: m.body.variant == V, timeout_s=6.0)
+        assert unload.body.variant == V
+        wait_for(lambda: V not in by_id(client)["fake-a"]["variants"], 3.0)
+        actions = [a for a in client.status()["master"]["autoscale_actions"]
+                   if a["variant"] == V and a["worker"] == "fake-a"]
+
+    kinds = [a["kind"] for a in actions]
+    assert kinds[0] == "replicate" and kinds[-1] == "unload", kinds
+    assert "overloaded" in actions[0]["reason"] and "idle" in actions[-1]["reason"]
+    assert set(kinds) <= {"replicate", "remove_replica", "upgrade", "unload"}
+
+
+# -- memory pressure ----------------------------------------------------------------------------------------
+
+def test_a_new_load_goes_where_memory_is_free(tmp_path, catalog, workers):
+    with start_master(tmp_path, catalog) as (master, client):
+        big = workers(master, "fake-big", cores=8, free_memory_bytes=1 << 20)  # most cores, 1 MiB free
+        roomy = workers(master, "fake-roomy", cores=2)
+        wait_serving(client, "fake-big", "fake-roomy")
+        assert by_id(client)["fake-big"]["free_memory_bytes"] == 1 << 20
+        res = client.query({"x": digits_x(2)}, **MODELLESS)
+        assert res.needs_load and res.worker == "fake-roomy"
+        assert [m.body.variant for m in roomy.messages("infer")] == [res.variant]
+        assert big.messages("infer") == [] and big.messages("load") == []
+
+        # With its memory back, the worker with the most free cores takes the next new load.
+        big.free_memory_bytes = None
+        wait_for(lambda: by_id(client)["fake-big"]["free_memory_bytes"] > 1 << 30, 5.0)
+        other = next(v.name for v in catalog.store.variants()
+                     if v.model != res.variant.split("/")[0] and v.threads == 1 and v.max_batch >= 2)
+        res2 = client.query({"x": digits_x(2)}, variant=other)
+        assert res2.needs_load and res2.worker == "fake-big"
+        assert [m.body.variant for m in big.messages("infer")] == [other]
+
+
+def test_no_replica_where_memory_is_short(tmp_path, catalog, workers):
+    peak: dict[str, int] = {}  # V's profiled peak memory, from the spec the worker got
+    with start_master(tmp_path, catalog, autoscale=FAST_AUTOSCALE) as (master, client):
+        w = workers(master, "fake-a", cores=8, free_memory_bytes=1 << 20)  # cores to spare, 1 MiB free
+        wait_serving(client, "fake-a")
+        x = digits_x(1)
+        client.query({"x": x}, variant=V, latency_ms=50.0)
+        wait_serving(client, "fake-a", holding=V)
+        peak[V] = w.messages("infer")[0].body.spec.peak_memory_bytes
+        assert peak[V] > 1 << 20, "the profile says one more replica needs more than the 1 MiB free"
+        w.report(V, **HEAVY)
+
+        def overloaded_for(ticks: int):
+            start = w.heartbeats_sent
+
+            def seen():
+                client.query({"x": x}, variant=V, latency_ms=50.0)
+                state = by_id(client)["fake-a"]["autoscale"].get(V)
+                return state == "overloaded" and w.heartbeats_sent - start >= ticks
+            return seen
+        wait_for(overloaded_for(12), 5.0)  # overloaded, and several autoscale ticks have seen it
+        assert _loads(w, V, replicas=2) == []
+        actions = [a for a in client.status()["master"]["autoscale_actions"] if a["worker"] == "fake-a"]
+        assert all(a["kind"] != "replicate" for a in actions), actions
+        for a in actions:  # an upgrade in place is allowed only to a variant that needs no more memory
+            assert a["kind"] == "upgrade" and a["variant"] == V, actions
+            target = _loads(w, a["target"])[0].body.spec
+            assert target.peak_memory_bytes - peak[V] <= 1 << 20
+
+        w.free_memory_bytes = None  # memory freed: the same pressure now gets a replica
+        wait_for(lambda: client.query({"x": x}, variant=V, latency_ms=50.0) and _loads(w, V, replicas=2), 5.0)
+
+
+# -- the doors ----------------------------------------------------------------------------------------------
+
+def test_a_flood_from_a_client_that_does_not_read_is_answered_in_full(tmp_path, catalog, workers):
+    n = 3000
+    with start_master(tmp_path, catalog, max_pending_per_client=50, heartbeat_interval_s=0.5) as (master, client):
+        workers(master, "fake-a", preload=[V], delay_s=0.3, interval_s=0.1)
+        wait_serving(client, "fake-a", holding=V)
+        body = query_body({"x": digits_x(1)}, variant=V)
+        ids = [f"flood-{i}" for i in range(n)]
+        sock = raw_dealer(master.client_endpoint, rcvhwm=10)
+        try:
+            for rid in ids:
+                sock.send(protocol.encode(protocol.Message("query", body, id=rid)))
+            # Nothing read yet: the master holds what the socket cannot take in the client's outbox.
+            wait_for(lambda: client.status()["master"]["replies_waiting"] > 0, 5.0)
+            answers: dict[str, list[protocol.Message]] = {}
+            while len(answers) < n:
+                msg = receive(sock, 5.0)
+                answers.setdefault(msg.id, []).append(msg)
+            assert not sock.poll(200, zmq.POLLIN), "more answers than queries"
+        finally:
+            sock.close(linger=0)
+        status = client.status()["master"]
+
+    assert set(answers) == set(ids)
+    assert all(len(a) == 1 for a in answers.values()), "a query answered twice"
+    kinds = [(a[0].type, a[0].body.code if a[0].type == "error" else None) for a in answers.values()]
+    assert set(kinds) <= {("reply", None), ("error", "overloaded")}, set(kinds)
+    served = kinds.count(("reply", None))
+    assert served >= 50 and kinds.count(("error", "overloaded")) > 0
+    assert status["replies_waiting"] == 0 and status["pending"] == 0 and status["queries_served"] == served
+
+
+def test_a_worker_sending_garbage_is_cut_off(tmp_path, catalog, workers):
+    limit = 5
+    with start_master(tmp_path, catalog, worker_garbage_limit=limit) as (master, client):
+        workers(master, "fake-good")
+        wait_serving(client, "fake-good")
+        sock = raw_dealer(master.worker_endpoint, identity=b"garbage-w")
+        try:
+            register = protocol.Message("register", {"worker_id": "garbage-w", "hardware": {"cores": 2},
+                                                     "backends": ["ort-cpu"]})
+            sock.send(protocol.encode(register))
+            assert receive(sock).type == "registered"
+            wait_for(lambda: "garbage-w" in by_id(client), 5.0)
+            for i in range(limit):
+                sock.send(b"\xc1 not msgpack %d" % i)
+                reply = receive(sock)
+                assert reply.type == "error" and reply.body.code == "malformed"
+            wait_for(lambda: "garbage-w" not in by_id(client), 5.0)
+            assert client.status()["master"]["workers_refused"] == 1
+            # Cut off: even a valid frame from that identity is no longer read.
+            sock.send(protocol.encode(register))
+            assert not sock.poll(500, zmq.POLLIN)
+        finally:
+            sock.close(linger=0)
+        assert sorted(by_id(client)) == ["fake-good"]
+        assert client.query({"x": digits_x(1)}, variant=V).worker == "fake-good"
+
+
+def test_a_register_with_a_bad_field_gets_bad_request_naming_it(tmp_path, catalog, workers):
+    with start_master(tmp_path, catalog) as (master, client):
+        workers(master, "fake-good")
+        wait_serving(client, "fake-good")
+        sock = raw_dealer(master.worker_endpoint, identity=b"bad-hw")
+        try:
+            sock.send(msgspec.msgpack.encode({"v": protocol.PROTOCOL_VERSION, "type": "register", "id": "reg-1",
+                                              "body": {"worker_id": "bad-hw", "hardware": {"cores": "x"},
+                                                       "backends": ["ort-cpu"]}}))
+            reply = receive(sock)
+        finally:
+            sock.close(linger=0)
+        assert reply.type == "error" and reply.id == "reg-1"
+        assert reply.body.code == "bad_request" and "$.hardware.cores" in reply.body.reason
+        assert "bad-hw" not in by_id(client)
+        res = client.query({"x": digits_x(2)}, **MODELLESS)
+        assert res.worker == "fake-good"
+        with pytest.raises(QueryFailed) as info:
+            client.query({"x": digits_x(1)}, model="nope")
+        assert info.value.code == "unknown_model"
