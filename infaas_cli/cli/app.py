@@ -77,8 +77,8 @@ def settings(overrides: Mapping[str, Any] | None = None):
     """The effective settings: defaults < config files < --config < env < `--set` < this command's options."""
     from infaas_cli.settings import load_settings
 
-    return load_settings(_state["config"], os.environ, {**_state["set"], **(overrides or {})},
-                         home=home_dir())
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    return load_settings(_state["config"], os.environ, {**_state["set"], **given}, home=home_dir())
 
 
 def progress(quiet: bool) -> Progress:

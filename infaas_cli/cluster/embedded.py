@@ -96,7 +96,7 @@ def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: f
     `home`. `heartbeat_interval_s` and `policy` are shorthands for the master/worker keys; `master_args` are
     extra `infaas master` options, kept for callers that still pass them.
     """
-    from infaas_cli.settings import load_settings, override, with_home_defaults
+    from infaas_cli.settings import SecuritySettings, load_settings, override, with_home_defaults
 
     if workers < 1:
         raise InfaasError("--workers must be at least 1")
@@ -117,6 +117,10 @@ def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: f
     ep_file.unlink(missing_ok=True)
     # Free ports picked by the master (port 0) and recorded in the endpoints file: two homes, or a
     # test beside a running demo, never collide.
+    if not settings.security.authorized_keys:
+        # A client's own keys ($INFAAS_CURVE_SECRET_KEY) do not make a CurveZMQ master: without the
+        # master's authorised keys the local cluster runs on loopback without CurveZMQ, as it always did.
+        settings = replace(settings, security=SecuritySettings())
     settings = with_home_defaults(replace(settings, master=replace(
         settings.master, client_endpoint="tcp://127.0.0.1:0", worker_endpoint="tcp://127.0.0.1:0",
         data_dir=str(home / "master"))), home)

@@ -164,3 +164,10 @@ def test_a_bad_config_is_one_line_exit_2(tmp_path):
     assert r.exit_code == 2 and "worker.cores must be an integer, not 'many' (set by INFAAS_WORKER_CORES)" in r.stderr
     r = CliRunner().invoke(app, ["--set", "nokey", "config", "show"], env={"INFAAS_HOME": str(tmp_path)})
     assert r.exit_code == 2 and "KEY=VALUE" in r.output
+
+
+def test_set_reaches_a_command_whose_own_option_is_not_given(tmp_path):
+    # `infaas master` passes its unset options as None: they must not hide --set (it fails before binding).
+    r = CliRunner().invoke(app, ["--set", "master.policy=fastest", "master"], env={"INFAAS_HOME": str(tmp_path)})
+    assert r.exit_code == 2 and "master.policy must be one of infaas, static, replicate" in r.stderr
+    assert "set by cli" in r.stderr
