@@ -74,6 +74,8 @@ class MasterSettings:
     max_attempts: int = 3  # tries of a query on different workers before it fails
     max_pending_per_client: int = 1000  # queries one client may have in flight
     max_pending: int = 50000  # queries all clients together may have in flight
+    max_waiting_replies_per_client: int = 100000  # replies held for a client that does not read yet
+    max_waiting_replies: int = 250000  # replies held for all such clients together (bounds memory)
     worker_garbage_limit: int = 20  # garbage frames before a worker is disconnected
     log_level: str = "INFO"
 
@@ -90,6 +92,9 @@ class MasterSettings:
         _check(self.max_pending >= self.max_pending_per_client, "master.max_pending",
                f"must be >= master.max_pending_per_client ({self.max_pending_per_client})")
         _check(self.worker_garbage_limit >= 1, "master.worker_garbage_limit", "must be >= 1")
+        _check(self.max_waiting_replies_per_client >= 1, "master.max_waiting_replies_per_client", "must be >= 1")
+        _check(self.max_waiting_replies >= self.max_waiting_replies_per_client, "master.max_waiting_replies",
+               f"must be >= master.max_waiting_replies_per_client ({self.max_waiting_replies_per_client})")
         _check(self.log_level.upper() in LOG_LEVELS, "master.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
 
 

@@ -192,6 +192,7 @@ class FakeWorker:
         self.metrics_window_s = metrics_window_s
         self.received: list = []  # every protocol.Message from the master, in order
         self.heartbeats_sent = 0
+        self.peak_threads = 0  # most threads its loaded variants ever held together
         self.unanswered: list = []  # infers left unanswered (answer = False)
         self._lock = threading.Lock()
         self._overrides: dict[str, dict] = {}
@@ -339,9 +340,12 @@ class FakeWorker:
         elif msg.type == "load":
             v = self.loaded.get(msg.body.variant)
             if v is None:
+                if msg.body.replaces is not None:  # a switch, as the real worker does it: the old one goes first
+                    self.loaded.pop(msg.body.replaces, None)
                 self._load(msg.body.spec, msg.body.replicas or 1)
             elif msg.body.replicas is not None:
                 v.replicas = msg.body.replicas
+                self._note_threads()
         elif msg.type == "unload":
             v = self.loaded.get(msg.body.variant)
             if v is not None and v.queued == 0:  # like the real worker: only an idle variant goes
@@ -351,9 +355,13 @@ class FakeWorker:
 
     def _load(self, spec, replicas: int = 1) -> _FakeVariant:
         v = self.loaded[spec.name] = _FakeVariant(spec.threads, spec.peak_memory_bytes, replicas)
+        self._note_threads()
         self._send(self._protocol.Message("loaded", self._m.LoadedBody(variant=spec.name, load_time_ms=0.0,
                                                                        worker_id=self.worker_id)))
         return v
+
+    def _note_threads(self) -> None:
+        self.peak_threads = max(self.peak_threads, sum(v.threads * v.replicas for v in self.loaded.values()))
 
     def _batch(self, body) -> int:
         first = next(iter(body.inputs.values()))

@@ -127,8 +127,14 @@ class Actions:
         elif action.kind == "remove_replica":
             msg = protocol.Message("load", m.LoadBody(variant=action.variant, spec=spec, replicas=max(1, replicas - 1)))
         elif action.kind in ("upgrade", "downgrade"):
-            msg = protocol.Message("load", m.LoadBody(variant=action.target,
+            named = self.named_variants.get(action.variant)
+            if named is not None and time.monotonic() - named <= 3 * self.autoscale_config.window_s:
+                return  # its clients ask for it by name: a switch would only reload it beside the target
+            # A switch in place: new queries go to the target at once (the worker holds them until it
+            # is loaded); the worker drains and unloads the old variant first, so it never holds both.
+            msg = protocol.Message("load", m.LoadBody(variant=action.target, replaces=action.variant,
                                                       spec=self.catalog.variant_spec(action.target)))
+            w.loaded.pop(action.variant, None)
             w.loaded.setdefault(action.target, 0)
             self._cluster_changed()
         else:  # unload: stop routing there first

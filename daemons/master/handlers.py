@@ -97,6 +97,8 @@ class ClientHandlers:
                     self._provision_static(pinned)
             decision = select(Query("variant", variant=pinned, batch_size=query.batch_size), index, snapshot)
         decision_us = (time.perf_counter_ns() - t0) / 1e3
+        if query.kind == "variant":  # named by its client: autoscaling may replicate it, never switch it away
+            self.named_variants[decision.variant] = time.monotonic()
         if query.latency_ms is not None:
             prev = self.variant_slo.get(decision.variant)
             now = time.monotonic()
@@ -265,7 +267,9 @@ class WorkerHandlers:
             p = self.pending.get(rid)
             if p is not None:
                 in_flight[p.variant] += p.batch
-        entry.loaded = {name: int(in_flight.get(name, 0)) for name in metrics.variants}
+        # A retiring variant (being switched out) takes no new queries.
+        entry.loaded = {name: int(in_flight.get(name, 0)) for name, vm in metrics.variants.items()
+                        if vm.state != "retiring"}
         for name, n in in_flight.items():  # dispatched but not yet seen by the worker's heartbeat
             entry.loaded.setdefault(name, n)
         self._cluster_changed()

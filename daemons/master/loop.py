@@ -38,8 +38,6 @@ from infaas_daemons.master.state import CatalogView, ClientLedger, PendingQuery
 SNAPSHOT_QUEUE_REFRESH_S = 0.005
 #: Client frames handled per socket per loop turn (bounded, so timers still run under a flood).
 DRAIN_BATCH = 1000
-#: Replies one client may have waiting, as a multiple of master.max_pending_per_client, before more are dropped.
-MAX_WAITING_FACTOR = 4
 #: Identities of refused (garbage-sending) workers remembered.
 MAX_REFUSED = 10_000
 
@@ -73,6 +71,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions):
         self.pins: dict[tuple, str] = {}  # baselines: the fixed variant of each query class
         self.autoscale_states: dict[str, dict] = {}  # worker -> variant -> state
         self.variant_slo: dict[str, tuple[float, float]] = {}  # variant -> (tightest recent SLO ms, when)
+        self.named_variants: dict[str, float] = {}  # variant -> when a query last named it
         self.actions: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self._options = None
         self.home = Path(home)
@@ -248,8 +247,8 @@ class Master(ClientHandlers, WorkerHandlers, Actions):
             except zmq.ZMQError as exc:  # EHOSTUNREACH: the client is gone; nobody is left to tell
                 log.info("client %r left before its reply %s: %s", route[0][:16], msg.id, exc)
                 return
-        if len(box) >= MAX_WAITING_FACTOR * self.settings.max_pending_per_client or \
-                self.ledger.waiting >= self.settings.max_pending:
+        if len(box) >= self.settings.max_waiting_replies_per_client or \
+                self.ledger.waiting >= self.settings.max_waiting_replies:
             # A client that sends without ever reading: memory stays bounded, and the loss is counted.
             self.replies_dropped += 1
             if self.replies_dropped % 1000 == 1:

@@ -99,6 +99,17 @@ class Loading:
                 continue
             self._ensure_loaded(spec)
 
+    def _retire_idle(self) -> None:
+        """Unload switched-out variants whose queues are empty, then start the loads that waited for them."""
+        done = [n for n in self.retiring if n not in self.variants or self.variants[n].idle()]
+        for name in done:
+            self.retiring.discard(name)
+            if name in self.variants:
+                log.info("switched out %s", name)
+                self._unload(name)
+        if done and self.waiting_budget:
+            self._retry_budget()
+
     def _unload(self, name: str) -> None:
         loaded = self.variants.pop(name, None)
         if loaded is not None:

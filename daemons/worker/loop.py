@@ -57,6 +57,7 @@ class Worker(Loading):
         self.loading: dict[str, m.VariantSpec] = {}
         self.parked: dict[str, list[QueuedQuery]] = {}  # variant -> queries waiting for its load
         self.waiting_budget: dict[str, m.VariantSpec] = {}
+        self.retiring: set[str] = set()  # switched out: unloaded once idle, then their replacement loads
         self.waiting_since: dict[str, float] = {}
         self.fetches: dict[str, Any] = {}
         self.fetch_waiters: dict[str, list[m.VariantSpec]] = {}
@@ -107,6 +108,7 @@ class Worker(Loading):
                     else:
                         self._drain_results()
                 if time.monotonic() >= next_beat:
+                    self._step(self._retire_idle)
                     self._step(self._heartbeat)
                     self._step(self._retry_budget)
                     next_beat = time.monotonic() + self.heartbeat_interval_s
@@ -139,6 +141,8 @@ class Worker(Loading):
                 self._send_frame(frames[1])
             elif frames[0] == _LOADER:
                 self._step(self._on_loader, frames)
+            if self.retiring:
+                self._step(self._retire_idle)
 
     def _send_frame(self, frame: bytes) -> None:
         try:
@@ -211,6 +215,9 @@ class Worker(Loading):
         spec, want = b.spec, b.replicas
         loaded = self.variants.get(spec.name)
         if loaded is None:
+            if b.replaces and b.replaces in self.variants and b.replaces != spec.name:
+                self.retiring.add(b.replaces)  # a switch: the old variant drains and unloads first
+                self._retire_idle()
             self._ensure_loaded(spec)
             return
         if want is None:
@@ -228,9 +235,9 @@ class Worker(Loading):
                 log.info("removed a replica of %s (%d left)", spec.name, len(loaded.replicas))
 
     def _on_unload(self, msg: protocol.Message) -> None:
-        loaded = self.variants.get(msg.body.variant)
-        if loaded is not None and loaded.idle():
-            self._unload(loaded.spec.name)
+        if msg.body.variant in self.variants:  # a busy variant finishes its queue first
+            self.retiring.add(msg.body.variant)
+            self._retire_idle()
 
     def _on_master_error(self, msg: protocol.Message) -> None:
         b: m.ErrorBody = msg.body
@@ -252,6 +259,8 @@ class Worker(Loading):
         now = time.monotonic()
         mem = psutil.virtual_memory()
         variants = {name: v.metrics(now) for name, v in self.variants.items()}
+        for name in self.retiring & variants.keys():
+            variants[name].state = "retiring"
         for name, spec in self.loading.items():
             variants[name] = m.VariantMetrics(state="loading", queue=sum(q.batch for q in self.parked.get(name, [])),
                                               threads=spec.threads)

@@ -255,7 +255,7 @@ def query(
 
 
 def _offline(model, input_dir, output_dir, min_accuracy, max_in_flight, timeout_s, as_json) -> None:
-    from infaas_cli.master.offline import run_offline
+    from infaas_cli.client.offline import run_offline
 
     if not model or input_dir is None or output_dir is None:
         raise InfaasError("an offline query needs --model, --input-dir and --output-dir")

@@ -156,7 +156,7 @@ class RegisteredBody(Body):
 class VariantMetrics(Body):
     """One variant on a worker, over the worker's metrics window."""
 
-    state: Literal["loaded", "loading"]
+    state: Literal["loaded", "loading", "retiring"]
     queue: Count = 0
     qps: NonNegative = 0.0
     samples_per_s: NonNegative = 0.0
@@ -210,6 +210,7 @@ class LoadBody(Body):
     variant: Name
     spec: VariantSpec
     replicas: Annotated[int, Meta(ge=1, le=256)] | None = None
+    replaces: Name | None = None
 
 
 class UnloadBody(Body):
