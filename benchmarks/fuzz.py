@@ -791,17 +791,10 @@ def probe_status(endpoint: str, timeout_s: float) -> dict[str, Any] | None:
 
 def fresh_query(endpoint: str, ref: Reference, rng: random.Random, variant: str | None = MLP_VARIANT,
                 timeout_s: float = 15.0) -> str | None:
-    """A normal client's query; None when answered like onnxruntime, else what went wrong."""
-    start, x = ref.rows(rng)
+    """A normal client's query on a fresh connection; None when answered like onnxruntime, else what went wrong."""
     kw = {"variant": variant} if variant else {"model": MLP, "latency_ms": 1000.0}
-    try:
-        with Client(endpoint, timeout_s=timeout_s) as c:
-            r = c.query({"x": x}, **kw)
-    except QueryFailed as exc:
-        return f"query failed: {exc.code}: {exc}"
-    except Exception as exc:
-        return f"query failed: {type(exc).__name__}: {exc}"
-    return ref.compare(r.variant, start, len(x), r.outputs)
+    with Client(endpoint, timeout_s=timeout_s) as c:
+        return _checked_query(c, ref, rng, kw)
 
 
 def valid_query_frame(ref: Reference, rng: random.Random, rid: str):
@@ -1152,14 +1145,19 @@ def _drain_sockets(socks: list[zmq.Socket], report: Report, sent_ids: dict[str, 
 
 
 def _one_query(client: Client, ref: Reference, rng: random.Random) -> str | None:
-    start, x = ref.rows(rng)
     kw = rng.choice([{"variant": MLP_VARIANT}, {"model": MLP, "latency_ms": 1000.0},
                      {"task": "digit-classification", "dataset": "digits", "min_accuracy": 0.97,
                       "latency_ms": 1000.0}])
+    return _checked_query(client, ref, rng, kw)
+
+
+def _checked_query(client: Client, ref: Reference, rng: random.Random, kw: dict) -> str | None:
+    """One valid query of random reference rows: None when answered like onnxruntime, else what went wrong."""
+    start, x = ref.rows(rng)
     try:
         r = client.query({"x": x}, **kw)
     except QueryFailed as exc:
-        return f"{exc.code}: {str(exc)[:150]}"
+        return f"query failed: {exc.code}: {str(exc)[:150]}"
     except Exception as exc:
         # a timed-out client's late replies would confuse the next query: this one is stored and ignored
         return f"timeout/{type(exc).__name__}: {str(exc)[:150]}"

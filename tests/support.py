@@ -429,3 +429,19 @@ def start_master(tmp_path, catalog_home, *, autoscale=None, **settings):
         master.stop_event.set()
         thread.join(10.0)
         assert not thread.is_alive(), "the master did not stop within 10 s"
+
+
+@contextlib.contextmanager
+def running_cluster(home, workers: int = 1, heartbeat_interval_s: float = 0.25):
+    """`infaas up` on an InfaasHome with its catalog pushed: yields (cluster record, client); `down` afterwards."""
+    from infaas_cli.client import Client
+    from infaas_cli.cluster import embedded
+
+    record = embedded.up(workers=workers, home=home.path, heartbeat_interval_s=heartbeat_interval_s)
+    client = Client(record["master"]["client_endpoint"], timeout_s=30.0)
+    try:
+        client.push(home.store, home.artifacts)
+        yield record, client
+    finally:
+        client.close()
+        embedded.down(home.path)

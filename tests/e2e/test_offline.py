@@ -11,10 +11,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from infaas_cli.cluster import embedded
-from infaas_cli.client import Client
 from infaas_cli.client.offline import BUSY_CPU_PERCENT, next_window, run_offline
-from support import ZOO, build_catalog
+from support import running_cluster, ZOO, build_catalog
 
 MODEL = "digits-mlp"
 
@@ -31,14 +29,10 @@ def test_window_is_aimd():
 def served(tmp_path_factory):
     path = tmp_path_factory.mktemp("offline") / "home"
     home = build_catalog(path, models=(MODEL,))
-    record = embedded.up(workers=1, home=path, heartbeat_interval_s=0.25)
-    client = Client(record["master"]["client_endpoint"], timeout_s=30)
-    client.push(home.store, home.artifacts)
     try:
-        yield home, client
+        with running_cluster(home) as (_, client):
+            yield home, client
     finally:
-        client.close()
-        embedded.down(path)
         home.close()
 
 

@@ -19,7 +19,7 @@ from infaas_cli.client import Client, MasterUnreachableError, QueryFailed, endpo
 from infaas_cli.cluster import embedded
 from infaas_cli.toolkit.generate import generate_variants
 from infaas_cli.toolkit.register import register_model
-from support import SERVED, ZOO, build_catalog, digits_x, original_outputs, wait_for
+from support import running_cluster, SERVED, ZOO, build_catalog, digits_x, original_outputs, wait_for
 
 pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
@@ -34,14 +34,8 @@ def catalog(tmp_path_factory):
 def cluster(catalog, monkeypatch):
     """A master and two workers started by `infaas up` on the shared catalog, taken down afterwards."""
     monkeypatch.setenv("INFAAS_HOME", str(catalog.path))
-    record = embedded.up(workers=2, home=catalog.path, heartbeat_interval_s=0.25)
-    client = Client(record["master"]["client_endpoint"], timeout_s=30.0)
-    client.push(catalog.store, catalog.artifacts)
-    try:
+    with running_cluster(catalog, workers=2) as (record, client):
         yield record, client
-    finally:
-        client.close()
-        embedded.down(catalog.path)
 
 
 def test_queries_of_every_kind_match_onnxruntime(cluster):
