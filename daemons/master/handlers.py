@@ -24,7 +24,7 @@ from infaas_cli.policy.selection import ClusterSnapshot, Query, select
 from infaas_cli.protocol import messages as m
 from infaas_cli.toolkit.modelio import check_query_inputs, coerce_query_inputs
 from infaas_daemons.common import log
-from infaas_daemons.master.state import PendingQuery, WorkerEntry
+from infaas_daemons.master.state import PendingQuery, WorkerEntry, slo_class
 
 CHUNK_BYTES = 1 << 20
 
@@ -50,7 +50,7 @@ class ClientHandlers:
         query = Query(kind=b.kind, variant=b.variant, model=b.model, task=b.task, dataset=b.dataset,
                       latency_ms=b.latency_ms, min_accuracy=b.min_accuracy, objective=b.objective or "cost",
                       max_cost_usd=b.max_cost_usd, batch_size=self._batch_hint(b))
-        self._dispatch(route, msg.id, b.inputs, query, attempts=1, exclude=())
+        self._dispatch(route, msg.id, b.inputs, query, attempts=1, exclude=(), arrived=self.arrived)
 
     def _batch_hint(self, b: m.QueryBody) -> int:
         """The batch size selection plans for, after the inputs were checked against the candidate models."""
@@ -80,7 +80,7 @@ class ClientHandlers:
         return int(first.shape[0]) if first.ndim else 1
 
     def _dispatch(self, route: tuple[bytes, ...], client_id: str, inputs: dict[str, m.Tensor], query: Query,
-                  attempts: int, exclude: tuple[str, ...]) -> None:
+                  attempts: int, exclude: tuple[str, ...], arrived: float) -> None:
         index = self.catalog.index()
         snapshot = self.snapshot()
         if exclude:
@@ -120,12 +120,13 @@ class ClientHandlers:
                                                       deadline_ms=query.latency_ms), id=internal_id)
         if not self._send_worker(worker.identity, infer):
             if attempts < self.settings.max_attempts:  # another worker may take it
-                self._dispatch(route, client_id, inputs, query, attempts + 1, exclude + (worker.worker_id,))
+                self._dispatch(route, client_id, inputs, query, attempts + 1, exclude + (worker.worker_id,), arrived)
                 return
             raise protocol.ProtocolError("unavailable", f"worker {worker.worker_id} cannot be reached")
         self.pending[internal_id] = PendingQuery(route, client_id, inputs, query, decision.variant, worker.worker_id,
                                                  batch, decision_us, time.monotonic(), decision.needs_load, attempts,
-                                                 [o["name"] for o in model.outputs])
+                                                 [o["name"] for o in model.outputs], arrived,
+                                                 decision.predicted_latency_ms, decision.model)
         self.ledger.started(route[0])
         worker.inflight.add(internal_id)
         if decision.variant in worker.loaded:
@@ -171,6 +172,7 @@ class ClientHandlers:
                 "pending": len(self.pending), "queries_served": self.queries_served,
                 "queries_failed": self.queries_failed, "queries_refused": self.queries_refused,
                 "replies_waiting": self.ledger.waiting, "replies_dropped": self.replies_dropped, "workers_refused": len(self.refused),
+                "slo": self.slo.summary(now),
                 "decision_us": {"count": int(dec.size),
                                 "p50": float(np.percentile(dec, 50)) if dec.size else None,
                                 "p99": float(np.percentile(dec, 99)) if dec.size else None,
@@ -284,14 +286,30 @@ class WorkerHandlers:
         p = self._finish(msg.id, worker_id)
         if p is None:
             return
+        now = time.monotonic()
         timing = dict(msg.body.timing)
-        timing["total_ms"] = (time.monotonic() - p.started) * 1e3
+        timing["total_ms"] = (now - p.started) * 1e3
+        latency_ms = (now - p.arrived) * 1e3
+        bound = p.query.latency_ms
+        slo_met = None if bound is None else latency_ms <= bound
+        if slo_met is not None:
+            self.slo.record(now, p.model, slo_class(p.query), slo_met)
+        self._observe_result(p, latency_ms, timing)
         reply = protocol.Message("reply", m.ReplyBody(
             outputs=msg.body.outputs, variant=p.variant, worker=p.worker_id, decision_us=p.decision_us,
-            timing=timing, needs_load=p.needs_load, attempts=p.attempts, output_names=p.output_names),
+            timing=timing, needs_load=p.needs_load, attempts=p.attempts, output_names=p.output_names,
+            latency_ms=latency_ms, predicted_latency_ms=p.predicted_latency_ms, slo_met=slo_met, model=p.model or None),
             id=p.client_request_id)
         self.queries_served += 1
         self._reply(p.route, reply)
+
+    def _observe_result(self, p: PendingQuery, latency_ms: float, timing: dict[str, float]) -> None:
+        """What a finished query teaches: the serving path's overhead on its worker (end to end minus the
+        worker's own queue and inference time)."""
+        worker_ms = timing.get("worker_ms")
+        if worker_ms is not None and not p.needs_load and p.attempts == 1:
+            self.overhead_samples.setdefault(p.worker_id, collections.deque(maxlen=256)).append(
+                max(0.0, latency_ms - worker_ms))
 
     def _on_worker_error(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:
         b: m.ErrorBody = msg.body

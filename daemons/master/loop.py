@@ -32,7 +32,7 @@ from infaas_cli.settings import ClusterSettings, MasterSettings, SecuritySetting
 from infaas_daemons.common import log, step
 from infaas_daemons.master.apply import Actions
 from infaas_daemons.master.handlers import ClientHandlers, WorkerHandlers
-from infaas_daemons.master.state import CatalogView, ClientLedger, PendingQuery
+from infaas_daemons.master.state import CatalogView, ClientLedger, PendingQuery, SloLedger
 
 #: How stale the queue lengths in the selection's cluster snapshot may get.
 SNAPSHOT_QUEUE_REFRESH_S = 0.005
@@ -90,6 +90,9 @@ class Master(ClientHandlers, WorkerHandlers, Actions):
         self.garbage: collections.Counter[bytes] = collections.Counter()  # bad frames per worker identity
         self.refused: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.decision_us: collections.deque[float] = collections.deque(maxlen=10_000)
+        self.slo = SloLedger()
+        self.overhead_samples: dict[str, collections.deque[float]] = {}  # worker -> recent overhead ms
+        self.arrived = 0.0
         self.started = time.time()
         self.pid = os.getpid()
         self.queries_served = self.queries_failed = self.queries_refused = self.replies_dropped = 0
@@ -296,6 +299,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions):
         if len(frames) < 2:
             return  # ROUTER always prefixes the identity; nothing here to answer
         route, frame = tuple(frames[:-1]), frames[-1]
+        self.arrived = time.monotonic()  # the SLO clock of a query starts at the door
         try:
             msg = protocol.decode(frame)
         except protocol.ProtocolError as exc:
@@ -403,7 +407,8 @@ class Master(ClientHandlers, WorkerHandlers, Actions):
                                                 f"{p.attempts - 1} time(s)")
             return
         try:
-            self._dispatch(p.route, p.client_request_id, p.inputs, p.query, p.attempts + 1, (dead_worker,))
+            self._dispatch(p.route, p.client_request_id, p.inputs, p.query, p.attempts + 1, (dead_worker,),
+                           arrived=p.arrived)
         except Exception as exc:
             self._reply_error(p, "worker_lost", f"worker {dead_worker} died and no other can take the query: "
                                                 f"{wire_error(exc)[1]}")

@@ -41,10 +41,61 @@ class PendingQuery:
     worker_id: str
     batch: int
     decision_us: float
-    started: float
+    started: float  # when it was sent to its worker (time.monotonic())
     needs_load: bool
     attempts: int = 1
     output_names: list[str] = field(default_factory=list)
+    arrived: float = 0.0  # when its frame reached the master's door: the SLO clock starts here
+    predicted_latency_ms: float | None = None
+    model: str = ""
+
+
+def slo_class(query: Query) -> str:
+    """A query class for SLO accounting: what it asks for and how tightly (bounded label set)."""
+    what = query.variant if query.kind == "variant" else query.model if query.kind == "model" \
+        else f"{query.task}@{query.dataset}"
+    parts = [what]
+    if query.latency_ms is not None:
+        parts.append(f"<={query.latency_ms:g}ms")
+    if query.min_accuracy:
+        parts.append(f">={query.min_accuracy:g}")
+    return " ".join(parts)
+
+
+class SloLedger:
+    """SLO attainment over the last `window_s`, per model and per query class (bounded memory)."""
+
+    def __init__(self, window_s: float = 60.0, max_entries: int = 200_000) -> None:
+        self.window_s = window_s
+        self.entries: collections.deque[tuple[float, str, str, bool]] = collections.deque(maxlen=max_entries)
+        self.met_total = 0
+        self.missed_total = 0
+
+    def record(self, now: float, model: str, klass: str, met: bool) -> None:
+        self.entries.append((now, model, klass, met))
+        if met:
+            self.met_total += 1
+        else:
+            self.missed_total += 1
+
+    def summary(self, now: float) -> dict[str, Any]:
+        while self.entries and self.entries[0][0] < now - self.window_s:
+            self.entries.popleft()
+        by_model: dict[str, list[int]] = {}
+        by_class: dict[str, list[int]] = {}
+        for _, model, klass, met in self.entries:
+            for table, key in ((by_model, model), (by_class, klass)):
+                counts = table.setdefault(key, [0, 0])
+                counts[0 if met else 1] += 1
+
+        def rows(table: dict[str, list[int]]) -> dict[str, Any]:
+            return {k: {"met": m, "missed": x, "attainment": m / (m + x)} for k, (m, x) in sorted(table.items())}
+
+        met = sum(1 for e in self.entries if e[3])
+        n = len(self.entries)
+        return {"window_s": self.window_s, "queries": n, "attainment": met / n if n else None,
+                "met_total": self.met_total, "missed_total": self.missed_total,
+                "by_model": rows(by_model), "by_class": rows(by_class)}
 
 
 class ClientLedger:

@@ -181,6 +181,16 @@ def status(
                           str(v.get("replicas", "-")), str(v.get("queue", "-")), fmt(v.get("qps"), ".1f"),
                           fmt(v.get("latency_ms"), ".2f"))
     out.print(table)
+    slo = m.get("slo") or {}
+    if slo.get("queries"):
+        att = Table(title=f"SLO attainment, last {slo['window_s']:.0f} s: {slo['attainment']:.1%} of "
+                          f"{slo['queries']} queries with a latency SLO")
+        for col in ("model / query class", "met", "missed", "attainment"):
+            att.add_column(col)
+        for key, rows in (("model", slo["by_model"]), ("class", slo["by_class"])):
+            for name, r in rows.items():
+                att.add_row(f"{key} {name}", str(r["met"]), str(r["missed"]), f"{r['attainment']:.1%}")
+        out.print(att)
     actions = m.get("autoscale_actions") or []
     if actions:
         out.print(f"policy {m.get('policy')}; last autoscaling actions:", highlight=False)
@@ -208,6 +218,8 @@ def query(
     min_accuracy: Annotated[Optional[float], typer.Option(help="Minimum accuracy (0-1).")] = None,
     objective: Annotated[str, typer.Option(help="cost or latency.")] = "cost",
     max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="Maximum cost per query (USD).")] = None,
+    slo_mode: Annotated[str, typer.Option(help="best_effort: serve and mark a late reply; strict: refuse (overloaded) "
+                                               "when the SLO cannot be met.")] = "best_effort",
     output: Annotated[Optional[Path], typer.Option(help="Write the outputs here (.npz).")] = None,
     timeout_s: Annotated[Optional[float], typer.Option(help="How long to wait for the answer (default client.timeout_s, 30).")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Batch job: every file of --input-dir, with spare capacity.")] = False,
@@ -227,21 +239,30 @@ def query(
     feeds = _load_inputs(input)
     with client(timeout_s) as master:
         result = master.query(feeds, variant=variant, model=model, task=task, dataset=dataset, latency_ms=latency_ms,
-                              min_accuracy=min_accuracy, objective=objective, max_cost_usd=max_cost)
-    names = result.extra.get("output_names") or [f"output_{i}" for i in range(len(result.outputs))]
-    outputs = dict(zip(names, result.outputs))
+                              min_accuracy=min_accuracy, objective=objective, max_cost_usd=max_cost,
+                              slo_mode=slo_mode)
+    outputs = result.outputs_by_name
+    if result.slo_met is False:
+        predicted = f" (predicted {result.predicted_latency_ms:.2f} ms)" if result.predicted_latency_ms else ""
+        err.print(f"[yellow]warning:[/yellow] late: answered in {result.latency_ms:.2f} ms, over the "
+                  f"{latency_ms:g} ms SLO{predicted}; --slo-mode strict refuses work that would be late",
+                  highlight=False)
     if output is not None:
         arrays = {k: (v if isinstance(v, np.ndarray) else np.asarray(
             [[row[c] for c in sorted(row)] for row in v])) for k, v in outputs.items()}
         np.savez(output, **arrays)
     if as_json:
-        print_json({"variant": result.variant, "worker": result.worker, "decision_us": result.decision_us,
-                     "latency_ms": result.latency_ms, "timing": result.timing, "needs_load": result.needs_load,
+        print_json({"variant": result.variant, "model": result.model, "worker": result.worker,
+                     "decision_us": result.decision_us, "latency_ms": result.latency_ms,
+                     "predicted_latency_ms": result.predicted_latency_ms, "slo_met": result.slo_met,
+                     "client_latency_ms": result.client_latency_ms, "timing": result.timing,
+                     "needs_load": result.needs_load,
                      **({"output": str(output)} if output is not None else
                         {"outputs": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in outputs.items()}})})
         return
     t = result.timing
-    out.print(f"variant {result.variant} on {result.worker}: {result.latency_ms:.2f} ms end to end "
+    met = "" if result.slo_met is None else (", SLO met" if result.slo_met else ", SLO MISSED")
+    out.print(f"variant {result.variant} on {result.worker}: {result.latency_ms:.2f} ms end to end{met} "
               f"(decision {result.decision_us:.1f} µs, queue {t.get('queue_ms', 0):.2f} ms, batch {t.get('batch_size')}, "
               f"inference {t.get('inference_ms', 0):.2f} ms{', cold load' if result.needs_load else ''})", highlight=False)
     for k, v in outputs.items():

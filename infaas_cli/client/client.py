@@ -44,9 +44,20 @@ class QueryResult:
     worker: str
     decision_us: float
     timing: dict[str, Any]
-    latency_ms: float  # as the client saw it
+    latency_ms: float  # end to end at infaas's front (arrival at the master → reply leaving it): what the SLO bounds
     needs_load: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    slo_met: bool | None = None  # None: the query set no latency bound
+    predicted_latency_ms: float | None = None  # what selection predicted for latency_ms
+    client_latency_ms: float | None = None  # as this client saw it (network and client included)
+    model: str | None = None
+    output_names: list[str] = field(default_factory=list)
+
+    @property
+    def outputs_by_name(self) -> dict[str, Any]:
+        """The outputs keyed by the model's output names (as tritonclient gives them)."""
+        names = self.output_names or [f"output_{i}" for i in range(len(self.outputs))]
+        return dict(zip(names, self.outputs))
 
 
 def endpoints_file(home: str | Path | None = None) -> Path:
@@ -87,7 +98,7 @@ def load_input_file(path: Path) -> dict[str, np.ndarray]:
 def query_body(inputs: dict[str, np.ndarray], *, variant: str | None = None, model: str | None = None,
                task: str | None = None, dataset: str | None = None, latency_ms: float | None = None,
                min_accuracy: float | None = None, objective: str = "cost",
-               max_cost_usd: float | None = None) -> QueryBody:
+               max_cost_usd: float | None = None, slo_mode: str | None = None) -> QueryBody:
     if variant:
         kind = "variant"
     elif model:
@@ -102,7 +113,7 @@ def query_body(inputs: dict[str, np.ndarray], *, variant: str | None = None, mod
         return protocol.body_of("query", {
             "kind": kind, "variant": variant, "model": model, "task": task, "dataset": dataset,
             "latency_ms": latency_ms, "min_accuracy": min_accuracy, "objective": objective,
-            "max_cost_usd": max_cost_usd, "inputs": protocol.pack_tensors(inputs)})
+            "max_cost_usd": max_cost_usd, "slo_mode": slo_mode, "inputs": protocol.pack_tensors(inputs)})
     except protocol.ProtocolError as exc:
         raise InfaasError(f"this query cannot be sent: {exc.reason}") from None
 
@@ -178,8 +189,10 @@ class Client:
         b = reply.body
         self._done[reply.id] = QueryResult(
             outputs=[protocol.unpack_output(o) for o in b.outputs], variant=b.variant, worker=b.worker,
-            decision_us=b.decision_us, timing=dict(b.timing), latency_ms=(time.monotonic() - sent) * 1e3,
-            needs_load=b.needs_load, extra={"attempts": b.attempts, "output_names": list(b.output_names)})
+            decision_us=b.decision_us, timing=dict(b.timing), latency_ms=b.latency_ms,
+            needs_load=b.needs_load, extra={"attempts": b.attempts, "output_names": list(b.output_names)},
+            slo_met=b.slo_met, predicted_latency_ms=b.predicted_latency_ms,
+            client_latency_ms=(time.monotonic() - sent) * 1e3, model=b.model, output_names=list(b.output_names))
 
     # -- queries ---------------------------------------------------------------------------------------
     def submit(self, inputs: dict[str, np.ndarray], **slo: Any) -> str:

@@ -7,6 +7,12 @@ one order sorted by (task, dataset, model, name), so that both a model's variant
 bucket, accuracy, load time). A model-less query is then a dict lookup for the slice and a handful
 of vectorised operations over it; only the few variants loaded on workers are looked at one by one,
 and even that is cached per cluster snapshot.
+
+Predictions are end to end, as the SLO is: the time from the query's arrival at the master to its reply
+leaving it = the serving overhead of the path to the worker (learned online by the master, see
+`policy/latency.py`, and handed in through `ClusterSnapshot(overhead_ms=...)`) + queueing behind the
+worker's queue + the profiled model time at the batch size + the load time when the variant must load.
+A query that carries its input signature only reaches models whose inputs accept it.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from infaas_cli.errors import InfaasError
-from infaas_cli.catalog.records import ModelRecord, ProfileRecord, VariantRecord
+from infaas_cli.errors import InfaasError, InvalidInputError
+from infaas_cli.catalog.records import ModelRecord, ProfileRecord, TensorSpec, VariantRecord
+from infaas_cli.policy.latency import PRIOR_OVERHEAD_MS
 from infaas_cli.policy.placement import VariantNeed, WorkerState, place, rank_key
 from infaas_cli.policy.profiles import applicable_profiles
 
@@ -45,6 +52,9 @@ PRICES_PATH = _default_prices_path()
 
 KINDS = ("variant", "model", "task")
 OBJECTIVES = ("cost", "latency")
+#: best_effort: when queues make the SLO unreachable now (but not on an idle cluster), serve the fastest
+#: admissible variant and mark the decision late; strict: reject early with `overloaded` (Clockwork's rule).
+SLO_MODES = ("best_effort", "strict")
 
 #: Every batch size up to this one gets its own latency column, so predictions are exact there;
 #: above it, a batch size is rounded up to the next profiled or max-batch size.
@@ -80,6 +90,20 @@ class NoVariantError(InfaasError):
 
 class UnavailableError(InfaasError):
     code = "unavailable"
+
+
+class OverloadedError(InfaasError):
+    """A strict query whose SLO the current queues make unreachable (an idle cluster would meet it)."""
+
+    code = "overloaded"
+    predicted_latency_ms: float | None
+
+    def __init__(self, message: str, predicted_latency_ms: float | None = None) -> None:
+        super().__init__(message, predicted_latency_ms=predicted_latency_ms)
+
+
+# InvalidInputError (code invalid_input) is the errors module's: a query's tensors no candidate model takes.
+__all__ = ["InvalidInputError"]  # re-exported for callers of select; the rest is imported by name
 
 
 # -- prices ------------------------------------------------------------------------------------------

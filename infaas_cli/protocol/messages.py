@@ -105,6 +105,7 @@ class QueryBody(Body):
     min_accuracy: Annotated[float, Meta(ge=0, le=1)] | None = None
     objective: Literal["cost", "latency"] | None = None
     max_cost_usd: NonNegative | None = None
+    slo_mode: Literal["best_effort", "strict"] | None = None
 
 
 class ReplyBody(Body):
@@ -116,6 +117,10 @@ class ReplyBody(Body):
     needs_load: bool = False
     attempts: Positive = 1
     output_names: Annotated[list[Name], Meta(max_length=MAX_TENSORS)] = []
+    latency_ms: NonNegative = 0.0
+    predicted_latency_ms: NonNegative | None = None
+    slo_met: bool | None = None
+    model: Name | None = None
 
 
 class StatusBody(Body):
