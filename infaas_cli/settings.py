@@ -23,6 +23,8 @@ from typing import Any
 from infaas_cli.config import DEFAULT_HOME, HOME_ENV
 from infaas_cli.errors import InfaasError
 from infaas_cli.policy.autoscale import AutoscaleConfig
+from infaas_cli.policy.drift import DriftConfig
+from infaas_cli.policy.baselines import POLICIES, POLICY_ALIASES
 from infaas_cli.policy.cluster_autoscale import ClusterAutoscaleConfig
 
 #: The host-wide file, written by the deployment (ansible / packages).
@@ -30,7 +32,6 @@ SYSTEM_CONFIG_FILE = Path("/etc/infaas/infaas.toml")
 #: The per-user file, inside the data directory.
 HOME_CONFIG_NAME = "config.toml"
 
-POLICIES = ("infaas", "static", "replicate")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 #: Historical environment variables, still honoured (the canonical INFAAS_<SECTION>_<KEY> wins over them).
@@ -68,7 +69,7 @@ class MasterSettings:
     heartbeat_interval_s: float = 1.0  # expected worker heartbeat interval
     dead_after_missed_heartbeats: int = 3  # a worker this many heartbeats late is dead
     forget_dead_worker_s: float = 30.0  # a dead worker leaves the cluster view after this
-    policy: str = "infaas"  # infaas (the full system) | static | replicate (fixed-variant baselines)
+    policy: str = "infaas"  # infaas (the full system) | fixed-peak | fixed-autoscale (baselines; static, replicate: aliases)
     prices_file: str | None = None  # hardware prices (default configs/prices.toml)
     pending_timeout_s: float = 60.0  # a query waiting this long for a worker fails
     max_attempts: int = 3  # tries of a query on different workers before it fails
@@ -85,7 +86,8 @@ class MasterSettings:
         _check(self.heartbeat_interval_s > 0, "master.heartbeat_interval_s", "must be > 0 seconds")
         _check(self.dead_after_missed_heartbeats >= 1, "master.dead_after_missed_heartbeats", "must be >= 1")
         _check(self.forget_dead_worker_s >= 0, "master.forget_dead_worker_s", "must be >= 0 seconds")
-        _check(self.policy in POLICIES, "master.policy", f"must be one of {', '.join(POLICIES)}, not {self.policy!r}")
+        _check(self.policy in POLICIES or self.policy in POLICY_ALIASES, "master.policy",
+               f"must be one of {', '.join(POLICIES)} (or {', '.join(POLICY_ALIASES)}), not {self.policy!r}")
         _check(self.pending_timeout_s > 0, "master.pending_timeout_s", "must be > 0 seconds")
         _check(self.max_attempts >= 1, "master.max_attempts", "must be >= 1")
         _check(self.max_pending_per_client >= 1, "master.max_pending_per_client", "must be >= 1")
@@ -181,6 +183,7 @@ class Settings:
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
     client: ClientSettings = field(default_factory=ClientSettings)
+    drift: DriftConfig = field(default_factory=DriftConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {section: dataclasses.asdict(getattr(self, section)) for section in SECTIONS}

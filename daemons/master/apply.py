@@ -47,6 +47,8 @@ class Actions:
 
     # -- horizontal autoscaling ---------------------------------------------------------------------------
     def _autoscale_cluster(self) -> None:
+        if self.policy == "fixed-peak":
+            return  # provisioned for the peak: never scales
         self._scaling = [p for p in self._scaling if p.poll() is None]
         if self._scaling:
             return  # one scaling command at a time: the next decision sees its result
@@ -76,7 +78,7 @@ class Actions:
     # -- model-level autoscaling -----------------------------------------------------------------------
     def _autoscale(self) -> None:
         """Snapshot each worker's measured load, ask the pure policy, apply what it allows under this policy."""
-        if self.policy == "static" or not self.workers:
+        if self.policy == "fixed-peak" or not self.workers:
             return
         index = self.catalog.index()
         if self._options is None:
@@ -95,7 +97,7 @@ class Actions:
                     # Capacity is profiled in samples per second, so load is measured in samples too.
                     qps=vm.samples_per_s or vm.qps, latency_ms=vm.latency_ms,
                     slo_ms=slo[0] if slo and now - slo[1] <= 3 * self.autoscale_config.window_s else None,
-                    idle_s=vm.idle_s))
+                    idle_s=vm.idle_s, slowdown=self._variant_slowdown(name, w.worker_id, now)))
             view = WorkerView(cores=_cores(w), free_cores=_free_cores(w),
                               free_memory_bytes=w.metrics.free_memory_bytes, variants=tuple(loads))
             actions, self.autoscale_states[w.worker_id] = autoscale_worker(
@@ -105,7 +107,7 @@ class Actions:
 
     def _apply(self, w: WorkerEntry, action) -> None:
         allowed = {"infaas": ("replicate", "remove_replica", "upgrade", "downgrade", "unload"),
-                   "replicate": ("replicate", "remove_replica", "unload")}[self.policy]
+                   "fixed-autoscale": ("replicate", "remove_replica", "unload")}.get(self.policy, ())
         if action.kind not in allowed:
             return
         vm = w.variant_metrics.get(action.variant)
@@ -113,7 +115,8 @@ class Actions:
         spec = self.catalog.variant_spec(action.variant)
         where = w
         if action.kind == "replicate":
-            ids = place(self.snapshot().workers, _need(spec), "replica", current=w.worker_id)
+            ids = place(self.snapshot().workers, _need(spec), "replica",
+                        current=None if action.elsewhere else w.worker_id)
             if not ids:
                 return
             if ids[0] == w.worker_id:

@@ -49,7 +49,8 @@ class ClientHandlers:
                                          "from this client); read the replies, or send fewer at once")
         query = Query(kind=b.kind, variant=b.variant, model=b.model, task=b.task, dataset=b.dataset,
                       latency_ms=b.latency_ms, min_accuracy=b.min_accuracy, objective=b.objective or "cost",
-                      max_cost_usd=b.max_cost_usd, batch_size=self._batch_hint(b))
+                      max_cost_usd=b.max_cost_usd, batch_size=self._batch_hint(b), slo_mode=b.slo_mode or "best_effort",
+                      inputs=tuple(sorted((name, t.dtype, tuple(t.shape)) for name, t in b.inputs.items())))
         self._dispatch(route, msg.id, b.inputs, query, attempts=1, exclude=(), arrived=self.arrived)
 
     def _batch_hint(self, b: m.QueryBody) -> int:
@@ -84,7 +85,8 @@ class ClientHandlers:
         index = self.catalog.index()
         snapshot = self.snapshot()
         if exclude:
-            snapshot = ClusterSnapshot(tuple(w for w in snapshot.workers if w.worker_id not in exclude))
+            snapshot = ClusterSnapshot(tuple(w for w in snapshot.workers if w.worker_id not in exclude),
+                                       overhead_ms=self.overheads.snapshot())
         t0 = time.perf_counter_ns()
         if self.policy == "infaas" or query.kind == "variant":
             decision = select(query, index, snapshot)
@@ -93,7 +95,7 @@ class ClientHandlers:
             pinned = self.pins.get(key)
             if pinned is None:
                 pinned = self.pins[key] = pin_variant(query, index)
-                if self.policy == "static":
+                if self.policy == "fixed-peak":
                     self._provision_static(pinned)
             decision = select(Query("variant", variant=pinned, batch_size=query.batch_size), index, snapshot)
         decision_us = (time.perf_counter_ns() - t0) / 1e3
@@ -173,6 +175,7 @@ class ClientHandlers:
                 "queries_failed": self.queries_failed, "queries_refused": self.queries_refused,
                 "replies_waiting": self.ledger.waiting, "replies_dropped": self.replies_dropped, "workers_refused": len(self.refused),
                 "slo": self.slo.summary(now),
+                "reprofiles": self.drift_status(),
                 "decision_us": {"count": int(dec.size),
                                 "p50": float(np.percentile(dec, 50)) if dec.size else None,
                                 "p99": float(np.percentile(dec, 99)) if dec.size else None,
@@ -295,6 +298,7 @@ class WorkerHandlers:
         if slo_met is not None:
             self.slo.record(now, p.model, slo_class(p.query), slo_met)
         self._observe_result(p, latency_ms, timing)
+        self._observe_inference(p.variant, p.worker_id, timing, p.batch)
         reply = protocol.Message("reply", m.ReplyBody(
             outputs=msg.body.outputs, variant=p.variant, worker=p.worker_id, decision_us=p.decision_us,
             timing=timing, needs_load=p.needs_load, attempts=p.attempts, output_names=p.output_names,
@@ -305,14 +309,16 @@ class WorkerHandlers:
 
     def _observe_result(self, p: PendingQuery, latency_ms: float, timing: dict[str, float]) -> None:
         """What a finished query teaches: the serving path's overhead on its worker (end to end minus the
-        worker's own queue and inference time)."""
+        worker's own queue and inference time), which selection adds to its predictions."""
         worker_ms = timing.get("worker_ms")
         if worker_ms is not None and not p.needs_load and p.attempts == 1:
-            self.overhead_samples.setdefault(p.worker_id, collections.deque(maxlen=256)).append(
-                max(0.0, latency_ms - worker_ms))
+            self.overheads.add(p.worker_id, latency_ms, worker_ms)
+            self._queues_changed()
 
     def _on_worker_error(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:
         b: m.ErrorBody = msg.body
+        if self._reprofile_refused(msg.id, b.code, b.reason):
+            return
         p = self._finish(msg.id, worker_id)
         if p is None:
             log.warning("worker %s reports %s: %s", worker_id, b.code, b.reason)

@@ -23,14 +23,17 @@ from infaas_cli.catalog.artifacts import ArtifactStore
 from infaas_cli.catalog.store import LmdbStore
 from infaas_cli.errors import InfaasError, wire_error
 from infaas_cli.policy.autoscale import AutoscaleConfig
-from infaas_cli.policy.baselines import POLICIES
+from infaas_cli.policy.baselines import POLICIES, canonical_policy
 from infaas_cli.policy.cluster_autoscale import ClusterState
+from infaas_cli.policy.drift import DriftConfig
+from infaas_cli.policy.latency import WorkerOverheads
 from infaas_cli.policy.cores import dispatched_threads, known_free_cores, worker_cores
 from infaas_cli.policy.selection import ClusterSnapshot, WorkerState, load_prices
 from infaas_cli.protocol.messages import MAX_FRAME_BYTES
 from infaas_cli.settings import ClusterSettings, MasterSettings, SecuritySettings, Settings
 from infaas_daemons.common import log, step
 from infaas_daemons.master.apply import Actions
+from infaas_daemons.master.drift import DriftWatch
 from infaas_daemons.master.handlers import ClientHandlers, WorkerHandlers
 from infaas_daemons.master.state import CatalogView, ClientLedger, PendingQuery, SloLedger
 
@@ -42,12 +45,13 @@ DRAIN_BATCH = 1000
 MAX_REFUSED = 10_000
 
 
-class Master(ClientHandlers, WorkerHandlers, Actions):
+class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
     """The master daemon. `run()` blocks until `stop_event` is set."""
 
     def __init__(self, home: str | Path, settings: MasterSettings | None = None, *,
                  autoscale: AutoscaleConfig | None = None, cluster: ClusterSettings | None = None,
-                 security: SecuritySettings | None = None, endpoints_file: str | Path | None = None) -> None:
+                 security: SecuritySettings | None = None, endpoints_file: str | Path | None = None,
+                 drift: DriftConfig | None = None) -> None:
         self.settings = settings = settings or MasterSettings()
         security = security or SecuritySettings()
         cluster = cluster or ClusterSettings()
@@ -55,12 +59,12 @@ class Master(ClientHandlers, WorkerHandlers, Actions):
             raise InfaasError("CurveZMQ needs both security.curve_secret_key (the master's .key_secret) and "
                               "security.authorized_keys (a directory of the workers' and clients' public .key files)",
                               code="bad_config")
-        if settings.policy not in POLICIES:
+        if canonical_policy(settings.policy) not in POLICIES:
             raise InfaasError(f"unknown policy '{settings.policy}'; choose one of {', '.join(POLICIES)}",
                               code="bad_config")
         self.curve_secret_key = security.curve_secret_key
         self.authorized_keys = security.authorized_keys
-        self.policy = settings.policy
+        self.policy = canonical_policy(settings.policy)  # "static"/"replicate": former names
         self.autoscale_config = autoscale or AutoscaleConfig()
         self.cluster_config = cluster.policy()
         self.cluster_state = ClusterState()
@@ -91,7 +95,8 @@ class Master(ClientHandlers, WorkerHandlers, Actions):
         self.refused: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.decision_us: collections.deque[float] = collections.deque(maxlen=10_000)
         self.slo = SloLedger()
-        self.overhead_samples: dict[str, collections.deque[float]] = {}  # worker -> recent overhead ms
+        self._init_drift(drift or DriftConfig())
+        self.overheads = WorkerOverheads()  # the serving path's overhead per worker, learned from results
         self.arrived = 0.0
         self.started = time.time()
         self.pid = os.getpid()
@@ -105,7 +110,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions):
         """A master for INFAAS_HOME `home`: its data in master.data_dir (default `home`/master)."""
         data_dir = Path(settings.master.data_dir) if settings.master.data_dir else Path(home) / "master"
         return cls(data_dir, settings.master, autoscale=settings.autoscale, cluster=settings.cluster,
-                   security=settings.security, endpoints_file=endpoints_file)
+                   security=settings.security, endpoints_file=endpoints_file, drift=settings.drift)
 
     @property
     def store(self):
@@ -114,8 +119,12 @@ class Master(ClientHandlers, WorkerHandlers, Actions):
     # -- catalog and cluster views ---------------------------------------------------------------------
     def _catalog_changed(self) -> None:
         self.catalog.changed()
+        self._profiled_p50 = None
         self._options = None
-        self.pins.clear()
+        # The baselines keep their pins: a developer's pick does not change when a profile is re-measured
+        # (drift) or a model is added; only a pin whose variant left the catalog is dropped.
+        known = self.catalog.index().infos
+        self.pins = {key: v for key, v in self.pins.items() if v in known}
 
     def snapshot(self) -> ClusterSnapshot:
         """The cluster as the selection policy sees it.
@@ -136,11 +145,14 @@ class Master(ClientHandlers, WorkerHandlers, Actions):
                 # worker's next heartbeat does.
                 free = known_free_cores(cores, mt.free_cores if mt is not None else None,
                                         dispatched_threads(w.loaded, self.catalog.threads_of))
+                # A worker whose variants run slower than profiled (interference) looks that much more queued.
+                s = self.worker_slowdown.get(w.worker_id, 1.0)
+                loaded = dict(w.loaded) if s == 1.0 else {v: q * s + (s - 1.0) for v, q in w.loaded.items()}
                 states.append(WorkerState(
                     worker_id=w.worker_id, backends=frozenset(w.backends), cores=cores, free_cores=free,
                     free_memory_bytes=mt.free_memory_bytes if mt is not None else w.hardware.memory_bytes,
-                    loaded=dict(w.loaded), alive=w.alive and w.worker_id not in self.draining))
-            self._snapshot = ClusterSnapshot(tuple(states))
+                    loaded=loaded, alive=w.alive and w.worker_id not in self.draining))
+            self._snapshot = ClusterSnapshot(tuple(states), overhead_ms=self.overheads.snapshot())
             self._snapshot_at = time.monotonic()
             self._snapshot_stale = False
         return self._snapshot
@@ -198,6 +210,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions):
                 if time.monotonic() >= next_autoscale:
                     self._step(self._autoscale)
                     self._step(self._autoscale_cluster)
+                    self._step(self._check_drift)
                     next_autoscale = time.monotonic() + self.heartbeat_interval_s
         finally:
             for p in list(self.pending.values()):
@@ -340,7 +353,8 @@ class Master(ClientHandlers, WorkerHandlers, Actions):
         if entry is not None and entry.identity == identity:
             entry.last_seen = time.monotonic()
         handler = {"register": self._on_register, "heartbeat": self._on_heartbeat, "result": self._on_result,
-                   "error": self._on_worker_error, "loaded": self._on_loaded, "fetch": self._on_fetch}.get(msg.type)
+                   "error": self._on_worker_error, "loaded": self._on_loaded, "fetch": self._on_fetch,
+                   "reprofiled": self._on_reprofiled}.get(msg.type)
         if handler is None:
             self._worker_garbage(identity, f"a worker sent {msg.type}")
             self._send_worker(identity, protocol.error("unknown_type", f"the master does not take {msg.type} "
@@ -397,6 +411,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions):
 
     def _forget(self, worker_id: str) -> None:
         self.workers.pop(worker_id, None)
+        self.overheads.forget(worker_id)
         self.autoscale_states.pop(worker_id, None)
         self.draining.discard(worker_id)
         self._cluster_changed()

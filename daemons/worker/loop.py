@@ -32,9 +32,10 @@ from infaas_cli.toolkit.modelio import check_query_inputs
 from infaas_daemons.common import log, step
 from infaas_daemons.worker.executor import _LOADER, _RESULT, LoadedVariant, QueuedQuery
 from infaas_daemons.worker.loading import Loading
+from infaas_daemons.worker.reprofile import Reprofiling
 
 
-class Worker(Loading):
+class Worker(Loading, Reprofiling):
     """The worker daemon. `run()` blocks until `stop_event` is set (SIGTERM in the CLI)."""
 
     def __init__(self, settings: WorkerSettings | None = None, security: SecuritySettings | None = None) -> None:
@@ -167,6 +168,7 @@ class Worker(Loading):
             return
         handler = {"infer": self._on_infer, "load": self._on_load, "unload": self._on_unload,
                    "artifact_chunk": self._on_chunk, "registered": lambda msg: None,
+                   "reprofile": self._on_reprofile,
                    "error": self._on_master_error}.get(msg.type)
         if handler is None:
             self._send(protocol.error("unknown_type", f"a worker does not take {msg.type} messages", msg.id))

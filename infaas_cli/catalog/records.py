@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -168,6 +168,9 @@ class ProfileRecord(Record):
     peak_memory_bytes: int
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)  # batch size (str) -> BatchProfile
     measured_at: float = 0.0
+    #: "profile": `infaas profile`; "reprofile": a worker re-measured it when its latency drifted.
+    source: Literal["profile", "reprofile"] = "profile"
+    worker_id: str | None = None  # the worker that re-measured it (source "reprofile")
 
     nested: ClassVar[dict[str, Any]] = {"batches": dict[BatchSizeKey, BatchProfile]}
 
@@ -178,6 +181,30 @@ class ProfileRecord(Record):
 
 def profile_key(variant: str, hardware_id: str) -> str:
     return f"{variant}@{hardware_id}"
+
+
+@dataclass
+class ProfileHistoryRecord(ProfileRecord):
+    """A profile as it was measured, kept after newer ones replace it in `profiles` (oldest first by key)."""
+
+    table: ClassVar[str] = "profile_history"
+
+    @property
+    def key(self) -> str:
+        return profile_history_key(self.variant, self.hardware_id, self.measured_at)
+
+    @classmethod
+    def of(cls, profile: ProfileRecord) -> ProfileHistoryRecord:
+        return cls(**dataclasses.asdict(profile))
+
+
+def profile_history_key(variant: str, hardware_id: str, measured_at: float) -> str:
+    """`variant@hardware_id@measured_at`, the time zero-padded so that keys sort in time order."""
+    return f"{profile_key(variant, hardware_id)}@{max(0.0, measured_at):017.6f}"
+
+
+def profile_history_key_prefix(variant: str, hardware_id: str) -> str:
+    return f"{profile_key(variant, hardware_id)}@"
 
 
 @dataclass
@@ -210,7 +237,8 @@ class ReplicationRecord(Record):
 
 
 RECORD_TYPES: dict[str, type[Record]] = {
-    cls.table: cls for cls in (ModelRecord, VariantRecord, ProfileRecord, ArtifactRecord, ReplicationRecord)
+    cls.table: cls for cls in (ModelRecord, VariantRecord, ProfileRecord, ArtifactRecord, ReplicationRecord,
+                               ProfileHistoryRecord)
 }
 #: Tables a source store may replicate to a master (never the master's own bookkeeping).
-REPLICATED_TABLES = ("models", "variants", "profiles", "artifacts")
+REPLICATED_TABLES = ("models", "variants", "profiles", "artifacts", "profile_history")

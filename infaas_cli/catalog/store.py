@@ -23,11 +23,13 @@ from infaas_cli.catalog.records import (
     ArtifactRecord,
     InvalidRecordError,
     ModelRecord,
+    ProfileHistoryRecord,
     ProfileRecord,
     Record,
     ReplicationRecord,
     VariantRecord,
     describe_invalid,
+    profile_history_key_prefix,
 )
 
 #: Bump when the layout of the LMDB file or of a record changes incompatibly (say so in CHANGELOG.md).
@@ -40,6 +42,8 @@ R = TypeVar("R", bound=Record)
 MAX_KEY_BYTES = 400
 #: A replication source is another store's id (32 hex characters); it also keys the replication table.
 MAX_SOURCE_CHARS = 128
+#: Past profiles kept per (variant, hardware id) in `profile_history`; older ones are deleted as new ones come.
+MAX_PROFILE_HISTORY = 100
 
 log = logging.getLogger("infaas")
 
@@ -92,11 +96,28 @@ def check_key(key: Any, what: str) -> str:
 class Transaction:
     """Writes collected here are applied together, as one store transaction, on exit."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: MetadataStore | None = None) -> None:
         self.ops: list[tuple[str, str, str, dict[str, Any] | None]] = []
+        self.store = store
 
     def put(self, record: Record) -> None:
         self.ops.append(("put", record.table, record.key, record.to_dict()))
+
+    def put_profile(self, profile: ProfileRecord, keep: int = MAX_PROFILE_HISTORY) -> None:
+        """A new profile: it replaces the current one of its (variant, hardware id) in `profiles`, and a copy
+        joins `profile_history`, which keeps the newest `keep` of that pair (the oldest are deleted)."""
+        self.put(profile)
+        entry = ProfileHistoryRecord.of(profile)
+        self.put(entry)
+        if self.store is None:
+            return
+        prefix = profile_history_key_prefix(profile.variant, profile.hardware_id)
+        keys = {k for k, _ in self.store.scan_raw(ProfileHistoryRecord.table, prefix)}
+        for op, table, key, _ in self.ops:  # this transaction's own writes, in order
+            if table == ProfileHistoryRecord.table and key.startswith(prefix):
+                (keys.add if op == "put" else keys.discard)(key)
+        for key in sorted(keys)[:max(0, len(keys) - keep)]:
+            self.delete(ProfileHistoryRecord.table, key)
 
     def delete(self, table: str, key: str) -> None:
         self.ops.append(("delete", table, key, None))
@@ -199,6 +220,12 @@ class MetadataStore(ABC):
     def profiles(self, model: str | None = None) -> list[ProfileRecord]:
         return self.scan(ProfileRecord, "" if model is None else f"{model}/")
 
+    def profile_history(self, variant: str, hardware_id: str | None = None) -> list[ProfileHistoryRecord]:
+        """Every kept profile of a variant (on one hardware id, or on all), oldest first."""
+        prefix = profile_history_key_prefix(variant, hardware_id) if hardware_id else f"{variant}@"
+        records = [r for r in self.scan(ProfileHistoryRecord, prefix) if r.variant == variant]
+        return sorted(records, key=lambda r: r.measured_at)
+
     def artifact(self, sha256: str) -> ArtifactRecord | None:
         return self.get(ArtifactRecord, sha256)
 
@@ -212,7 +239,7 @@ class MetadataStore(ABC):
 class _TxnContext:
     def __init__(self, store: MetadataStore) -> None:
         self.store = store
-        self.txn = Transaction()
+        self.txn = Transaction(store)
 
     def __enter__(self) -> Transaction:
         return self.txn

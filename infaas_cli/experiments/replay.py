@@ -39,6 +39,7 @@ class QueryRecord:
     latency_ms: float | None = None  # client-observed, from send to reply; None unless ok
     ok: bool = False
     error_code: str | None = None
+    error_reason: str | None = None  # the master's reason, for the report's examples of each error code
     variant: str | None = None
     worker: str | None = None
     busy_core_ms: float = 0.0  # this query's share of its batch's inference time × the variant's threads
@@ -164,6 +165,10 @@ class ReplayResult:
                               "max": float(max(lags)) if lags else None}
         out["duration_s"] = self.duration_s
         out["errors"] = dict(Counter(r.error_code for r in self.records if not r.ok))
+        out["error_examples"] = {}
+        for r in self.records:
+            if not r.ok and r.error_reason and r.error_code not in out["error_examples"]:
+                out["error_examples"][r.error_code] = r.error_reason[:300]
         out["cost_usd"] = self.cost.cost_usd if self.cost else None
         out["core_seconds"] = self.cost.core_seconds if self.cost else None
         # Compute actually used (pay-per-use view), beside the resources held (the cost above).
@@ -203,9 +208,11 @@ class ReplayResult:
 
 def _record_reply(record: QueryRecord, reply: Any) -> None:
     if isinstance(reply, QueryFailed):
-        record.error_code = reply.code
+        record.error_code, record.error_reason = reply.code, str(reply)
         return
-    record.ok, record.latency_ms = True, float(reply.latency_ms)
+    # Client-observed, end to end (network and client included); older clients only had latency_ms.
+    client_ms = getattr(reply, "client_latency_ms", None)
+    record.ok, record.latency_ms = True, float(client_ms if client_ms is not None else reply.latency_ms)
     record.variant, record.worker = reply.variant, reply.worker
     timing = reply.timing or {}
     batch = max(1, int(timing.get("batch_size") or 1))
@@ -293,7 +300,7 @@ def replay(client: Any, trace: Sequence[Arrival], classes: Sequence[QueryClass],
         try:
             rid = client.submit(inputs, **classes[arrival.class_index].query_kwargs())
         except InfaasError as exc:  # refused before it left (bad inputs or SLO): a failure, not a crash
-            record.error_code = exc.code
+            record.error_code, record.error_reason = exc.code, str(exc)
             continue
         record.sent_s = sent_s
         pending.append((rid, index))

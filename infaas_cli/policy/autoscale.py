@@ -7,6 +7,12 @@ of Ray Serve's `policy(context) -> (decision, new_state)`. The worker / master l
 Asymmetric hysteresis keeps it from flapping: scaling up waits only for the pressure to last one measurement
 window (`window_s`), scaling down waits for low utilisation to last a longer hold (`hold_s` > `window_s`), and
 any action on a variant backs it off for `cooldown_s`.
+
+No action without evidence: a window with fewer than `min_window_queries` queries in it (served ones,
+qps × window_s, plus those still queued) says nothing about overload, interference or what a cheaper
+variant would sustain, so it neither replicates, upgrades, downgrades nor counts as "interfered" (whose
+mean latency is measured over the served ones alone). Idle-unload and removing a surplus replica still act
+on little or no traffic: a quiet window is the evidence for those.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class AutoscaleConfig:
     interference_factor: float = 1.5  # measured latency > profiled × this with a short queue → interfered
     low_utilisation: float = 0.3  # below this fraction of capacity a variant is a scale-down candidate
     idle_unload_s: float = 30.0  # unload a variant that has served nothing for this long
+    min_window_queries: int = 20  # fewer queries in a window (qps × window_s + queued) are no evidence to act on
 
     def __post_init__(self) -> None:
         for name in ("window_s", "hold_s", "cooldown_s", "overload_slack_fraction", "interference_factor",
@@ -68,6 +75,11 @@ class AutoscaleConfig:
             raise AutoscaleConfigError(f"autoscale.low_utilisation must be in (0, 1), not {self.low_utilisation}")
         if self.idle_unload_s <= 0:
             raise AutoscaleConfigError(f"autoscale.idle_unload_s must be > 0 seconds, not {self.idle_unload_s}")
+        if isinstance(self.min_window_queries, bool) or not isinstance(self.min_window_queries, int) \
+                or self.min_window_queries < 1:
+            raise AutoscaleConfigError("autoscale.min_window_queries must be a whole number of queries >= 1 (a "
+                                       "window with fewer is no evidence to scale on), not "
+                                       f"{self.min_window_queries!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +93,9 @@ class VariantLoad:
     latency_ms: float  # mean served latency (arrival to reply), 0 when nothing was served
     slo_ms: float | None  # tightest latency SLO among its recent queries; None when none had one
     idle_s: float
+    #: Observed / profiled inference time on this worker at the batch sizes it ran (None: not measured). When
+    #: given it, rather than the mean latency against the batch-1 profile, tells interference.
+    slowdown: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) or self.replicas < 1:
@@ -133,6 +148,7 @@ class Action:
     variant: str
     target: str | None  # the variant to switch to, for upgrade / downgrade
     reason: str
+    elsewhere: bool = False  # replicate: on another worker (interference here), never beside this one
 
 
 def options_from_index(index: CatalogIndex) -> dict[str, VariantOption]:
@@ -256,9 +272,23 @@ def autoscale_worker(states: Mapping[str, VariantState], view: WorkerView, optio
             # No SLO to protect: keep headroom instead.
             pressured = utilisation > 0.9
             pressure_why = f"utilisation {utilisation:.0%} > 90% with no latency SLO"
+        # Evidence: the window's served queries (the mean latency rests on those alone) and its arrivals
+        # (served plus still queued: a queue that builds while little is served is overload, not silence).
+        served = load.qps * config.window_s
+        measured = served >= config.min_window_queries
+        seen = served + load.queue_samples >= config.min_window_queries
+        under_pressure = pressured  # even on a trickle, a threatened SLO is no time to scale down
+        pressured = pressured and seen
         short_queue = load.queue_samples <= _SHORT_QUEUE_PER_REPLICA * load.replicas
-        interfered = (not pressured and short_queue and load.qps > 0 and load.latency_ms > 0
-                      and load.latency_ms > config.interference_factor * opt.latency_ms_b1)
+        if load.slowdown is not None:
+            interfered = measured and not pressured and load.slowdown > config.interference_factor
+            interference_why = (f"inference {load.slowdown:.2f} × slower than profiled (> "
+                                f"{config.interference_factor:g} ×)")
+        else:
+            interfered = (measured and not pressured and short_queue and load.latency_ms > 0
+                          and load.latency_ms > config.interference_factor * opt.latency_ms_b1)
+            interference_why = (f"mean latency {load.latency_ms:.1f} ms > {config.interference_factor:g} × profiled "
+                                f"{opt.latency_ms_b1:.1f} ms with {load.queue_samples} queued")
 
         overloaded_since = None
         if pressured:
@@ -266,7 +296,7 @@ def autoscale_worker(states: Mapping[str, VariantState], view: WorkerView, optio
                                 else now_s)
         overloaded = pressured and now_s - overloaded_since >= config.window_s
         # Pressure or interference of any kind breaks a run of low observations: only a continuous run counts.
-        low = utilisation < config.low_utilisation and not pressured and not interfered
+        low = utilisation < config.low_utilisation and not under_pressure and not interfered
         low_since = None
         if low:
             low_since = prev.low_since_s if prev is not None and prev.low_since_s is not None else now_s
@@ -301,14 +331,10 @@ def autoscale_worker(states: Mapping[str, VariantState], view: WorkerView, optio
                     free_memory -= max(0, load.replicas * (target.peak_memory_bytes - opt.peak_memory_bytes))
                 # else: no room and nothing faster: stay overloaded rather than oversubscribe the cores.
         elif interfered and now_s - state.since_s >= config.window_s:
-            # One slow window may be a passing neighbour; a replica is paid for only if it lasts.
-            if free_cores >= opt.threads and free_memory >= opt.peak_memory_bytes:
-                action = Action("replicate", load.variant, None,
-                                f"interfered for {now_s - state.since_s:.0f} s: mean latency "
-                                f"{load.latency_ms:.1f} ms > {config.interference_factor:g} × profiled "
-                                f"{opt.latency_ms_b1:.1f} ms with {load.queue_samples} queued")
-                free_cores -= opt.threads
-                free_memory -= opt.peak_memory_bytes
+            # One slow window may be a passing neighbour; a replica is paid for only if it lasts. It goes to
+            # another worker: a second replica beside the interference would suffer it too.
+            action = Action("replicate", load.variant, None,
+                            f"interfered for {now_s - state.since_s:.0f} s: {interference_why}", elsewhere=True)
         elif idle:
             action = Action("unload", load.variant, None,
                             f"idle for {load.idle_s:.0f} s (>= {config.idle_unload_s:.0f} s)")
@@ -316,7 +342,7 @@ def autoscale_worker(states: Mapping[str, VariantState], view: WorkerView, optio
             held = f"utilisation {utilisation:.0%} < {config.low_utilisation:.0%} for {now_s - low_since:.0f} s"
             if load.replicas > 1:
                 action = Action("remove_replica", load.variant, None, f"{held} on {load.replicas} replicas")
-            else:
+            elif measured:  # a cheaper variant's headroom is judged against a load that was measured
                 target = _downgrade_target(opt, load, options)
                 if target is not None:
                     action = Action("downgrade", load.variant, target.name,

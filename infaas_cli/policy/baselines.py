@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from infaas_cli.policy.selection import CatalogIndex, NoVariantError, Query, UnknownModelError
 
-#: The policies a master can run: the full system and the two fixed-variant baselines.
-POLICIES = ("infaas", "static", "replicate")
+#: The policies a master can run: the full system and the two fixed-variant baselines. `fixed-peak`
+#: (Clipper+-like): each query class's fixed variant on hosts provisioned for the peak, never scaled;
+#: `fixed-autoscale` (SageMaker+-like): the same variants, replicas and hosts added and removed with load.
+POLICIES = ("infaas", "fixed-peak", "fixed-autoscale")
+#: Former names, still accepted wherever a policy is named.
+POLICY_ALIASES = {"static": "fixed-peak", "replicate": "fixed-autoscale"}
+
+
+def canonical_policy(name: str) -> str:
+    """A policy's name as POLICIES spells it (an alias becomes its policy; anything else is returned as is)."""
+    return POLICY_ALIASES.get(name, name)
 
 
 def query_class(query: Query) -> tuple:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -161,12 +161,30 @@ def _drifted(ratio: float, threshold: float) -> bool:
     return ratio > threshold or ratio < 1 / threshold
 
 
+def profiled_at(profiled: Mapping[int, float], batch: int) -> float | None:
+    """The profiled latency at `batch`: measured there, else interpolated linearly between the profiled batch
+    sizes around it (beyond the largest: scaled from it, as selection does; below the smallest: the smallest's)."""
+    if batch in profiled:
+        return profiled[batch]
+    if not profiled:
+        return None
+    sizes = sorted(profiled)
+    below = [b for b in sizes if b < batch]
+    above = [b for b in sizes if b > batch]
+    if not below:
+        return profiled[above[0]]
+    if not above:
+        return profiled[below[-1]] * batch / below[-1]
+    lo, hi = below[-1], above[0]
+    return profiled[lo] + (profiled[hi] - profiled[lo]) * (batch - lo) / (hi - lo)
+
+
 def _ratios(observer: LatencyObserver, variant: str, where: str, profiled: Mapping[int, float],
             buckets: Iterable[int], now_s: float) -> list[tuple[float, int, float, float, int]]:
-    """(ratio, bucket, observed, profiled, samples) of each bucket with enough samples and a profile there."""
+    """(ratio, bucket, observed, profiled, samples) of each bucket with enough samples and a profiled figure."""
     out = []
     for bucket in buckets:
-        base = profiled.get(bucket)
+        base = profiled_at(profiled, bucket)
         if base is None or not base > 0:
             continue
         values = observer.samples(variant, where, bucket, now_s)
@@ -178,16 +196,20 @@ def _ratios(observer: LatencyObserver, variant: str, where: str, profiled: Mappi
 
 
 def detect_drift(observer: LatencyObserver, profiled_ms: Mapping[str, Mapping[int, float]], now_s: float,
-                 last_reprofile_s: Mapping[tuple[str, str], float] | None = None) -> list[DriftFinding]:
+                 last_reprofile_s: Mapping[Hashable, float] | None = None,
+                 cooldown_key: Callable[[str, str], Hashable] | None = None) -> list[DriftFinding]:
     """Per (variant, where), the bucket whose observed latency is furthest beyond the threshold.
 
     `profiled_ms` maps a variant to its profiled p50 by batch size (the profile selection uses);
     variants absent from it are not judged. A (variant, where) re-profiled less than
     `reprofile_cooldown_s` ago (`last_reprofile_s`, written by the caller when it acts) is skipped.
+    The cooldown is kept under `cooldown_key(variant, where)` (default: the pair itself); e.g.
+    (variant, hardware id of `where`), so that one re-profile of a hardware kind quiets all its workers.
     Findings are ordered by how far they drifted, furthest first.
     """
     config = observer.config
     last = last_reprofile_s or {}
+    key_of = cooldown_key or (lambda variant, where: (variant, where))
     buckets: dict[tuple[str, str], list[int]] = {}
     for variant, where, bucket in observer.keys():
         buckets.setdefault((variant, where), []).append(bucket)
@@ -196,7 +218,7 @@ def detect_drift(observer: LatencyObserver, profiled_ms: Mapping[str, Mapping[in
         profiled = profiled_ms.get(variant)
         if not profiled:
             continue
-        done = last.get((variant, where))
+        done = last.get(key_of(variant, where))
         if done is not None and now_s - done < config.reprofile_cooldown_s:
             continue
         drifted = [r for r in _ratios(observer, variant, where, profiled, sorted(mine), now_s)
@@ -251,14 +273,14 @@ def profiled_p50_ms(batches: Mapping[str, Mapping[str, Any]]) -> dict[int, float
     return out
 
 
-def can_reprofile(queued_samples: Iterable[int], process_cpu_percent: float, cores: int,
+def can_reprofile(queued: Iterable[int], process_cpu_percent: float, cores: int,
                   config: DriftConfig) -> tuple[bool, str]:
-    """Whether a worker has room for a low-priority re-profile: nothing queued, and its own process
+    """Whether a worker has room for a low-priority re-profile: nothing queued (per variant), and its own process
     below `max_busy_fraction` of its cores. Load from other processes (interference) does not count:
     it is what a re-profile is meant to measure. Returns (ok, why not)."""
-    queued = sum(queued_samples)
-    if queued:
-        return False, f"{queued} sample(s) are queued"
+    total = sum(queued)
+    if total:
+        return False, f"{total} queued"
     busy = process_cpu_percent / (100.0 * max(1, cores))
     if busy > config.max_busy_fraction:
         return False, f"its process uses {busy:.0%} of its {cores} core(s) (limit {config.max_busy_fraction:.0%})"

@@ -63,6 +63,9 @@ EXACT_BATCH_COLUMNS = 64
 #: How many names an "unknown ..." message lists before saying "and N more".
 _LIST_MAX = 10
 
+#: How many (slice, input signature) masks an index keeps before it starts over.
+_ACCEPTS_CACHE_MAX = 4096
+
 _INF = math.inf
 
 
@@ -102,8 +105,8 @@ class OverloadedError(InfaasError):
         super().__init__(message, predicted_latency_ms=predicted_latency_ms)
 
 
-# InvalidInputError (code invalid_input) is the errors module's: a query's tensors no candidate model takes.
-__all__ = ["InvalidInputError"]  # re-exported for callers of select; the rest is imported by name
+# A query's tensors that no candidate model takes raise the errors module's InvalidInputError (invalid_input),
+# imported above so that callers of select find every error it raises here.
 
 
 # -- prices ------------------------------------------------------------------------------------------
@@ -172,6 +175,50 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+#: A query's input signature: one (name, numpy dtype name, shape) per tensor, sorted by name. An unnamed
+#: single input ("") stands for whatever a single-input model calls its input (a .npy query).
+InputSignature = tuple[tuple[str, str, tuple[int, ...]], ...]
+
+
+def input_signature(feeds: Mapping[str, Any]) -> InputSignature:
+    """The signature of a query's tensors (name -> numpy array), for `Query(inputs=...)`."""
+    return tuple(sorted((str(name), np.asarray(arr).dtype.name, tuple(int(d) for d in np.shape(arr)))
+                        for name, arr in feeds.items()))
+
+
+def _check_signature(inputs: Any) -> InputSignature:
+    if isinstance(inputs, (str, bytes)) or not isinstance(inputs, (tuple, list)) or not inputs:
+        raise InvalidQueryError("inputs must be a non-empty sequence of (name, dtype, shape), not "
+                                f"{inputs!r}")
+    out = []
+    for item in inputs:
+        if not isinstance(item, (tuple, list)) or len(item) != 3:
+            raise InvalidQueryError(f"each input is (name, dtype, shape), not {item!r}")
+        name, dtype, shape = item
+        if not isinstance(name, str):
+            raise InvalidQueryError(f"an input name must be a string, not {name!r}")
+        try:
+            if not isinstance(dtype, str):
+                raise TypeError(dtype)
+            dtype_name = np.dtype(dtype).name
+        except TypeError:
+            raise InvalidQueryError(f"input '{name}': {dtype!r} is not a numpy dtype name") from None
+        if not isinstance(shape, (tuple, list)) or any(
+                isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
+            raise InvalidQueryError(f"input '{name}': shape must be a sequence of whole numbers >= 0, not "
+                                    f"{shape!r}")
+        out.append((name, dtype_name, tuple(shape)))
+    out.sort()
+    if len({n for n, _, _ in out}) != len(out):
+        raise InvalidQueryError(f"inputs name {', '.join(sorted({n for n, _, _ in out}))} more than once")
+    return tuple(out)
+
+
+def describe_signature(inputs: InputSignature) -> str:
+    """A query's tensors as the model listings write inputs: "x: float64[1,64]"."""
+    return ", ".join(f"{name or '(unnamed)'}: {dtype}[{','.join(map(str, shape))}]" for name, dtype, shape in inputs)
+
+
 @dataclass(frozen=True, slots=True)
 class Query:
     """What a client asks for. Constructing one validates it (InvalidQueryError names the fix)."""
@@ -182,10 +229,13 @@ class Query:
     task: str | None = None
     dataset: str | None = None
     batch_size: int = 1
-    latency_ms: float | None = None  # None: no latency bound
+    latency_ms: float | None = None  # None: no latency bound; else arrival at the master to reply, end to end
     min_accuracy: float | None = None  # a fraction in [0, 1]
     objective: str = "cost"
     max_cost_usd: float | None = None  # per query
+    slo_mode: str = "best_effort"  # one of SLO_MODES: what happens when queues make latency_ms unreachable
+    #: The query's tensors as (name, dtype, shape) (`input_signature(feeds)`); None: not checked by selection.
+    inputs: InputSignature | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -221,20 +271,129 @@ class Query:
                 raise InvalidQueryError(f"max_cost_usd must be a non-negative number of US dollars per query "
                                         f"(or absent for no bound), not {self.max_cost_usd!r}")
             object.__setattr__(self, "max_cost_usd", float(self.max_cost_usd))
+        if self.slo_mode not in SLO_MODES:
+            raise InvalidQueryError(f"slo_mode must be 'best_effort' or 'strict', not {self.slo_mode!r}")
+        if self.inputs is not None:
+            object.__setattr__(self, "inputs", _check_signature(self.inputs))
 
     @classmethod
     def from_body(cls, body: Any) -> Query:
-        """The query of a protocol "query" body; keys other than the query's own (inputs, ...) are ignored."""
+        """The query of a protocol "query" body; keys other than the query's own (inputs, ...) are ignored.
+
+        The tensors themselves are not read here: the caller that unpacks them passes
+        `dataclasses.replace(query, inputs=input_signature(feeds))` when selection should check them.
+        """
         if not isinstance(body, Mapping):
             raise InvalidQueryError(f"a query body is a map, not {type(body).__name__}")
         if body.get("kind") is None:
             raise InvalidQueryError("the query lacks 'kind' (one of variant, model, task)")
         batch_size = body.get("batch_size")
         objective = body.get("objective")
+        slo_mode = body.get("slo_mode")
         return cls(kind=body["kind"], variant=body.get("variant"), model=body.get("model"), task=body.get("task"),
                    dataset=body.get("dataset"), batch_size=1 if batch_size is None else batch_size,
                    latency_ms=body.get("latency_ms"), min_accuracy=body.get("min_accuracy"),
-                   objective="cost" if objective is None else objective, max_cost_usd=body.get("max_cost_usd"))
+                   objective="cost" if objective is None else objective, max_cost_usd=body.get("max_cost_usd"),
+                   slo_mode="best_effort" if slo_mode is None else slo_mode)
+
+
+# -- input signatures --------------------------------------------------------------------------------
+
+_DTYPE_KIND: dict[str, str] = {}
+
+
+def _dtype_kind(name: str) -> str:
+    kind = _DTYPE_KIND.get(name)
+    if kind is None:
+        try:
+            kind = np.dtype(name).kind
+        except TypeError:
+            kind = "?"
+        _DTYPE_KIND[name] = kind
+    return kind
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    """One model input as selection matches it: dtype None for a non-tensor, None dims are dynamic."""
+
+    name: str
+    dtype: str | None
+    dims: tuple[int | None, ...]
+    type: str  # the ONNX Runtime type string, for non-tensor inputs' descriptions
+
+    def describe(self) -> str:
+        if self.dtype is None:
+            return f"{self.name}: {self.type}"
+        return f"{self.name}: {self.dtype}[{','.join('?' if d is None else str(d) for d in self.dims)}]"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSignature:
+    """The inputs a model accepts, compiled once per catalog change for `check_query_inputs`'s rules.
+
+    A query matches when its tensors' names are the model's (an unnamed single tensor matches a single-input
+    model), each dtype is the input's or castable within its kind (float64 → float32, int32 → int64, as
+    `coerce_query_inputs` casts), each rank is the input's and each fixed dimension agrees (the batch axis,
+    dimension 0 unless the model has none, is free: the batch size is checked apart).
+    """
+
+    inputs: tuple[InputSpec, ...]
+    batch_dim: str  # "dynamic", "fixed" or "none", as ModelRecord.batch_dim
+
+    @classmethod
+    def from_specs(cls, specs: Sequence[TensorSpec], batch_dim: str) -> ModelSignature:
+        inputs = []
+        for spec in specs:
+            dtype = spec.dtype if spec.is_tensor else None
+            dims = tuple(d if isinstance(d, int) and not isinstance(d, bool) else None for d in (spec.shape or []))
+            inputs.append(InputSpec(spec.name, dtype, dims, spec.type))
+        return cls(tuple(inputs), batch_dim)
+
+    def describe(self) -> str:
+        return ", ".join(i.describe() for i in self.inputs)
+
+    def mismatch(self, inputs: InputSignature) -> str | None:
+        """Why a query with these tensors cannot run on the model, or None when it can."""
+        specs = self.inputs
+        if len(inputs) == 1 and inputs[0][0] == "" and len(specs) == 1:
+            pairs = [(specs[0], inputs[0])]
+        else:
+            by_name = {i[0]: i for i in inputs}
+            want = [s.name for s in specs]
+            if set(by_name) != set(want):
+                missing = [n for n in want if n not in by_name]
+                extra = [n or "(unnamed)" for n in by_name if n not in want]
+                parts = ([f"missing {', '.join(missing)}"] if missing else []) + \
+                        ([f"unexpected {', '.join(extra)}"] if extra else [])
+                return "; ".join(parts)
+            pairs = [(s, by_name[s.name]) for s in specs]
+        for spec, (name, dtype, shape) in pairs:
+            label = name or spec.name
+            if spec.dtype is None:
+                return f"input '{spec.name}' is {spec.type}, not a tensor"
+            if dtype != spec.dtype:
+                have, want_kind = _dtype_kind(dtype), _dtype_kind(spec.dtype)
+                castable = spec.dtype != "str" and (have == want_kind or (have in "iu" and want_kind in "iu"))
+                if not castable or want_kind == "?":
+                    return f"input '{label}' has dtype {dtype}, the model expects {spec.dtype}"
+            if len(shape) != len(spec.dims):
+                return f"input '{label}' has rank {len(shape)} ({list(shape)}), the model expects {spec.describe()}"
+            for i, (d, g) in enumerate(zip(spec.dims, shape)):
+                if i == 0 and self.batch_dim != "none":
+                    continue
+                if d is not None and d != g:
+                    return f"input '{label}' dimension {i} is {g}, the model expects {spec.describe()}"
+        return None
+
+
+def model_signature(model: ModelRecord) -> ModelSignature | None:
+    """The compiled input signature of a model; None when its record lists no inputs (then nothing is filtered)."""
+    try:
+        specs = model.input_specs()
+    except TypeError:  # a record whose inputs are not TensorSpecs: do not filter on it
+        return None
+    return ModelSignature.from_specs(specs, model.batch_dim) if specs else None
 
 
 # -- catalog -----------------------------------------------------------------------------------------
@@ -286,7 +445,8 @@ class CatalogIndex:
     """
 
     def __init__(self, infos: Iterable[VariantInfo], prices: PriceTable,
-                 models: Mapping[str, tuple[str, str]] | None = None) -> None:
+                 models: Mapping[str, tuple[str, str]] | None = None,
+                 signatures: Mapping[str, ModelSignature | None] | None = None) -> None:
         self.prices = prices
         self.infos: dict[str, VariantInfo] = {}
         for info in infos:
@@ -347,6 +507,20 @@ class CatalogIndex:
         self.accuracy = np.asarray([np.nan if v.accuracy is None else v.accuracy for v in selectable],
                                    dtype=np.float64)
         self.max_batch = np.asarray([v.max_batch for v in selectable], dtype=np.int64)
+        self.peak_memory_bytes = np.asarray([v.peak_memory_bytes for v in selectable], dtype=np.float64)
+        # Input signatures: one code per distinct signature (-1: unknown, accepts anything), so that a query's
+        # mask over a slice is a few signature matches (one per distinct signature), cached per signature.
+        self.signatures: dict[str, ModelSignature] = {m: sig for m, sig in (signatures or {}).items()
+                                                      if sig is not None}
+        distinct: dict[ModelSignature, int] = {}
+        for sig in self.signatures.values():
+            distinct.setdefault(sig, len(distinct))
+        self.signature_list: list[ModelSignature] = list(distinct)
+        self.signature_code = np.asarray(
+            [distinct[self.signatures[v.model]] if v.model in self.signatures else -1 for v in selectable],
+            dtype=np.intp)
+        self._accepts_cache: dict[tuple[int, int, InputSignature], np.ndarray | None] = {}
+        self._span_backends: dict[tuple[int, int], list[tuple[int, np.ndarray | None, float]]] = {}
         self.backend_names: list[str] = sorted({v.backend for v in selectable})
         code = {b: i for i, b in enumerate(self.backend_names)}
         self.backend_code = np.asarray([code[v.backend] for v in selectable], dtype=np.intp)
@@ -369,6 +543,40 @@ class CatalogIndex:
 
     def __len__(self) -> int:
         return len(self.order)
+
+    def span_backends(self, start: int, end: int) -> list[tuple[int, np.ndarray | None, float]]:
+        """Per backend in the slice: (backend code, its mask over the slice or None when it is the only one,
+        the largest peak memory among its variants); cached per slice."""
+        found = self._span_backends.get((start, end))
+        if found is None:
+            codes = self.backend_code[start:end]
+            memory = self.peak_memory_bytes[start:end]
+            present = np.flatnonzero(np.bincount(codes, minlength=len(self.backend_names))).tolist()
+            if len(present) == 1:
+                found = [(present[0], None, float(memory.max()))]
+            else:
+                found = []
+                for code in present:
+                    mask = codes == code
+                    found.append((code, mask, float(memory[mask].max())))
+            self._span_backends[(start, end)] = found
+        return found
+
+    def accepts(self, start: int, end: int, inputs: InputSignature) -> np.ndarray | None:
+        """Which variants of the slice take a query with these tensors; None when all of them do."""
+        key = (start, end, inputs)
+        try:
+            return self._accepts_cache[key]
+        except KeyError:
+            pass
+        codes = self.signature_code[start:end]
+        refused = [c for c in np.unique(codes).tolist()
+                   if c >= 0 and self.signature_list[c].mismatch(inputs) is not None]
+        mask = ~np.isin(codes, refused) if refused else None
+        if len(self._accepts_cache) >= _ACCEPTS_CACHE_MAX:
+            self._accepts_cache.clear()  # many distinct shapes (e.g. batch sizes): start over, stay bounded
+        self._accepts_cache[key] = mask
+        return mask
 
 
 def build_index(models: Sequence[ModelRecord], variants: Sequence[VariantRecord],
@@ -400,7 +608,8 @@ def build_index(models: Sequence[ModelRecord], variants: Sequence[VariantRecord]
             backend=v.backend, hardware=v.hardware, recipe=v.recipe, threads=v.threads, max_batch=v.max_batch,
             accuracy=v.accuracy, load_time_ms=float(p.load_time_ms) if p else 0.0,
             peak_memory_bytes=int(p.peak_memory_bytes) if p else 0, batch_latency_ms=tuple(sorted(batches))))
-    return CatalogIndex(infos, prices, {m.name: (m.task, m.dataset) for m in models})
+    return CatalogIndex(infos, prices, {m.name: (m.task, m.dataset) for m in models},
+                        {m.name: model_signature(m) for m in models})
 
 
 # -- cluster -----------------------------------------------------------------------------------------
@@ -409,44 +618,91 @@ def build_index(models: Sequence[ModelRecord], variants: Sequence[VariantRecord]
 
 
 class _GroupView:
-    """One index slice as this cluster sees it: extra latency (queue or load), loaded and runnable masks."""
+    """One index slice as this cluster sees it: extra latency (overhead + queue or load) and masks."""
 
-    __slots__ = ("extra_ms", "loaded", "runnable", "any_runnable")
+    __slots__ = ("extra_ms", "loaded_local", "wait_ms", "load_overhead_ms", "held_overhead_ms", "loaded",
+                 "runnable", "any_runnable")
 
-    def __init__(self, extra_ms: np.ndarray, loaded: np.ndarray | None, runnable: np.ndarray | None,
-                 any_runnable: bool) -> None:
-        self.extra_ms = extra_ms
+    def __init__(self, extra_ms: np.ndarray, loaded_local: np.ndarray | None, wait_ms: np.ndarray | None,
+                 load_overhead_ms: float | np.ndarray, held_overhead_ms: float | np.ndarray | None,
+                 loaded: np.ndarray | None, runnable: np.ndarray | None, any_runnable: bool) -> None:
+        self.extra_ms = extra_ms  # serving overhead + (queue wait if loaded, else load time)
+        # The loaded variants' positions in the slice, their queue wait (the part of extra_ms an idle
+        # cluster would not pay) and their holder's overhead; None: nothing in the slice is loaded.
+        self.loaded_local = loaded_local
+        self.wait_ms = wait_ms
+        self.held_overhead_ms = held_overhead_ms
+        self.load_overhead_ms = load_overhead_ms  # per slice position (or one scalar): the load target's
         self.loaded = loaded  # None: nothing in the slice is loaded
         self.runnable = runnable  # None: every variant's backend has a live worker
         self.any_runnable = any_runnable
 
+    def overhead_at(self, i: int) -> float:
+        """The serving overhead counted in the prediction of the slice's variant `i` (the slow path)."""
+        if self.loaded is not None and self.loaded[i]:
+            held = self.held_overhead_ms
+            if isinstance(held, np.ndarray):
+                held = held[int(np.searchsorted(self.loaded_local, i))]
+            return float(held)
+        load = self.load_overhead_ms
+        return float(load[i] if isinstance(load, np.ndarray) else load)
+
 
 class _IndexView:
-    """A cluster snapshot projected onto one index; group views are computed on first use."""
+    """A cluster snapshot projected onto one index; group views are computed on first use.
 
-    __slots__ = ("index", "loaded_pos", "loaded_queue", "backend_ok", "groups")
+    Each variant's overhead is that of the worker the query would go to: a loaded variant's least-loaded
+    holder (shortest queue, then worker id: `least_loaded_holder`), else the worker `place` would load it on
+    (the best-ranked live worker of its backend with its memory free, else the one with the most free memory).
+    When every live worker has the same overhead (no estimates yet, one worker, ...) that is one scalar.
+    """
+
+    __slots__ = ("index", "snapshot", "loaded_pos", "loaded_queue", "loaded_overhead", "backend_ok",
+                 "uniform_overhead", "groups", "load_targets")
 
     def __init__(self, index: CatalogIndex, snapshot: ClusterSnapshot) -> None:
         self.index = index
+        self.snapshot = snapshot
+        uniform = self.uniform_overhead = snapshot.uniform_overhead_ms()
         # One pass over the loaded maps with C-level iteration (map/extend): the master builds a fresh
         # snapshot after every dispatch, so this cost is paid on most queries.
         pos_get = index.pos.get
         positions: list[int] = []
         queues: list[int] = []
-        for w in snapshot.workers:
-            if w.alive and w.loaded:
-                positions.extend(map(pos_get, w.loaded, repeat(-1)))
-                queues.extend(w.loaded.values())
+        holders: list[int] = []  # index of the holding worker in `by_id`, only when overheads differ
+        if uniform is None:
+            by_id = sorted(snapshot.workers, key=lambda w: w.worker_id)
+            for i, w in enumerate(by_id):
+                if w.alive and w.loaded:
+                    positions.extend(map(pos_get, w.loaded, repeat(-1)))
+                    queues.extend(w.loaded.values())
+                    holders.extend(repeat(i, len(w.loaded)))
+        else:
+            for w in snapshot.workers:
+                if w.alive and w.loaded:
+                    positions.extend(map(pos_get, w.loaded, repeat(-1)))
+                    queues.extend(w.loaded.values())
         pos = np.asarray(positions, dtype=np.intp)
         queue = np.asarray(queues, dtype=np.float64)
         keep = pos >= 0  # unprofiled variants are not in the arrays
         pos, queue = pos[keep], queue[keep]
-        order = np.lexsort((queue, pos))  # by position, shortest queue first
+        if uniform is None:
+            holder = np.asarray(holders, dtype=np.intp)[keep]
+            # Shortest queue, then the worker id: the holder least_loaded_holder names.
+            order = np.lexsort((queue * len(by_id) + holder, pos))
+        else:
+            order = np.lexsort((queue, pos))  # by position, shortest queue first
         pos, queue = pos[order], queue[order]
         first = np.ones(pos.size, dtype=bool)
         first[1:] = pos[1:] != pos[:-1]
         self.loaded_pos = pos[first]  # sorted, unique
         self.loaded_queue = queue[first]  # the shortest queue of each
+        if uniform is None:
+            ov_by_worker = np.asarray([snapshot.overhead_of(w.worker_id) for w in by_id], dtype=np.float64)
+            self.loaded_overhead = ov_by_worker[holder[order][first]]
+        else:
+            self.loaded_overhead = uniform
+        self.load_targets: dict[int, tuple] = {}
         live = snapshot.live_backends()
         ok = np.asarray([b in live for b in index.backend_names], dtype=bool)
         self.backend_ok = None if ok.all() else ok
@@ -458,16 +714,70 @@ class _IndexView:
             view = self.groups[(start, end)] = self._group(start, end)
         return view
 
+    def _load_overhead(self, start: int, end: int) -> float | np.ndarray:
+        """Per variant of the slice, the overhead of the worker `place(..., "query")` would load it on.
+
+        One scalar in the common case: the slice's variants all go to the best-ranked worker of their one
+        backend (it has the memory of the largest free), or the backends' targets share an overhead.
+        """
+        index, snapshot = self.index, self.snapshot
+        parts = []  # (mask over the slice or None for all of it, overhead: scalar or per masked variant)
+        for code, mask, max_memory in index.span_backends(start, end):
+            target = self._load_target(code)
+            if target is None:
+                continue  # no live worker runs it: not runnable, masked out anyway
+            first_free, first_ov, ov, roomiest, fallback_ov = target
+            if ov is None or first_free >= max_memory:
+                parts.append((mask, first_ov))  # one overhead, or all go to the best-ranked worker
+                continue
+            # The first ranked worker with the memory free is the first whose running max of free memory is.
+            memory = index.peak_memory_bytes[start:end]
+            at = np.searchsorted(roomiest, memory if mask is None else memory[mask], side="left")
+            parts.append((mask, np.where(at < ov.size, ov[np.minimum(at, ov.size - 1)], fallback_ov)))
+        if not parts:
+            return snapshot.overhead_ms_default
+        scalars = {value for _, value in parts if not isinstance(value, np.ndarray)}
+        if len(scalars) == 1 and len(parts) == sum(1 for _, v in parts if not isinstance(v, np.ndarray)):
+            return scalars.pop()
+        out = np.full(end - start, snapshot.overhead_ms_default, dtype=np.float64)
+        for mask, value in parts:
+            if mask is None:
+                out[:] = value
+            else:
+                out[mask] = value
+        return out
+
+    def _load_target(self, code: int) -> tuple | None:
+        """For one backend: (free memory and overhead of the best-ranked worker, the ranked overheads or None
+        when they are all one, the running max of free memory, the overhead of the roomiest); cached."""
+        if code in self.load_targets:
+            return self.load_targets[code]
+        snapshot = self.snapshot
+        workers = snapshot.load_order(self.index.backend_names[code])  # ranked as `place` ranks them
+        target = None
+        if workers:
+            ov = np.asarray([snapshot.overhead_of(w.worker_id) for w in workers], dtype=np.float64)
+            roomiest = np.maximum.accumulate(np.asarray([w.free_memory_bytes for w in workers], dtype=np.float64))
+            fallback = min(workers, key=lambda w: (-w.free_memory_bytes, w.worker_id))
+            target = (float(workers[0].free_memory_bytes), float(ov[0]), None if (ov == ov[0]).all() else ov,
+                      roomiest, snapshot.overhead_of(fallback.worker_id))
+        self.load_targets[code] = target
+        return target
+
     def _group(self, start: int, end: int) -> _GroupView:
         index = self.index
-        extra = index.load_time_ms[start:end].copy()  # not loaded anywhere: pay the load first
+        uniform = self.uniform_overhead
+        # Not loaded anywhere: pay the load first, on the worker it would be placed on.
+        load_overhead = uniform if uniform is not None else self._load_overhead(start, end)
+        extra = index.load_time_ms[start:end] + load_overhead
         lo, hi = self.loaded_pos.searchsorted((start, end))
-        loaded = None
+        loaded = local = wait = held_overhead = None
         if hi > lo:
             local = self.loaded_pos[lo:hi] - start
-            queue = self.loaded_queue[lo:hi]
             # Loaded: wait behind the shortest queue, each queued query taking about a batch-1 run.
-            extra[local] = queue * index.lat1_ms[start:end][local]
+            wait = self.loaded_queue[lo:hi] * index.lat1_ms[start:end][local]
+            held_overhead = uniform if uniform is not None else self.loaded_overhead[lo:hi]
+            extra[local] = wait + held_overhead
             loaded = np.zeros(end - start, dtype=bool)
             loaded[local] = True
         runnable = None
@@ -477,20 +787,50 @@ class _IndexView:
             if loaded is not None:
                 runnable |= loaded
             any_runnable = bool(runnable.any())
-        return _GroupView(extra, loaded, runnable, any_runnable)
+        return _GroupView(extra, local, wait, load_overhead, held_overhead, loaded, runnable, any_runnable)
 
 
 class ClusterSnapshot:
-    """The workers as the master last saw them; derived lookups are computed lazily and cached."""
+    """The workers as the master last saw them, with the learned serving overhead of each worker's path.
 
-    __slots__ = ("workers", "_holders", "_live_backends", "_load_order", "_view")
+    `overhead_ms` maps a worker id to its learned overhead (ms, `policy.latency.WorkerOverheads.snapshot()`);
+    a worker without an entry — and any worker when the map is absent — counts `overhead_ms_default`
+    (the estimator's prior, `PRIOR_OVERHEAD_MS`, unless the caller knows better). Derived lookups are
+    computed lazily and cached.
+    """
 
-    def __init__(self, workers: Sequence[WorkerState] = ()) -> None:
+    __slots__ = ("workers", "overhead_ms", "overhead_ms_default", "_holders", "_live_backends", "_load_order",
+                 "_view", "_uniform")
+
+    def __init__(self, workers: Sequence[WorkerState] = (), overhead_ms: Mapping[str, float] | None = None,
+                 overhead_ms_default: float = PRIOR_OVERHEAD_MS) -> None:
+        if not _is_number(overhead_ms_default) or overhead_ms_default < 0:
+            raise InfaasError(f"overhead_ms_default must be a non-negative number of ms, not "
+                              f"{overhead_ms_default!r}")
         self.workers: tuple[WorkerState, ...] = tuple(workers)
+        self.overhead_ms: Mapping[str, float] = overhead_ms or {}
+        self.overhead_ms_default = float(overhead_ms_default)
         self._holders: dict[str, list[tuple[int, str]]] | None = None
         self._live_backends: frozenset[str] | None = None
         self._load_order: dict[str, list[WorkerState]] = {}
         self._view: _IndexView | None = None
+        self._uniform: tuple[float | None] | None = None
+
+    def overhead_of(self, worker_id: str) -> float:
+        """The serving overhead (ms) of the path to `worker_id`: its estimate, else the default."""
+        value = self.overhead_ms.get(worker_id) if self.overhead_ms else None
+        return self.overhead_ms_default if value is None else float(value)
+
+    def uniform_overhead_ms(self) -> float | None:
+        """The overhead shared by every alive worker, or None when they differ."""
+        if self._uniform is None:
+            if not self.overhead_ms:
+                value: float | None = self.overhead_ms_default
+            else:
+                values = {self.overhead_of(w.worker_id) for w in self.workers if w.alive}
+                value = values.pop() if len(values) == 1 else (self.overhead_ms_default if not values else None)
+            self._uniform = (value,)
+        return self._uniform[0]
 
     def holders(self) -> dict[str, list[tuple[int, str]]]:
         """variant -> [(queue length, worker_id)] over alive workers holding it, shortest queue first."""
@@ -546,14 +886,24 @@ class Decision:
     variant: str
     worker_id: str
     needs_load: bool
-    predicted_latency_ms: float | None  # None: the variant was asked for by name and is not profiled
+    #: End to end (arrival at the master to reply): the chosen worker's serving overhead + queue wait or load
+    #: time + model time at the batch size. None: the variant was asked for by name and is not profiled.
+    predicted_latency_ms: float | None
     cost_usd: float | None
     model: str
     accuracy: float | None
+    #: False when a best_effort query is served although the prediction misses its latency bound (the
+    #: current queues are to blame: an idle cluster would meet it); the master marks such replies late.
+    slo_met_predicted: bool = True
 
 
 def select(query: Query, index: CatalogIndex, cluster: ClusterSnapshot) -> Decision:
-    """Pick the variant and the worker for one query. Raises an InfaasError subclass when none fits."""
+    """Pick the variant and the worker for one query. Raises an InfaasError subclass when none fits.
+
+    NoVariantError: no variant meets the bounds even on an idle cluster (it names the best achievable
+    end-to-end figure); OverloadedError: a strict query whose latency bound only the queues make
+    unreachable; InvalidInputError: no candidate model takes the query's tensors.
+    """
     if query.kind == "variant":
         return _select_variant(query, index, cluster)
     if query.kind == "model":
@@ -565,6 +915,11 @@ def select(query: Query, index: CatalogIndex, cluster: ClusterSnapshot) -> Decis
     if span is None:
         raise _unknown(query, index)
     start, end = span
+    accept = None
+    if query.inputs is not None:
+        accept = index.accepts(start, end, query.inputs)
+        if accept is not None and not accept.any():
+            raise _refused_inputs(query, index)
     group = cluster._index_view(index).group(start, end)
     if not group.any_runnable:
         raise _unavailable(sorted({v.backend for v in index.order[start:end]}))
@@ -579,12 +934,14 @@ def select(query: Query, index: CatalogIndex, cluster: ClusterSnapshot) -> Decis
     latency_bound = query.latency_ms
     # inf latency marks a batch above the variant's max batch: the bound test also filters those out.
     ok = pred <= latency_bound if latency_bound is not None else pred < _INF
+    if accept is not None:
+        ok &= accept
     if query.min_accuracy:
         ok &= index.accuracy[start:end] >= query.min_accuracy  # NaN (no accuracy) fails
     if query.max_cost_usd is not None:
         ok &= cost <= query.max_cost_usd
+    meets = ok
     if group.runnable is not None:
-        meets = ok
         ok = ok & group.runnable
     if group.loaded is not None:
         # INFaaS looks at running variants first: a loaded variant that meets the SLO wins.
@@ -594,13 +951,18 @@ def select(query: Query, index: CatalogIndex, cluster: ClusterSnapshot) -> Decis
     primary, secondary = (cost, pred) if query.objective == "cost" else (pred, cost)
     keyed = np.where(ok, primary, _INF)
     k = int(keyed.argmin())
+    slo_met = True
     if not ok[k]:
-        if group.runnable is not None and meets.any():
-            raise _unavailable(sorted({index.order[start + int(i)].backend for i in np.flatnonzero(meets)}))
-        raise _no_variant(query, label, index, start, end, pred, cost, group)
-    best = keyed[k]
-    if np.count_nonzero(keyed == best) > 1:
-        k = _break_tie(np.flatnonzero(keyed == best), secondary, index.name_rank[start:end])
+        k = _queued_out(query, index, start, end, pred, cost, group, accept)  # raises when it is not the queues
+        if k is None:
+            if group.runnable is not None and meets.any():
+                raise _unavailable(sorted({index.order[start + int(i)].backend for i in np.flatnonzero(meets)}))
+            raise _no_variant(query, label, index, start, end, pred, cost, group, accept)
+        slo_met = False
+    else:
+        best = keyed[k]
+        if np.count_nonzero(keyed == best) > 1:
+            k = _break_tie(np.flatnonzero(keyed == best), secondary, index.name_rank[start:end])
     info = index.order[start + k]
     if group.loaded is not None and group.loaded[k]:
         worker_id = cluster.least_loaded_holder(info.name)[1]
@@ -608,7 +970,56 @@ def select(query: Query, index: CatalogIndex, cluster: ClusterSnapshot) -> Decis
     else:
         worker_id = _place(cluster, info)
         needs_load = True
-    return Decision(info.name, worker_id, needs_load, float(pred[k]), float(cost[k]), info.model, info.accuracy)
+    return Decision(info.name, worker_id, needs_load, float(pred[k]), float(cost[k]), info.model, info.accuracy,
+                    slo_met)
+
+
+def _queued_out(query: Query, index: CatalogIndex, start: int, end: int, pred: np.ndarray, cost: np.ndarray,
+                group: _GroupView, accept: np.ndarray | None) -> int | None:
+    """When only the current queues keep every admissible variant from the latency bound, the fastest one.
+
+    Admissible: takes the batch and the inputs, meets the accuracy and cost bounds, runnable. If one of them
+    would meet the bound on an idle cluster (no queue; loads still count), a best_effort query is served by
+    the admissible variant with the lowest predicted latency now (the decision is marked late) and a strict
+    query is refused with OverloadedError. Otherwise None: the SLO is out of reach, not the cluster busy.
+    """
+    bound = query.latency_ms
+    if bound is None or group.loaded_local is None:
+        return None
+
+    def admissible(at: np.ndarray | slice) -> np.ndarray:
+        mask = pred[at] < _INF
+        if accept is not None:
+            mask &= accept[at]
+        if query.min_accuracy:
+            mask &= index.accuracy[start:end][at] >= query.min_accuracy
+        if query.max_cost_usd is not None:
+            mask &= cost[at] <= query.max_cost_usd
+        if group.runnable is not None:
+            mask &= group.runnable[at]
+        return mask
+
+    # Only a loaded variant waits in a queue, so only one of those can meet the bound when idle: look at
+    # those few first, and at the whole slice only when the queues are indeed to blame.
+    local = group.loaded_local
+    idle_loaded = pred[local] - group.wait_ms
+    reachable = admissible(local) & (idle_loaded <= bound)
+    if not reachable.any():
+        return None
+    keyed = np.where(admissible(slice(None)), pred, _INF)
+    k = int(keyed.argmin())
+    tied = np.flatnonzero(keyed == keyed[k])
+    if tied.size > 1:
+        k = _break_tie(tied, cost, index.name_rank[start:end])
+    predicted = float(pred[k])
+    if query.slo_mode == "strict":
+        idle = float(idle_loaded[reachable].min())
+        raise OverloadedError(
+            f"the queues make latency ≤ {_fmt_ms(bound)} ms unreachable now: the fastest admissible variant "
+            f"({index.order[start + k].name}) is predicted at {_fmt_ms(predicted)} ms end to end (one would take "
+            f"{_fmt_ms(idle)} ms on an idle cluster); retry later, relax --latency-ms or use best-effort mode",
+            predicted_latency_ms=predicted)
+    return k
 
 
 def _break_tie(tied: np.ndarray, secondary: np.ndarray, name_rank: np.ndarray) -> int:
@@ -623,6 +1034,12 @@ def _select_variant(query: Query, index: CatalogIndex, cluster: ClusterSnapshot)
     info = index.infos.get(query.variant)
     if info is None:
         raise _unknown(query, index)
+    if query.inputs is not None:
+        sig = index.signatures.get(info.model)
+        why = sig.mismatch(query.inputs) if sig is not None else None
+        if why is not None:
+            raise InvalidInputError(f"variant {info.name} does not take these inputs ({why}); model {info.model} "
+                                    f"takes {sig.describe()}")
     if query.batch_size > info.max_batch:
         raise NoVariantError(f"variant {info.name} takes batches of at most {info.max_batch}, not "
                              f"{query.batch_size}; send at most {info.max_batch} samples or query by model")
@@ -632,18 +1049,40 @@ def _select_variant(query: Query, index: CatalogIndex, cluster: ClusterSnapshot)
         queued, worker_id = holder
         needs_load = False
         lat1 = info.latency_ms(1)
-        pred = None if lat is None else lat + queued * (lat1 or 0.0)
+        overhead = cluster.overhead_of(worker_id)
+        idle = None if lat is None else overhead + lat
+        pred = None if lat is None else idle + queued * (lat1 or 0.0)
     else:
         worker_id = _place(cluster, info)
         needs_load = True
-        pred = None if lat is None else lat + info.load_time_ms
+        overhead = cluster.overhead_of(worker_id)
+        # Asked for by name, the variant has no alternative: its load is a transient like a queue (else a
+        # bound below its load time could never be met, since nothing would ever load it).
+        idle = None if lat is None else overhead + lat
+        pred = None if lat is None else idle + info.load_time_ms
+    bound = query.latency_ms
+    slo_met = True
+    if bound is not None and pred is not None and pred > bound:
+        if idle > bound:
+            raise NoVariantError(
+                f"variant {info.name} cannot meet latency ≤ {_fmt_ms(bound)} ms: it takes {_fmt_ms(idle)} ms end to "
+                f"end ({_fmt_ms(lat)} ms model time + {_fmt_ms(overhead)} ms serving overhead) even when loaded "
+                "and idle — relax --latency-ms or query by model or task", best_latency_ms=idle,
+                best_accuracy=info.accuracy)
+        if query.slo_mode == "strict":
+            why = f"its {_fmt_ms(info.load_time_ms)} ms load" if needs_load else "its queue"
+            raise OverloadedError(
+                f"{why} makes latency ≤ {_fmt_ms(bound)} ms unreachable now for variant {info.name}: predicted "
+                f"{_fmt_ms(pred)} ms end to end ({_fmt_ms(idle)} ms when loaded and idle); retry later, relax "
+                "--latency-ms or use best-effort mode", predicted_latency_ms=pred)
+        slo_met = False
     cost = None
     if lat is not None:
         try:
             cost = index.prices.usd_per_second(info.hardware, info.threads) * lat / 1e3
         except InfaasError:
             cost = None
-    return Decision(info.name, worker_id, needs_load, pred, cost, info.model, info.accuracy)
+    return Decision(info.name, worker_id, needs_load, pred, cost, info.model, info.accuracy, slo_met)
 
 
 def _place(cluster: ClusterSnapshot, info: VariantInfo) -> str:
@@ -687,6 +1126,24 @@ def _unknown(query: Query, index: CatalogIndex) -> InfaasError:
                              f"task/dataset pairs: {_listing(f'{t}/{d}' for t, d in index.task_pairs)}")
 
 
+def _refused_inputs(query: Query, index: CatalogIndex) -> InvalidInputError:
+    """No candidate model takes the query's tensors: name the signatures that exist."""
+    given = describe_signature(query.inputs)
+    if query.kind == "model":
+        sig = index.signatures[query.model]
+        return InvalidInputError(f"model {query.model} does not take these inputs ({sig.mismatch(query.inputs)}); "
+                                 f"it takes {sig.describe()} — you sent {given}")
+    by_signature: dict[str, list[str]] = {}
+    for model, (task, dataset) in index.models.items():
+        sig = index.signatures.get(model)
+        if sig is not None and (task, dataset) == (query.task, query.dataset):
+            by_signature.setdefault(sig.describe(), []).append(model)
+    listing = "; ".join(f"{desc} ({_listing(models)})" for desc, models in sorted(by_signature.items()))
+    return InvalidInputError(f"no model of task {query.task}/{query.dataset} takes inputs {given}; its models take: "
+                             f"{listing} — send tensors of one of these signatures (an unnamed tensor fits a "
+                             "single-input model)")
+
+
 def _unavailable(backends: Sequence[str]) -> UnavailableError:
     which = f"backend {backends[0]}" if len(backends) == 1 else f"backends {', '.join(backends)}"
     return UnavailableError(f"no live worker runs {which}; start one with `infaas worker` or `infaas up`")
@@ -711,11 +1168,13 @@ def _join(parts: list[str]) -> str:
 
 
 def _no_variant(query: Query, label: str, index: CatalogIndex, start: int, end: int, pred: np.ndarray,
-                cost: np.ndarray, group: _GroupView) -> NoVariantError:
+                cost: np.ndarray, group: _GroupView, accept: np.ndarray | None = None) -> NoVariantError:
     b = query.batch_size
     usable = np.isfinite(pred)
     if group.runnable is not None:
         usable &= group.runnable
+    if accept is not None:
+        usable &= accept
     if not usable.any():
         return _batch_too_large(label, b, index, start, end)
     acc = index.accuracy[start:end]
@@ -791,6 +1250,17 @@ def _no_variant(query: Query, label: str, index: CatalogIndex, start: int, end: 
         i = most_accurate(usable)
         best_accuracy = None if i is None else float(acc[i])
     message = head + (": " + "; ".join(clauses) if clauses else "")
+    if lat_bound is not None:
+        load_ov, held_ov = group.load_overhead_ms, group.held_overhead_ms
+        if not isinstance(load_ov, np.ndarray) and (held_ov is None or (not isinstance(held_ov, np.ndarray)
+                                                                         and held_ov == load_ov)):
+            overhead_i = float(load_ov)  # one overhead for the whole slice
+        else:  # paths differ: the fastest variant's
+            overhead_i = group.overhead_at(fastest(usable & cost_ok if (usable & cost_ok).any() else usable))
+        if overhead_i > 0:
+            # Say why a model profiled below the bound is still too slow: the SLO is end to end.
+            message += f" (times are end to end: model time + {_fmt_ms(overhead_i)} ms serving overhead + " \
+                       "queueing or load)"
     if flags:
         message += " — relax " + " or ".join(flags)
     return NoVariantError(message, best_latency_ms=best_latency_ms, best_accuracy=best_accuracy)

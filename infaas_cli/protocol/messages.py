@@ -246,6 +246,39 @@ class FetchBody(Body):
     worker_id: Name | None = None
 
 
+BatchSize = Annotated[int, Meta(ge=1, le=65536)]
+
+
+class ReprofileBody(Body):
+    """Re-measure a variant on the worker's hardware, at low priority (the master saw its latency drift)."""
+
+    variant: Name
+    spec: VariantSpec
+    batch_sizes: Annotated[list[BatchSize], Meta(min_length=1, max_length=64)]
+    budget_ms: Annotated[float, Meta(gt=0, le=60_000)] = 100.0
+
+
+class BatchLatency(Body):
+    """The measured latency distribution of one batch size (the profiler's BatchProfile)."""
+
+    p50_ms: NonNegative
+    p95_ms: NonNegative
+    p99_ms: NonNegative
+    mean_ms: NonNegative
+    throughput_qps: NonNegative
+    runs: Count
+
+
+class ReprofiledBody(Body):
+    variant: Name
+    hardware_id: Name
+    batches: Annotated[dict[BatchSize, BatchLatency], Meta(min_length=1, max_length=64)]
+    load_time_ms: NonNegative
+    peak_memory_bytes: Count
+    hardware: Hardware
+    worker_id: Name | None = None
+
+
 # -- CLI -> master replication -----------------------------------------------------------------------
 
 class ChangeEntry(Body):
@@ -291,6 +324,7 @@ class ErrorBody(Body):
     code: Annotated[str, Meta(min_length=1, max_length=64)]
     reason: Text
     best_latency_ms: NonNegative | None = None
+    predicted_latency_ms: NonNegative | None = None
     best_accuracy: Annotated[float, Meta(ge=0, le=1)] | None = None
     last_seq: Count | None = None
     worker_id: Name | None = None
@@ -303,6 +337,7 @@ BODIES: dict[str, type[Body]] = {
     "query": QueryBody, "reply": ReplyBody, "status": StatusBody, "status_reply": StatusReplyBody,
     "register": RegisterBody, "registered": RegisteredBody, "heartbeat": HeartbeatBody, "load": LoadBody,
     "unload": UnloadBody, "loaded": LoadedBody, "infer": InferBody, "result": ResultBody, "fetch": FetchBody,
+    "reprofile": ReprofileBody, "reprofiled": ReprofiledBody,
     "changes": ChangesBody, "artifact_chunk": ArtifactChunkBody, "ack": AckBody, "error": ErrorBody,
 }
 
@@ -311,6 +346,7 @@ DIRECTIONS: dict[str, str] = {
     "status_reply": "master → client", "register": "worker → master", "registered": "master → worker",
     "heartbeat": "worker → master", "load": "master → worker", "unload": "master → worker",
     "loaded": "worker → master", "infer": "master → worker", "result": "worker → master", "fetch": "worker → master",
+    "reprofile": "master → worker", "reprofiled": "worker → master",
     "changes": "CLI → master", "artifact_chunk": "CLI → master, master → worker", "ack": "master → CLI",
     "error": "any → its peer",
 }

@@ -24,6 +24,7 @@ import psutil
 
 from infaas_cli import config
 from infaas_cli.backends import backend as backend_named
+from infaas_cli.errors import InfaasError
 from infaas_cli.toolkit.generate import load_model_validation
 from infaas_cli.toolkit.hardware import hardware_id, host_hardware
 from infaas_cli.catalog.home import InfaasHome
@@ -118,9 +119,9 @@ def profile_models(home: InfaasHome, names: Sequence[str], batch_sizes: Sequence
                 batches = {} if (stored is None or force) else dict(stored.batches)
                 for b in wanted:
                     batches[str(b)] = vars(per_batch[b])
-                txn.put(ProfileRecord(variant=variant.name, model=model.name, hardware_id=hw_id, hardware=hw,
-                                      load_time_ms=load_ms, peak_memory_bytes=peak_bytes, batches=batches,
-                                      measured_at=time.time()))
+                txn.put_profile(ProfileRecord(variant=variant.name, model=model.name, hardware_id=hw_id, hardware=hw,
+                                              load_time_ms=load_ms, peak_memory_bytes=peak_bytes,
+                                              batches=batches, measured_at=time.time()))
                 report.profiled.append(variant.name)
     return report
 
@@ -160,13 +161,14 @@ def _configurations(home: InfaasHome, model: ModelRecord, batch_sizes, force: bo
 
 def _measure_isolated(backend, artifact, recipe: str, threads: int, model: ModelRecord, data,
                       batch_sizes: list[int], settings: MeasureSettings):
-    """Run _measure in a forked child (see the module docstring); in-process where fork is missing."""
+    """Run measure_session in a forked child (see the module docstring); in-process where fork is missing."""
     if "fork" not in multiprocessing.get_all_start_methods():
-        return _measure(backend, artifact, recipe, threads, model, data, batch_sizes, settings)
+        return measure_session(backend, artifact, recipe, threads, model.batch_dim, data, batch_sizes, settings)
     ctx = multiprocessing.get_context("fork")
     parent_end, child_end = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_measure_child, daemon=True,
-                       args=(child_end, backend, artifact, recipe, threads, model, data, batch_sizes, settings))
+                       args=(child_end, backend, artifact, recipe, threads, model.batch_dim, data, batch_sizes,
+                             settings))
     proc.start()
     child_end.close()
     try:
@@ -192,7 +194,7 @@ _CHILD_TIMEOUT_S = 600
 
 def _measure_child(conn, *args) -> None:
     try:
-        load_ms, peak, per_batch = _measure(*args)
+        load_ms, peak, per_batch = measure_session(*args)
         conn.send(("ok", (load_ms, peak, {b: vars(p) for b, p in per_batch.items()})))
     except BaseException as exc:  # reported to the parent, which records the failure
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -200,14 +202,26 @@ def _measure_child(conn, *args) -> None:
         conn.close()
 
 
-def _measure(backend, artifact, recipe: str, threads: int, model: ModelRecord, data, batch_sizes: list[int],
-             settings: MeasureSettings):
+class MeasureInterrupted(InfaasError):
+    """A measurement stopped between batch sizes because `interrupted` gave a reason: try later."""
+
+    code = "overloaded"
+
+
+def measure_session(backend, artifact, recipe: str, threads: int, batch_dim: str, data, batch_sizes: list[int],
+                    settings: MeasureSettings, interrupted: Callable[[], str | None] | None = None):
+    """Open one session of an artifact, then time it at each batch size: (load ms, peak memory bytes,
+    {batch size: BatchProfile}). The profiler runs it in a child; a worker's re-profile runs it in-process.
+
+    `interrupted` is asked before each batch size; a reason it returns stops the measurement with
+    MeasureInterrupted (a worker yields to queries that arrive meanwhile).
+    """
     proc = psutil.Process()
     gc.collect()
     rss_before = proc.memory_info().rss
 
     def feeds_for(b: int):
-        if model.batch_dim == "none":
+        if batch_dim == "none":
             return {k: v[0] for k, v in data.items()}
         return take_batch(data, 0, b)
 
@@ -220,6 +234,9 @@ def _measure(backend, artifact, recipe: str, threads: int, model: ModelRecord, d
     per_batch: dict[int, BatchProfile] = {}
     try:
         for b in batch_sizes:
+            why = interrupted() if interrupted is not None else None
+            if why:
+                raise MeasureInterrupted(why)
             feeds = feeds_for(b)
             samples = time_runs(lambda: runner.run(feeds), settings)
             per_batch[b] = latency_stats(samples, b)

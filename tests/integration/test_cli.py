@@ -169,5 +169,5 @@ def test_a_bad_config_is_one_line_exit_2(tmp_path):
 def test_set_reaches_a_command_whose_own_option_is_not_given(tmp_path):
     # `infaas master` passes its unset options as None: they must not hide --set (it fails before binding).
     r = CliRunner().invoke(app, ["--set", "master.policy=fastest", "master"], env={"INFAAS_HOME": str(tmp_path)})
-    assert r.exit_code == 2 and "master.policy must be one of infaas, static, replicate" in r.stderr
+    assert r.exit_code == 2 and "master.policy must be one of infaas, fixed-peak, fixed-autoscale" in r.stderr
     assert "set by cli" in r.stderr

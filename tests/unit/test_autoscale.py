@@ -84,7 +84,8 @@ def test_config_rejects_hold_not_longer_than_window(hold_s):
 
 @pytest.mark.parametrize("field, value", [("window_s", 0.0), ("cooldown_s", -1.0), ("interference_factor", 1.0),
                                           ("low_utilisation", 1.5), ("overload_slack_fraction", 0.0),
-                                          ("idle_unload_s", float("nan"))])
+                                          ("idle_unload_s", float("nan")), ("min_window_queries", 0),
+                                          ("min_window_queries", 2.5), ("min_window_queries", True)])
 def test_config_rejects_nonsense(field, value):
     with pytest.raises(InfaasError, match=f"autoscale.{field}"):
         AutoscaleConfig(**{field: value})
@@ -326,6 +327,75 @@ def test_unknown_variant_is_only_unloaded():
     assert [(t, a.kind) for t, a in h.log] == [(40.0, "unload")]
 
 
+# -- no action without evidence --------------------------------------------------------------------------
+
+# A tiny model: 0.006 ms profiled, so any served latency (0.2 ms of runtime overhead) is "1.5 × profiled".
+TINY = opt("t/tiny", 0.9, 1, 0.006, 100_000.0)
+TINY_CHEAP = VariantOption(name="t/tiny-cheap", model="t", accuracy=0.9, threads=1, max_batch=8, latency_ms_b1=0.01,
+                           capacity_qps=50_000.0, cost_usd_per_s=1e-4)
+TINY_OPTIONS = {o.name: o for o in (TINY, TINY_CHEAP)}
+
+
+def test_min_window_queries_is_a_config_field():
+    assert AutoscaleConfig().min_window_queries == 20
+    assert AutoscaleConfig(min_window_queries=1).min_window_queries == 1
+
+
+@pytest.mark.parametrize("qps", [0.0, 0.2, 1.0, 3.9])  # 0, 1, 5 and 19.5 queries in the 5 s window
+def test_no_interference_verdict_without_enough_queries(qps):
+    # The reported bug: zero traffic decided "replicate … interfered: mean latency 0.2 ms > 1.5 × profiled 0.0 ms
+    # with 0 queued". A window with fewer than 20 queries is no evidence for it, however long it lasts.
+    h = Harness(options=TINY_OPTIONS)
+    h.run(60, lambda t: load("t/tiny", qps=qps, latency_ms=0.2, slo_ms=None), step_s=1.0)
+    assert not any(a.kind == "replicate" for _, a in h.log)
+    assert h.states["t/tiny"].state != "interfered"
+
+
+def test_zero_traffic_never_replicates_upgrades_or_downgrades():
+    h = Harness()
+    h.run(60, lambda t: load("m/fp32-t1", qps=0.0, queue_samples=0, latency_ms=0.2), step_s=1.0)
+    assert h.log == [] and h.states["m/fp32-t1"].state == "active"
+    h = Harness()
+    h.run(31, lambda t: load("m/fp32-t1", qps=0.0, latency_ms=0.2, idle_s=t), step_s=1.0)
+    assert [(t, a.kind) for t, a in h.log] == [(30.0, "unload")]  # idleness is evidence enough to unload
+
+
+def test_low_traffic_does_not_scale_up_or_switch():
+    # 2 qps = 10 queries per 5 s window: a queue of 3 against a 50 ms SLO would be pressure with evidence,
+    # but 13 queries are too few to call it overload.
+    h = Harness()
+    h.run(30, lambda t: load(qps=2.0, queue_samples=3), free_cores=0)
+    h.run(30, lambda t: load(qps=2.0, queue_samples=3))
+    assert h.log == [] and h.states["m/fp32-t1"].state == "active"
+    # Low utilisation on a trickle: no downgrade (the load a cheaper variant must carry was not measured).
+    h = Harness()
+    h.run(60, lambda t: load(qps=1.0))
+    assert h.log == []
+
+
+def test_low_traffic_may_still_remove_a_surplus_replica():
+    h = Harness()
+    h.run(20, lambda t: load(replicas=2, qps=1.0))
+    assert [a.kind for _, a in h.log] == ["remove_replica"]
+
+
+def test_enough_traffic_acts_as_before():
+    # 4 qps over 5 s = 20 queries: interference is measured and, once it lasts a window, replicated.
+    h = Harness(options=TINY_OPTIONS)
+    h.run(7, lambda t: load("t/tiny", qps=4.0, latency_ms=0.2, slo_ms=None))
+    assert [(t, a.kind) for t, a in h.log] == [(5.0, "replicate")]
+    # A queue that builds while few are served counts its waiting queries as evidence of overload.
+    h = Harness(config=replace(CONFIG, min_window_queries=20))
+    h.run(7, lambda t: load(qps=2.0, queue_samples=12))
+    assert [(t, a.kind) for t, a in h.log] == [(5.0, "replicate")]
+
+
+def test_a_lower_minimum_lets_a_trickle_act():
+    h = Harness(options=TINY_OPTIONS, config=replace(CONFIG, min_window_queries=1))
+    h.run(7, lambda t: load("t/tiny", qps=0.2, latency_ms=0.2, slo_ms=None))
+    assert [a.kind for _, a in h.log] == ["replicate"]
+
+
 # -- catalog ---------------------------------------------------------------------------------------------
 
 def test_options_from_index():
@@ -365,3 +435,9 @@ def test_a_variant_with_queued_work_is_never_unloaded():
     h = Harness()
     h.run(40, lambda t: load(qps=0.0, queue_samples=1, slo_ms=None, idle_s=100.0))
     assert "unload" not in h.kinds()
+
+
+def test_pressure_on_a_trickle_neither_scales_up_nor_down():
+    h = Harness()
+    h.run(40, lambda t: load(replicas=2, qps=1.0, queue_samples=8))  # 13 queries a window; 8 queued on 2 replicas
+    assert h.log == []

@@ -105,6 +105,16 @@ def test_cooldown_and_unprofiled_variants():
     assert [f.variant for f in detect_drift(obs, PROFILED, clock(), last)] == ["m/v"]
 
 
+def test_cooldown_by_hardware_kind():
+    clock, obs = FakeClock(1000.0), LatencyObserver(CONFIG)
+    feed(obs, clock, 4.0, where="w1")
+    feed(obs, clock, 1.0, where="w2")
+    hardware = {"w1": "cpu-a", "w2": "cpu-a"}
+    last = {("m/v", "cpu-a"): clock()}  # w1 was just re-profiled on cpu-a: w2 waits too
+    assert detect_drift(obs, PROFILED, clock(), last, lambda v, w: (v, hardware[w])) == []
+    assert {f.where for f in detect_drift(obs, PROFILED, clock(), last)} == {"w1", "w2"}
+
+
 def test_findings_are_ordered_furthest_first():
     clock, obs = FakeClock(), LatencyObserver(CONFIG)
     feed(obs, clock, 4.0, where="w1")  # 2x
@@ -134,7 +144,7 @@ def test_latency_factor_and_refined_profile():
 def test_can_reprofile():
     assert can_reprofile([0, 0], 20.0, 2, CONFIG) == (True, "")
     ok, why = can_reprofile([0, 3], 20.0, 2, CONFIG)
-    assert not ok and "3 sample(s) are queued" in why
+    assert not ok and "3 queued" in why
     ok, why = can_reprofile([], 180.0, 2, CONFIG)  # 90% of 2 cores
     assert not ok and "90%" in why
 
@@ -151,3 +161,13 @@ def test_can_reprofile():
 def test_config_is_checked(kwargs, match):
     with pytest.raises(DriftConfigError, match=match):
         DriftConfig(**kwargs)
+
+
+def test_a_batch_between_profiled_sizes_is_judged_against_the_interpolated_profile():
+    from infaas_cli.policy.drift import profiled_at
+
+    profiled = {1: 1.0, 8: 8.0, 32: 20.0}
+    assert profiled_at(profiled, 8) == 8.0
+    assert profiled_at(profiled, 16) == 8.0 + 12.0 * 8 / 24  # between 8 and 32
+    assert profiled_at(profiled, 64) == 40.0  # beyond the largest: linear from it
+    assert profiled_at({4: 2.0}, 1) == 2.0 and profiled_at({}, 4) is None

@@ -53,6 +53,12 @@ SAMPLES = {
     "infer": {"variant": "digits-cnn/ort-cpu-fp32-t1", "inputs": None, "spec": SPEC, "deadline_ms": 20.0},
     "result": {"outputs": None, "timing": {"queue_ms": 0.1, "inference_ms": 1.0, "batch_size": 4}},
     "fetch": {"sha256": SHA, "offset": 1 << 20, "worker_id": "w1"},
+    "reprofile": {"variant": "digits-cnn/ort-cpu-fp32-t1", "spec": SPEC, "batch_sizes": [1, 8], "budget_ms": 50.0},
+    "reprofiled": {"variant": "digits-cnn/ort-cpu-fp32-t1", "hardware_id": "cpu-1a2b3c4d5e", "worker_id": "w1",
+                   "batches": {1: {"p50_ms": 0.4, "p95_ms": 0.5, "p99_ms": 0.7, "mean_ms": 0.45,
+                                   "throughput_qps": 2222.2, "runs": 120}},
+                   "load_time_ms": 31.5, "peak_memory_bytes": 1 << 20,
+                   "hardware": {"cores": 2, "cpu_model": "AMD EPYC 7R13", "machine": "x86_64"}},
     "changes": {"source": "store-1", "entries": [
         {"seq": 1, "op": "put", "table": "models", "key": "digits-cnn", "value": {"name": "digits-cnn"}, "ts": 1.0},
         {"seq": 2, "op": "delete", "table": "variants", "key": "digits-cnn/old", "ts": 2.0}]},
@@ -64,7 +70,7 @@ SAMPLES = {
 #: Structures nested in bodies, each with its own table in the doc.
 NESTED = {"Tensor": m.Tensor, "Output": m.Output, "Hardware": m.Hardware, "WorkerMetrics": m.WorkerMetrics,
           "VariantMetrics": m.VariantMetrics, "VariantSpec": m.VariantSpec, "TensorSpec": m.TensorSpec,
-          "ChangeEntry": m.ChangeEntry}
+          "ChangeEntry": m.ChangeEntry, "BatchLatency": m.BatchLatency}
 
 
 def sample(type_: str) -> dict:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from infaas_cli.errors import InfaasError
 from infaas_cli.protocol import ERROR_CODES
 from infaas_cli.catalog.records import ModelRecord, ProfileRecord, VariantRecord
-from infaas_cli.policy.selection import (CatalogIndex, ClusterSnapshot, Decision, InvalidQueryError, NoVariantError,
-                                  PriceTable, Query, UnavailableError, UnknownModelError, VariantInfo, WorkerState,
-                                  build_index, load_prices, select)
+from infaas_cli.policy.latency import PRIOR_OVERHEAD_MS
+from infaas_cli.policy.selection import (CatalogIndex, ClusterSnapshot, Decision, InvalidInputError,
+                                         InvalidQueryError, ModelSignature, NoVariantError, OverloadedError,
+                                         PriceTable, Query, UnavailableError, UnknownModelError, VariantInfo,
+                                         WorkerState, build_index, input_signature, load_prices, select)
 
 # $0.001 per core-second: a t1 variant taking 1 ms costs $1e-6 per query.
 PRICES = PriceTable(cpu_usd_per_core_second=1e-3, gpu_usd_per_device_second=1e-2,
@@ -33,8 +36,11 @@ def worker(wid: str, loaded: dict[str, int] | None = None, free_cores: float = 4
                        free_memory_bytes=free_mem, loaded=loaded or {}, alive=alive)
 
 
-def cluster(*workers: WorkerState) -> ClusterSnapshot:
-    return ClusterSnapshot(tuple(workers))
+def cluster(*workers: WorkerState, overhead_ms: dict[str, float] | None = None,
+            default_ms: float = 0.0) -> ClusterSnapshot:
+    """A snapshot whose serving overhead is 0 unless given: most tests check model-time arithmetic (queues,
+    loads, batches, ranking); the end-to-end overhead is tested on its own in its section below."""
+    return ClusterSnapshot(tuple(workers), overhead_ms=overhead_ms, overhead_ms_default=default_ms)
 
 
 def index(*infos: VariantInfo, models: dict[str, tuple[str, str]] | None = None) -> CatalogIndex:
@@ -397,7 +403,8 @@ def test_build_index_from_records_uses_p95_of_the_latest_profile():
 
 
 def test_error_codes_are_protocol_codes():
-    for cls in (InvalidQueryError, UnknownModelError, NoVariantError, UnavailableError):
+    for cls in (InvalidQueryError, UnknownModelError, NoVariantError, UnavailableError, OverloadedError,
+                InvalidInputError):
         assert cls.code in ERROR_CODES
         assert issubclass(cls, InfaasError)
 
@@ -408,3 +415,292 @@ def test_empty_catalog_says_what_to_register():
         select(task_query(), idx, cluster(worker("w1")))
     with pytest.raises(UnknownModelError, match="known models: none"):
         select(Query(kind="variant", variant="m/a"), idx, cluster(worker("w1")))
+
+
+# -- end-to-end prediction: the serving overhead ------------------------------------------------------
+
+def test_the_prior_overhead_counts_before_anything_is_learned():
+    # The reported bug: --latency-ms 0.01 on a model profiled at 0.006 ms was accepted, then served in 7.2 ms.
+    idx = index(vi("tree/a", {1: 0.006}, acc=0.84))
+    snap = ClusterSnapshot((worker("w1", {"tree/a": 0}),))  # no overhead map: the prior
+    with pytest.raises(NoVariantError) as info:
+        select(task_query(latency_ms=0.01), idx, snap)
+    assert info.value.best_latency_ms == pytest.approx(PRIOR_OVERHEAD_MS + 0.006)
+    assert "1 ms serving overhead" in str(info.value)
+    d = select(task_query(latency_ms=2), idx, snap)
+    assert (d.predicted_latency_ms, d.slo_met_predicted) == (pytest.approx(1.006), True)
+
+
+def test_the_learned_overhead_of_the_holder_is_added():
+    idx = index(vi("tree/a", {1: 0.006}, acc=0.84))
+    snap = cluster(worker("w1", {"tree/a": 0}), overhead_ms={"w1": 7.2})
+    with pytest.raises(NoVariantError) as info:
+        select(task_query(latency_ms=5), idx, snap)
+    assert info.value.best_latency_ms == pytest.approx(7.206)
+    assert "none runs within 5 ms (the fastest takes 7.21 ms: tree/a)" in str(info.value)
+    assert select(task_query(latency_ms=8), idx, snap).predicted_latency_ms == pytest.approx(7.206)
+
+
+def test_each_variant_counts_the_overhead_of_its_own_worker():
+    # m/slow-model sits on a fast path, m/fast-model on a slow one: end to end, the first one wins.
+    idx = index(vi("m/fast-model", {1: 1.0}), vi("m/slow-model", {1: 3.0}))
+    snap = cluster(worker("w1", {"m/fast-model": 0}), worker("w2", {"m/slow-model": 0}),
+                   overhead_ms={"w1": 10.0, "w2": 0.5})
+    d = select(task_query(objective="latency"), idx, snap)
+    assert (d.variant, d.worker_id, d.predicted_latency_ms) == ("m/slow-model", "w2", 3.5)
+    d = select(task_query(latency_ms=5), idx, snap)  # cost would prefer fast-model, but it misses 5 ms
+    assert (d.variant, d.predicted_latency_ms) == ("m/slow-model", 3.5)
+
+
+def test_holder_overhead_follows_the_shortest_queue_then_the_worker_id():
+    idx = index(vi("m/a", {1: 2.0}))
+    snap = cluster(worker("w2", {"m/a": 1}), worker("w1", {"m/a": 1}), worker("w3", {"m/a": 0}),
+                   overhead_ms={"w1": 1.0, "w2": 5.0, "w3": 4.0})
+    d = select(task_query(), idx, snap)
+    assert (d.worker_id, d.predicted_latency_ms) == ("w3", 2.0 + 4.0)
+    snap = cluster(worker("w2", {"m/a": 1}), worker("w1", {"m/a": 1}), overhead_ms={"w1": 1.0, "w2": 5.0})
+    d = select(task_query(), idx, snap)  # equal queues: w1 by id, as least_loaded_holder picks
+    assert (d.worker_id, d.predicted_latency_ms) == ("w1", 2.0 + 2.0 + 1.0)
+    d = select(Query(kind="variant", variant="m/a"), idx, snap)
+    assert (d.worker_id, d.predicted_latency_ms) == ("w1", 5.0)
+
+
+def test_a_load_counts_the_overhead_of_the_worker_it_is_placed_on():
+    idx = index(vi("m/small", {1: 1.0}, load_ms=10.0, mem_bytes=GIB),
+                vi("m/big", {1: 1.0}, load_ms=10.0, mem_bytes=6 * GIB))
+    # w1 ranks first (most free cores) but has 2 GiB free; w2 has 8 GiB.
+    snap = cluster(worker("w1", free_cores=8, free_mem=2 * GIB), worker("w2", free_cores=2),
+                   overhead_ms={"w1": 0.5, "w2": 3.0})
+    small = select(Query(kind="variant", variant="m/small"), idx, snap)
+    big = select(Query(kind="variant", variant="m/big"), idx, snap)
+    assert (small.worker_id, small.predicted_latency_ms) == ("w1", 11.5)
+    assert (big.worker_id, big.predicted_latency_ms) == ("w2", 14.0)
+    # The vectorised filter agrees with the exact figure for each.
+    with pytest.raises(NoVariantError) as info:
+        select(task_query(latency_ms=11), idx, snap)
+    assert info.value.best_latency_ms == 11.5
+    d = select(task_query(latency_ms=12, objective="latency"), idx, snap)
+    assert (d.variant, d.worker_id, d.predicted_latency_ms) == ("m/small", "w1", 11.5)
+    # Nobody has the memory: the worker with the most free memory, with its overhead.
+    snap = cluster(worker("w1", free_cores=8, free_mem=2 * GIB), worker("w2", free_cores=2, free_mem=3 * GIB),
+                   overhead_ms={"w1": 0.5, "w2": 3.0})
+    d = select(Query(kind="model", model="m", min_accuracy=0.5, objective="latency"), idx, snap)
+    assert (d.variant, d.predicted_latency_ms) == ("m/small", 11.5)
+    big = select(Query(kind="variant", variant="m/big"), idx, snap)
+    assert (big.worker_id, big.predicted_latency_ms) == ("w2", 14.0)
+
+
+def test_a_worker_without_an_estimate_counts_the_default():
+    idx = index(vi("m/a", {1: 2.0}))
+    snap = cluster(worker("w1", {"m/a": 0}), worker("w2"), overhead_ms={"w2": 9.0}, default_ms=1.5)
+    assert select(task_query(), idx, snap).predicted_latency_ms == 3.5
+    with pytest.raises(InfaasError, match="overhead_ms_default"):
+        ClusterSnapshot((), overhead_ms_default=-1.0)
+
+
+# -- SLO modes ------------------------------------------------------------------------------------------
+
+def test_best_effort_serves_the_fastest_when_only_the_queues_miss_the_slo():
+    idx = index(vi("m/a", {1: 2.0}, threads=1), vi("m/b", {1: 3.0}, threads=1, load_ms=50.0))
+    snap = cluster(worker("w1", {"m/a": 4}), worker("w2", {"m/a": 6}), overhead_ms={"w1": 1.0, "w2": 1.0})
+    # m/a: 1 + 4 × 2 + 2 = 11 ms now, 3 ms idle; m/b needs a 50 ms load. Nothing meets 5 ms now.
+    d = select(task_query(latency_ms=5), idx, snap)
+    assert (d.variant, d.worker_id, d.needs_load, d.predicted_latency_ms, d.slo_met_predicted) == \
+        ("m/a", "w1", False, 11.0, False)
+    with pytest.raises(OverloadedError) as info:
+        select(task_query(latency_ms=5, slo_mode="strict"), idx, snap)
+    err = info.value
+    assert (err.code, err.predicted_latency_ms) == ("overloaded", 11.0)
+    assert "3 ms on an idle cluster" in str(err) and "retry later" in str(err)
+    # Met now: both modes serve, on time.
+    for mode in ("best_effort", "strict"):
+        d = select(task_query(latency_ms=12, slo_mode=mode), idx, snap)
+        assert (d.variant, d.slo_met_predicted) == ("m/a", True)
+
+
+def test_best_effort_picks_the_lowest_prediction_among_the_admissible():
+    idx = index(vi("m/a", {1: 2.0}, acc=0.95), vi("m/b", {1: 1.0}, acc=0.80), vi("m/c", {1: 1.5}, acc=0.96,
+                                                                                 load_ms=4.0))
+    snap = cluster(worker("w1", {"m/a": 3, "m/b": 0}))
+    # accuracy ≥ 0.9 leaves a (2 + 6 = 8 ms now, 2 ms idle) and c (load: 5.5 ms); b is out.
+    d = select(task_query(latency_ms=3, min_accuracy=0.9), idx, snap)
+    assert (d.variant, d.needs_load, d.predicted_latency_ms, d.slo_met_predicted) == ("m/c", True, 5.5, False)
+
+
+def test_an_slo_out_of_reach_even_when_idle_is_no_variant_in_both_modes():
+    idx = index(vi("m/a", {1: 2.0}))
+    snap = cluster(worker("w1", {"m/a": 10}), default_ms=1.0)
+    for mode in ("best_effort", "strict"):
+        with pytest.raises(NoVariantError) as info:
+            select(task_query(latency_ms=2.5, slo_mode=mode), idx, snap)
+        # The honest best figure is the one now (queue included), which is what the client would get.
+        assert info.value.best_latency_ms == 1.0 + 2.0 + 10 * 2.0
+
+
+def test_kind_variant_modes():
+    idx = index(vi("m/a", {1: 2.0}, load_ms=20.0))
+    snap = cluster(worker("w1", {"m/a": 3}), default_ms=1.0)
+    d = select(Query(kind="variant", variant="m/a", latency_ms=4), idx, snap)
+    assert (d.predicted_latency_ms, d.slo_met_predicted) == (9.0, False)
+    with pytest.raises(OverloadedError) as info:
+        select(Query(kind="variant", variant="m/a", latency_ms=4, slo_mode="strict"), idx, snap)
+    assert info.value.predicted_latency_ms == 9.0
+    with pytest.raises(NoVariantError) as info:
+        select(Query(kind="variant", variant="m/a", latency_ms=2.5), idx, snap)
+    assert info.value.best_latency_ms == 3.0 and "1 ms serving overhead" in str(info.value)
+    # Not loaded: the load counts in the prediction, but by name it is a transient like a queue (nothing else
+    # would ever load the variant): best_effort serves late, strict refuses, an unreachable bound is no_variant.
+    cold = cluster(worker("w1"), default_ms=1.0)
+    d = select(Query(kind="variant", variant="m/a", latency_ms=5), idx, cold)
+    assert (d.needs_load, d.predicted_latency_ms, d.slo_met_predicted) == (True, 23.0, False)
+    with pytest.raises(OverloadedError, match="its 20 ms load makes latency ≤ 5 ms unreachable"):
+        select(Query(kind="variant", variant="m/a", latency_ms=5, slo_mode="strict"), idx, cold)
+    with pytest.raises(NoVariantError, match="even when loaded and idle"):
+        select(Query(kind="variant", variant="m/a", latency_ms=2.5), idx, cold)
+    assert select(Query(kind="variant", variant="m/a", latency_ms=30), idx, cold).slo_met_predicted
+
+
+def test_no_latency_bound_is_always_met():
+    idx = index(vi("m/a", {1: 2.0}))
+    d = select(task_query(), idx, cluster(worker("w1", {"m/a": 100})))
+    assert d.slo_met_predicted is True
+
+
+def test_slo_mode_is_validated():
+    assert Query.from_body({"kind": "model", "model": "m", "slo_mode": "strict"}).slo_mode == "strict"
+    assert Query.from_body({"kind": "model", "model": "m", "slo_mode": None}).slo_mode == "best_effort"
+    with pytest.raises(InvalidQueryError, match="slo_mode must be 'best_effort' or 'strict'"):
+        Query(kind="model", model="m", slo_mode="eager")
+
+
+# -- input signatures -----------------------------------------------------------------------------------
+
+def _model_with(name: str, inputs: list[tuple[str, str, list]], batch_dim: str = "dynamic",
+                task: str = "digits-cls") -> ModelRecord:
+    rec = _model(name, task=task)
+    rec.inputs = [{"name": n, "type": f"tensor({d})", "dtype": d, "shape": shape} for n, d, shape in inputs]
+    rec.batch_dim = batch_dim
+    return rec
+
+
+def _signature_index():
+    models = [_model_with("cnn", [("image", "float32", [None, 1, 8, 8])]),
+              _model_with("mlp", [("x", "float32", [None, 64])]),
+              _model_with("tok", [("ids", "int64", [None, "seq"]), ("mask", "int64", [None, "seq"])]),
+              _model("legacy")]  # a record without inputs: unknown signature, never filtered
+    variants, profiles = [], []
+    for model, ms in (("cnn", 1.0), ("mlp", 2.0), ("tok", 3.0), ("legacy", 4.0)):
+        v = _variant(model, "fp32o1", 1, 8, 0.9)
+        variants.append(v)
+        profiles.append(_profile(v, {1: ms}, at=1.0))
+    return build_index(models, variants, profiles, PRICES), variants
+
+
+def test_task_queries_reach_only_models_that_take_their_inputs():
+    idx, variants = _signature_index()
+    snap = cluster(worker("w1"))
+    sig = input_signature({"x": np.zeros((3, 64), dtype=np.float32)})
+    assert sig == (("x", "float32", (3, 64)),)
+    d = select(task_query(batch_size=3, inputs=sig, objective="latency"), idx, snap)
+    assert d.model == "mlp"  # cnn is faster but takes an image
+    # An unnamed tensor fits any single-input model of the right kind; float64 is cast to float32.
+    d = select(task_query(objective="latency", inputs=(("", "float64", (1, 1, 8, 8)),)), idx, snap)
+    assert d.model == "cnn"
+    d = select(task_query(objective="latency", inputs=(("", "float64", (1, 64)),)), idx, snap)
+    assert d.model == "mlp"
+    # int32 is cast to int64; symbolic dimensions are free; both inputs must be there.
+    d = select(task_query(inputs=(("ids", "int32", (2, 7)), ("mask", "int64", (2, 7)))), idx, snap)
+    assert d.model == "tok"
+    # A model whose record lists no inputs is not filtered (the master's input check still runs).
+    d = select(task_query(inputs=(("ids", "int64", (2, 7)),)), idx, snap)
+    assert d.model == "legacy"
+
+
+def test_fixed_dimensions_rank_and_dtype_kind_are_checked():
+    sig = ModelSignature.from_specs(_model_with("mlp", [("x", "float32", [None, 64])]).input_specs(), "dynamic")
+    assert sig.mismatch((("x", "float32", (500, 64)),)) is None  # the batch axis is free
+    assert "dimension 1 is 32" in sig.mismatch((("x", "float32", (1, 32)),))
+    assert "rank 3" in sig.mismatch((("x", "float32", (1, 64, 1)),))
+    assert "dtype int64, the model expects float32" in sig.mismatch((("x", "int64", (1, 64)),))
+    assert "unexpected y" in sig.mismatch((("y", "float32", (1, 64)),))
+    assert sig.describe() == "x: float32[?,64]"
+    fixed = ModelSignature.from_specs(_model_with("f", [("x", "float32", [1, 64])]).input_specs(), "none")
+    assert "dimension 0 is 2" in fixed.mismatch((("x", "float32", (2, 64)),))  # no batch axis: dim 0 is fixed
+    two = ModelSignature.from_specs(_model_with("t", [("a", "float32", [None]), ("b", "float32", [None])])
+                                    .input_specs(), "dynamic")
+    assert "missing b" in two.mismatch((("a", "float32", (1,)),))
+    assert two.mismatch((("", "float32", (1,)),)) is not None  # an unnamed tensor fits single-input models only
+
+
+def test_no_model_taking_the_inputs_is_invalid_input_listing_the_signatures():
+    models = [_model_with("cnn", [("image", "float32", [None, 1, 8, 8])]),
+              _model_with("mlp", [("x", "float32", [None, 64])]), _model_with("mlp2", [("x", "float32", [None, 64])])]
+    variants = [_variant(m, "fp32o1", 1, 8, 0.9) for m in ("cnn", "mlp", "mlp2")]
+    idx = build_index(models, variants, [_profile(v, {1: 1.0}, at=1.0) for v in variants], PRICES)
+    snap = cluster(worker("w1"))
+    with pytest.raises(InvalidInputError) as info:
+        select(task_query(inputs=(("", "float32", (1, 10)),)), idx, snap)
+    assert info.value.code == "invalid_input"
+    assert str(info.value) == (
+        "no model of task digits-cls/digits takes inputs (unnamed): float32[1,10]; its models take: "
+        "image: float32[?,1,8,8] (cnn); x: float32[?,64] (mlp, mlp2) — send tensors of one of these signatures "
+        "(an unnamed tensor fits a single-input model)")
+    with pytest.raises(InvalidInputError, match=r"model cnn does not take these inputs \(input 'image' has rank 2"):
+        select(Query(kind="model", model="cnn", inputs=(("image", "float32", (1, 64)),)), idx, snap)
+    with pytest.raises(InvalidInputError, match=r"model mlp takes x: float32\[\?,64\]"):
+        select(Query(kind="variant", variant=variants[1].name, inputs=(("x", "uint8", (1, 64)),)), idx, snap)
+    assert select(Query(kind="variant", variant=variants[1].name, inputs=(("x", "float64", (1, 64)),)),
+                  idx, snap).model == "mlp"
+
+
+def test_signature_masks_are_cached_per_slice_and_signature():
+    idx, _ = _signature_index()
+    start, end = idx.task_spans[("digits-cls", "digits")]
+    sig = (("x", "float32", (1, 64)),)
+    mask = idx.accepts(start, end, sig)
+    assert mask is idx.accepts(start, end, sig)
+    assert [idx.order[start + i].model for i in np.flatnonzero(mask)] == ["legacy", "mlp"]
+
+
+def test_query_inputs_are_validated_and_canonical():
+    q = task_query(inputs=[["b", "float32", [1, 2]], ("a", np.dtype("int32").name, (1,))])
+    assert q.inputs == (("a", "int32", (1,)), ("b", "float32", (1, 2)))
+    for bad, fragment in [([], "non-empty"), ([("x", "float32")], "(name, dtype, shape)"),
+                          ([("x", "nonsense", (1,))], "not a numpy dtype"), ([("x", None, (1,))], "not a numpy dtype"),
+                          ([("x", "float32", (-1,))], "whole numbers >= 0"),
+                          ([("x", "float32", (1,)), ("x", "int64", (1,))], "more than once")]:
+        with pytest.raises(InvalidQueryError, match=fragment):
+            task_query(inputs=bad)
+
+
+def test_two_backends_in_one_task_each_count_their_own_load_target():
+    idx = index(vi("m/cpu", {1: 2.0}, load_ms=5.0), vi("m/gpu", {1: 0.5}, load_ms=5.0, backend="ort-gpu",
+                                                         hardware="gpu"))
+    snap = cluster(worker("w1"), worker("g1", backends=("ort-gpu",)), overhead_ms={"w1": 1.0, "g1": 4.0})
+    d = select(task_query(objective="latency"), idx, snap)
+    assert (d.variant, d.worker_id, d.predicted_latency_ms) == ("m/cpu", "w1", 8.0)  # 9.5 ms via g1
+    snap = cluster(worker("w1"), worker("g1", backends=("ort-gpu",)), overhead_ms={"w1": 3.0, "g1": 1.0})
+    d = select(task_query(objective="latency"), idx, snap)
+    assert (d.variant, d.worker_id, d.predicted_latency_ms) == ("m/gpu", "g1", 6.5)
+
+
+def test_the_vectorised_prediction_is_the_exact_figure_of_the_chosen_worker():
+    import random
+
+    rng = random.Random(7)
+    for _ in range(30):
+        infos = [vi(f"m{i % 3}/v{i}", {1: rng.uniform(0.1, 5.0)}, load_ms=rng.uniform(0, 20),
+                    mem_bytes=rng.randint(1, 6) * GIB) for i in range(12)]
+        idx = index(*infos)
+        names = [v.name for v in infos]
+        workers = [worker(f"w{j}", {n: rng.randint(0, 5) for n in rng.sample(names, 3)},
+                          free_cores=rng.choice((1, 2, 4)), free_mem=rng.randint(1, 8) * GIB) for j in range(4)]
+        snap = cluster(*workers, overhead_ms={f"w{j}": rng.choice((0.5, 1.0, 2.0)) for j in range(3)},
+                       default_ms=1.5)
+        start, end = idx.task_spans[("digits-cls", "digits")]
+        group = snap._index_view(idx).group(start, end)
+        vectorised = idx.lat_ms[0, start:end] + group.extra_ms
+        for i, info in enumerate(idx.order[start:end]):
+            exact = select(Query(kind="variant", variant=info.name), idx, snap)
+            assert vectorised[i] == pytest.approx(exact.predicted_latency_ms), info.name
+            assert group.overhead_at(i) == snap.overhead_of(exact.worker_id)

@@ -89,7 +89,7 @@ def test_env_strings_are_typed(layout):
     ('[master]\npolcy = "static"\n', "unknown key master.polcy in {file}; known keys of [master]: client_endpoint"),
     ('[mastr]\npolicy = "static"\n', "unknown section [mastr] in {file}"),
     ('[master]\nmax_attempts = "three"\n', "master.max_attempts must be an integer, not 'three' (set by {file})"),
-    ('[master]\npolicy = "fastest"\n', "master.policy must be one of infaas, static, replicate"),
+    ('[master]\npolicy = "fastest"\n', "master.policy must be one of infaas, fixed-peak, fixed-autoscale"),
     ('[autoscale]\nhold_s = 1.0\n', "autoscale.hold_s set by {file}"),
     ('[cluster]\nmin_workers = 0\n', "cluster.min_workers set by {file}"),
     ('[master\n', "{file} is not valid TOML"),
@@ -184,7 +184,7 @@ def test_the_example_file_uncommented_is_valid(layout, tmp_path):
 
 
 def test_sections_are_the_documented_ones():
-    assert list(SECTIONS) == ["master", "worker", "autoscale", "cluster", "security", "client"]
+    assert list(SECTIONS) == ["master", "worker", "autoscale", "cluster", "security", "client", "drift"]
     assert SECTIONS["autoscale"] is AutoscaleConfig
     cluster_policy_fields = {f.name for f in dataclasses.fields(ClusterAutoscaleConfig)}
     assert cluster_policy_fields <= set(section_keys("cluster"))

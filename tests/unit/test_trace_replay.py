@@ -16,7 +16,14 @@ from infaas_cli.experiments.trace import (Arrival, QueryClass, TraceConfig, burs
 from support import FakeClock
 
 pytestmark = pytest.mark.timeout(60)
-CLASSES = default_classes()
+#: A fixed mix for these tests (the bench's default mix may change without touching them).
+CLASSES = [
+    QueryClass("digits-balanced", "digit-classification", "digits", latency_ms=20.0, min_accuracy=0.97, weight=4.0),
+    QueryClass("digits-fast", "digit-classification", "digits", latency_ms=5.0, min_accuracy=0.95, weight=2.0),
+    QueryClass("digits-accurate", "digit-classification", "digits", latency_ms=50.0, min_accuracy=0.99, weight=1.0),
+    QueryClass("cancer-fast", "tumor-classification", "breast-cancer", latency_ms=10.0, min_accuracy=0.95,
+               weight=3.0),
+]
 SWELL = TraceConfig(duration_s=60.0, base_qps=20.0, peak_qps=100.0, seed=7)
 
 
@@ -232,5 +239,131 @@ def test_held_resources_reads_hardware_from_the_entry_or_the_backend():
     assert held_resources(snap, PRICES) == (pytest.approx(0.01 + 0.005), 0.0)
 
 
-# -- a real cluster ------------------------------------------------------------------------------------
+
+
+def test_replay_times_queries_as_the_client_saw_them():
+    trace = [Arrival(0.0, 0), Arrival(0.01, 0)]
+
+    class Client:
+        def __init__(self):
+            self.n = 0
+
+        def submit(self, inputs, **slo):
+            self.n += 1
+            return str(self.n)
+
+        def gather(self, ids, timeout_s=None):
+            (rid,) = ids
+            seen = 7.5 if rid == "1" else None  # an older client library has no client_latency_ms
+            return {rid: QueryResult([], "m/v-t2-b1", "w", 1.0, {}, latency_ms=3.0, client_latency_ms=seen)}
+
+    clock = FakeClock(0.0)
+    result = replay(Client(), trace, CLASSES, lambda c, i: {}, time_fn=clock, sleep_fn=clock.sleep)
+    assert [r.latency_ms for r in result.records] == [7.5, 3.0]
+
+
+def test_failures_keep_an_example_reason_per_code():
+    trace = [Arrival(0.05 * i, 0) for i in range(20)]
+    result, _, _ = fake_replay(lambda n: 0.001, trace)
+    assert result.summary()["error_examples"] == {"no_variant": "nothing fits"}
+
+
+# -- the bill of worker hosts, the testbed, the comparison and the capacity search ---------------------------
+
+def _host(wid, launched, stopped=None, cores=4):
+    return {"worker_id": wid, "launched_at": launched, "stopped_at": stopped, "cores": cores}
+
+
+def test_bill_charges_instance_seconds_inside_the_window():
+    from infaas_cli.cluster.hosts import bill
+
+    ledger = [_host("h0", 90.0),  # before the window and still running: billed 100 → 160
+              _host("h1", 110.0, 120.0),  # launched and stopped inside
+              _host("h2", 150.0, 170.0, cores=2),  # stopped after the window's end
+              _host("h3", 10.0, 50.0)]  # gone before the window: not billed
+    b = bill(ledger, 100.0, 160.0, usd_per_core_second=0.5, bin_s=20.0)
+    assert b["instance_seconds"] == pytest.approx(60 + 10 + 10)
+    assert b["core_seconds"] == pytest.approx(4 * 60 + 4 * 10 + 2 * 10)
+    assert b["cost_usd"] == pytest.approx(0.5 * b["core_seconds"])
+    assert b["hosts_launched"] == 3 and b["peak_hosts"] == 2
+    assert b["hosts_held"] == pytest.approx([1.5, 1.0, 1.5])  # mean hosts alive in each 20 s bin
+    with pytest.raises(InfaasError):
+        bill(ledger, 10.0, 5.0, 1.0)
+
+
+def test_host_plan_thresholds_are_fractions_of_the_real_cpu():
+    from infaas_cli.experiments.testbed import HostPlan, ScalingPlan, settings_overrides
+    from infaas_cli.settings import Settings, override
+
+    plan = HostPlan(cores=4, cpu_quota=0.5, min_hosts=1, max_hosts=3)
+    assert plan.utilisation(0.8) == pytest.approx(0.1)  # 80 % of half a core, over 4 advertised cores
+    assert HostPlan(cores=1, cpu_quota=1.0).utilisation(0.8) == pytest.approx(0.8)
+    with pytest.raises(InfaasError):
+        HostPlan(min_hosts=3, max_hosts=2)
+    from pathlib import Path
+
+    keys = settings_overrides("fixed-autoscale", Path("/tmp/h"), plan, ScalingPlan())
+    settings = override(Settings(), keys)  # every key is a real config key with a valid value
+    assert settings.master.policy == "fixed-autoscale" and settings.cluster.max_workers == 3
+    assert settings.cluster.scale_out_utilisation == pytest.approx(0.1)
+    start = settings.cluster.scale_out_command.split()
+    assert start[-6:] == ["host", "start", "--cores", "4", "--cpu-quota", "0.5"]
+    assert "stop" in settings.cluster.scale_in_command
+
+
+def test_policy_names_and_their_former_aliases():
+    from infaas_cli import settings as settings_module
+    from infaas_cli.experiments.testbed import check_policies
+    from infaas_cli.policy import baselines
+    from infaas_cli.settings import Settings, override
+
+    assert settings_module.POLICIES == baselines.POLICIES == ("infaas", "fixed-peak", "fixed-autoscale")
+    assert check_policies(["static", "replicate", "infaas"]) == ["fixed-peak", "fixed-autoscale", "infaas"]
+    assert override(Settings(), {"master.policy": "static"}).master.policy == "static"  # accepted as written
+    with pytest.raises(InfaasError, match="fixed-peak"):
+        check_policies(["clipper"])
+
+
+def test_comparison_against_the_targets():
+    from infaas_cli.experiments.bench_slo import compare
+
+    rows = {"infaas": {"slo_violation_rate": 0.01, "cost_usd": 1.0},
+            "fixed-peak": {"slo_violation_rate": 0.02, "cost_usd": 3.0},
+            "fixed-autoscale": {"slo_violation_rate": 0.05, "cost_usd": 1.4}}
+    c = compare(rows)
+    assert c["violations_fixed_autoscale_over_infaas"] == pytest.approx(5.0) and c["violations_target_met"]
+    assert c["violations_infaas_at_most_fixed_peak"] and c["cost_vs_fixed_peak_target_met"]
+    assert c["cost_infaas_over_fixed_autoscale"] == pytest.approx(1 / 1.4) and not c["cost_vs_fixed_autoscale_target_met"]
+    assert compare({"infaas": rows["infaas"]}) == {}
+
+
+def test_results_never_overwrite_existing_files_silently(tmp_path):
+    from infaas_cli.experiments.bench_slo import check_output
+
+    json_path, png_path = check_output(tmp_path, "bench_slo", overwrite=False)
+    json_path.write_text("{}")
+    with pytest.raises(InfaasError, match="--overwrite"):
+        check_output(tmp_path, "bench_slo", overwrite=False)
+    assert check_output(tmp_path, "bench_slo", overwrite=True) == (json_path, png_path)
+
+
+def test_capacity_search_grows_then_bisects():
+    from infaas_cli.experiments.capacity import CapacityConfig, next_rate
+
+    cfg = CapacityConfig(start_qps=100.0, growth=2.0, precision=0.1, max_qps=1000.0)
+    true_capacity = 300.0
+    passed, failed, probed = [], [], []
+    rate = next_rate(passed, failed, cfg)
+    while rate is not None:
+        probed.append(rate)
+        (passed if rate <= true_capacity else failed).append(rate)
+        rate = next_rate(passed, failed, cfg)
+    assert probed[:3] == [100.0, 200.0, 400.0]
+    assert max(passed) <= true_capacity < min(f for f in failed) <= max(passed) * 1.1
+    # The first rate fails: the search goes down, and gives up far below the start.
+    passed, failed = [], [100.0]
+    assert next_rate(passed, failed, cfg) == 50.0
+    assert next_rate([], [100.0, 50.0, 25.0, 12.5, 6.25], cfg) is None
+    # Every rate passes up to the ceiling: the search stops there.
+    assert next_rate([800.0], [], cfg) is None
 
