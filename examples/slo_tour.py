@@ -18,8 +18,9 @@ from infaas_cli.client import Client, QueryFailed, resolve_master
 
 DIGITS_VAL = Path(__file__).resolve().parent / "zoo" / "digits-val.npz"
 
-#: (what the application asks for, latency_ms, min_accuracy, objective). Loading a variant counts
-#: against the SLO, so a tight SLO is first met once a fitting variant is warm.
+#: (what the application asks for, latency_ms, min_accuracy, objective). The SLO bounds the end-to-end
+#: time at infaas's front (arrival at the master to reply), so loading a variant counts against it; every
+#: reply says whether it met its SLO (`slo_met`), and "p50 ms" is that same end-to-end latency.
 SCENARIOS = [
     ("≥ 95 % within 100 ms, cheapest (cold start)", 100.0, 0.95, "cost"),
     ("interactive: ≥ 95 % within 0.5 ms", 0.5, 0.95, "cost"),
@@ -43,7 +44,7 @@ def main() -> int:
     data = np.load(DIGITS_VAL)
     x, y = data["x"], data["y"]
     table = Table(title=f"model-less queries (task digit-classification, dataset digits), {args.repeats} per SLO")
-    for col in ("SLO", "chosen variant", "worker", "correct", "p50 ms", "decision µs"):
+    for col in ("SLO", "chosen variant", "worker", "correct", "p50 ms", "predicted ms", "SLO met", "decision µs"):
         table.add_column(col)
     with Client(endpoint, timeout_s=60) as client:
         for label, latency_ms, min_acc, objective in SCENARIOS:
@@ -55,12 +56,14 @@ def main() -> int:
                   if not isinstance(r, QueryFailed)]
             if not ok:
                 err = next(iter(results.values()))
-                table.add_row(label, f"[red]{err.code}[/red]: {err}", "-", "-", "-", "-")
+                table.add_row(label, f"[red]{err.code}[/red]: {err}", "-", "-", "-", "-", "-", "-")
                 continue
             variants = sorted({r.variant for _, r in ok})
             correct = np.mean([r.outputs[0][0] == y[i] for i, r in ok])
             table.add_row(label, ", ".join(variants), ", ".join(sorted({r.worker for _, r in ok})),
                           f"{correct:.0%}", f"{np.median([r.latency_ms for _, r in ok]):.2f}",
+                          f"{np.median([r.predicted_latency_ms or 0 for _, r in ok]):.2f}",
+                          f"{sum(bool(r.slo_met) for _, r in ok)}/{len(ok)}",
                           f"{np.median([r.decision_us for _, r in ok]):.1f}")
     Console(width=None if sys.stdout.isatty() else 160).print(table)
     return 0
