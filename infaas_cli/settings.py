@@ -45,7 +45,8 @@ ENV_ALIASES = {
 
 #: Keys holding a file or directory: `~` is expanded, and a relative path in a config file is relative to that file.
 PATH_KEYS = frozenset({"master.data_dir", "master.prices_file", "worker.cache_dir", "security.curve_secret_key",
-                       "security.authorized_keys", "security.master_public_key"})
+                       "security.authorized_keys", "security.master_public_key",
+                       "gateway.tls_cert_file", "gateway.tls_key_file"})
 
 
 class SettingsError(InfaasError):
@@ -78,6 +79,7 @@ class MasterSettings:
     max_waiting_replies_per_client: int = 100000  # replies held for a client that does not read yet
     max_waiting_replies: int = 250000  # replies held for all such clients together (bounds memory)
     worker_garbage_limit: int = 20  # garbage frames before a worker is disconnected
+    metrics_port: int | None = None  # Prometheus /metrics on the client door's interface (None: off; 0: a free port)
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -94,6 +96,8 @@ class MasterSettings:
         _check(self.max_pending >= self.max_pending_per_client, "master.max_pending",
                f"must be >= master.max_pending_per_client ({self.max_pending_per_client})")
         _check(self.worker_garbage_limit >= 1, "master.worker_garbage_limit", "must be >= 1")
+        _check(self.metrics_port is None or 0 <= self.metrics_port <= 65535, "master.metrics_port",
+               "must be a TCP port 0 … 65535 (0: a free one), or empty for no metrics endpoint")
         _check(self.max_waiting_replies_per_client >= 1, "master.max_waiting_replies_per_client", "must be >= 1")
         _check(self.max_waiting_replies >= self.max_waiting_replies_per_client, "master.max_waiting_replies",
                f"must be >= master.max_waiting_replies_per_client ({self.max_waiting_replies_per_client})")
@@ -149,6 +153,26 @@ class ClientSettings:
         _check(self.timeout_s > 0, "client.timeout_s", "must be > 0 seconds")
 
 
+@dataclass(frozen=True)
+class GatewaySettings:
+    """The Open Inference Protocol gateway (`infaas gateway`) beside the master; port 0 picks a free one."""
+
+    host: str = "127.0.0.1"  # the interface the HTTP and gRPC listeners bind
+    http_port: int = 8000  # REST (KServe v2 / Open Inference Protocol)
+    grpc_port: int = 8001  # gRPC (the same protocol's GRPCInferenceService)
+    tls_cert_file: str | None = None  # PEM certificate: turns TLS on for HTTP and gRPC (with tls_key_file)
+    tls_key_file: str | None = None  # its PEM private key
+    master: str | None = None  # the master's client endpoint; default client.master, else the one `infaas up` started
+
+    def __post_init__(self) -> None:
+        for key in ("http_port", "grpc_port"):
+            _check(0 <= getattr(self, key) <= 65535, f"gateway.{key}", "must be a port, 0 … 65535 (0: a free one)")
+        _check(bool(self.host), "gateway.host", "must name an interface, e.g. 127.0.0.1 or 0.0.0.0")
+        _check(bool(self.tls_cert_file) == bool(self.tls_key_file), "gateway.tls_cert_file",
+               "and gateway.tls_key_file turn TLS on together; set both or neither")
+        _check_endpoint("gateway.master", self.master)
+
+
 _CLUSTER = ClusterAutoscaleConfig()  # its defaults are the single source of the thresholds below
 
 
@@ -184,6 +208,7 @@ class Settings:
     security: SecuritySettings = field(default_factory=SecuritySettings)
     client: ClientSettings = field(default_factory=ClientSettings)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {section: dataclasses.asdict(getattr(self, section)) for section in SECTIONS}

@@ -43,6 +43,7 @@ class Actions:
         for w in (self.workers[i] for i in ids):
             if self._send_worker(w.identity, protocol.Message("load", m.LoadBody(variant=variant, spec=spec))):
                 w.loaded[variant] = 0
+                self.metrics.on_action("load")
         self._cluster_changed()
 
     # -- horizontal autoscaling ---------------------------------------------------------------------------
@@ -70,6 +71,7 @@ class Actions:
                 self._scaling.append(subprocess.Popen(shlex.split(command), env=env, stdout=subprocess.DEVNULL,
                                                       stderr=subprocess.DEVNULL, start_new_session=True))
                 ran = command
+            self.metrics.on_action(a.kind)
             self.cluster_decisions.append({"at": round(time.time(), 3), "kind": a.kind, "hardware": a.hardware,
                                            "worker": a.worker_id, "reason": a.reason, "command": ran})
             log.info("cluster %s (%s): %s; %s", a.kind, a.hardware, a.reason,
@@ -148,5 +150,6 @@ class Actions:
             record = {"at": round(time.time(), 3), "worker": where.worker_id, "kind": action.kind,
                       "variant": action.variant, "target": action.target, "reason": action.reason}
             self.actions.append(record)
+            self.metrics.on_action(action.kind)
             log.info("autoscale %s %s%s on %s: %s", action.kind, action.variant,
                      f" -> {action.target}" if action.target else "", where.worker_id, action.reason)

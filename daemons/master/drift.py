@@ -119,6 +119,7 @@ class DriftWatch:
                 self.reprofiles_inflight[msg.id] = entry
                 self.reprofiles.append(entry)
                 self.reprofile_last[(f.variant, hw)] = now
+                self.metrics.on_action("reprofile")
                 log.info("drift: %s; re-profiling it on %s", f.describe(), w.worker_id)
             return
 

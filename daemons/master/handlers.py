@@ -17,9 +17,10 @@ import numpy as np
 
 from infaas_cli import protocol
 from infaas_cli.catalog.artifacts import sha256_file
-from infaas_cli.catalog.records import ReplicationRecord
+from infaas_cli.catalog.records import ReplicationRecord, VariantRecord
 from infaas_cli.errors import InfaasError, InvalidInputError
 from infaas_cli.policy.baselines import pin_variant, query_class
+from infaas_cli.policy.placement import VariantNeed, place
 from infaas_cli.policy.selection import ClusterSnapshot, Query, select
 from infaas_cli.protocol import messages as m
 from infaas_cli.toolkit.modelio import check_query_inputs, coerce_query_inputs
@@ -86,7 +87,8 @@ class ClientHandlers:
         snapshot = self.snapshot()
         if exclude:
             snapshot = ClusterSnapshot(tuple(w for w in snapshot.workers if w.worker_id not in exclude),
-                                       overhead_ms=self.overheads.snapshot())
+                                       overhead_ms=self.overheads.snapshot(),
+                                       overhead_floor_ms=self.overheads.floor_ms())
         t0 = time.perf_counter_ns()
         if self.policy == "infaas" or query.kind == "variant":
             decision = select(query, index, snapshot)
@@ -107,6 +109,7 @@ class ClientHandlers:
             if prev is None or query.latency_ms <= prev[0] or now - prev[1] > self.autoscale_config.window_s:
                 self.variant_slo[decision.variant] = (query.latency_ms, now)
         self.decision_us.append(decision_us)
+        self.metrics.on_decision(decision_us / 1e6, index)
         spec = self.catalog.variant_spec(decision.variant)
         model = self.catalog.model(decision.model)
         feeds, changed = coerce_query_inputs(protocol.unpack_tensors(inputs), model.input_specs())
@@ -165,6 +168,7 @@ class ClientHandlers:
         return {
             "master": {
                 "endpoint": self.client_endpoint, "worker_endpoint": self.worker_endpoint, "pid": self.pid,
+                "metrics_endpoint": self.metrics_endpoint,
                 "uptime_s": round(time.time() - self.started, 1),
                 "models": len(store.models()), "variants": len(store.variants()),
                 "replication": {r.source: r.last_seq for r in store.scan(ReplicationRecord)},
@@ -191,6 +195,78 @@ class ClientHandlers:
         for name, queued in w.loaded.items():
             variants.setdefault(name, {"state": "dispatched", "queue": queued, "qps": 0.0, "latency_ms": 0.0})
         return variants
+
+    # -- the catalog and client-requested loads (the gateway's OIP metadata and repository extension) -------
+    def _on_catalog(self, route: tuple[bytes, ...], msg: protocol.Message) -> None:
+        self._reply(route, protocol.Message("catalog_reply", self.catalog_reply(msg.body.model), id=msg.id))
+
+    def catalog_reply(self, only: str | None = None) -> m.CatalogReplyBody:
+        """Models, their signatures and variants, and where each variant is loaded (or loading) now."""
+        index = self.catalog.index()
+        loaded: dict[str, list[str]] = collections.defaultdict(list)
+        loading: dict[str, list[str]] = collections.defaultdict(list)
+        for w in self.workers.values():
+            if not w.alive:
+                continue
+            shown = w.variant_metrics
+            for name in set(shown) | set(w.loaded):
+                vm = shown.get(name)
+                (loaded if vm is not None and vm.state == "loaded" else loading)[name].append(w.worker_id)
+        variants: dict[str, list[m.CatalogVariant]] = collections.defaultdict(list)
+        for v in self.catalog.store.variants():
+            info = index.infos.get(v.name)
+            lat = info.batch_latency_ms[0][1] if info is not None and info.batch_latency_ms else None
+            variants[v.model].append(m.CatalogVariant(
+                name=v.name, recipe=v.recipe, backend=v.backend, hardware=v.hardware, threads=v.threads,
+                max_batch=v.max_batch, accuracy=v.accuracy, latency_ms=lat, loaded_on=sorted(loaded[v.name]),
+                loading_on=sorted(loading[v.name])))
+        models = []
+        for rec in self.catalog.store.models():
+            if only is not None and rec.name != only:
+                continue
+            models.append(m.CatalogModel(
+                name=rec.name, task=rec.task or "", dataset=rec.dataset or "",
+                inputs=[m.TensorSpec(**s) for s in rec.inputs], outputs=[m.TensorSpec(**s) for s in rec.outputs],
+                batch_dim=rec.batch_dim, max_batch=max(1, rec.max_batch), accuracy=rec.accuracy,
+                variants=sorted(variants[rec.name], key=lambda x: x.name)))
+        if only is not None and not models:
+            raise protocol.ProtocolError("unknown_model", f"unknown model '{only}'")
+        return m.CatalogReplyBody(models=models, workers_alive=sum(1 for w in self.workers.values() if w.alive))
+
+    def _on_preload(self, route: tuple[bytes, ...], msg: protocol.Message) -> None:
+        """Load a variant ahead of its queries: on a worker placed like a query's cold start, unless some
+        live worker holds it already. Answered at once with the model's catalog entry (the load runs on)."""
+        name = msg.body.variant
+        spec = self.catalog.variant_spec(name)  # unknown_model when the catalog lacks it
+        snapshot = self.snapshot()
+        if not any(name in w.loaded for w in snapshot.workers if w.alive):
+            ids = place(snapshot.workers, VariantNeed(spec.name, spec.backend, spec.threads, spec.peak_memory_bytes),
+                        "query")
+            if not ids:
+                raise protocol.ProtocolError("unavailable", f"no live worker runs backend {spec.backend} to load {name}")
+            w = self.workers[ids[0]]
+            if not self._send_worker(w.identity, protocol.Message("load", m.LoadBody(variant=name, spec=spec))):
+                raise protocol.ProtocolError("unavailable", f"worker {w.worker_id} cannot be reached")
+            w.loaded.setdefault(name, 0)
+            self._cluster_changed()
+            log.info("preload %s on %s (asked by a client)", name, w.worker_id)
+        self.named_variants[name] = time.monotonic()  # asked for by name: autoscaling does not switch it away
+        model = self.store.get(VariantRecord, name).model
+        self._reply(route, protocol.Message("catalog_reply", self.catalog_reply(model), id=msg.id))
+
+    def _on_client_unload(self, route: tuple[bytes, ...], msg: protocol.Message) -> None:
+        """Unload a variant from every live worker holding it; answered with the model's catalog entry."""
+        name = msg.body.variant
+        self.catalog.variant_spec(name)  # unknown_model when the catalog lacks it
+        for w in self.workers.values():
+            if w.alive and (name in w.loaded or name in w.variant_metrics):
+                w.loaded.pop(name, None)
+                self._send_worker(w.identity, protocol.Message("unload", m.UnloadBody(variant=name)))
+                log.info("unload %s on %s (asked by a client)", name, w.worker_id)
+        self.named_variants.pop(name, None)
+        self._cluster_changed()
+        model = self.store.get(VariantRecord, name).model
+        self._reply(route, protocol.Message("catalog_reply", self.catalog_reply(model), id=msg.id))
 
     # -- replication -------------------------------------------------------------------------------------
     def _on_changes(self, route: tuple[bytes, ...], msg: protocol.Message) -> None:
@@ -299,6 +375,10 @@ class WorkerHandlers:
             self.slo.record(now, p.model, slo_class(p.query), slo_met)
         self._observe_result(p, latency_ms, timing)
         self._observe_inference(p.variant, p.worker_id, timing, p.batch)
+        queue_ms, compute_ms = timing.get("queue_ms"), timing.get("inference_ms")
+        self.metrics.on_reply(p.model, p.variant, p.query.task, latency_ms / 1e3,
+                              None if queue_ms is None else queue_ms / 1e3,
+                              None if compute_ms is None else compute_ms / 1e3, slo_met)
         reply = protocol.Message("reply", m.ReplyBody(
             outputs=msg.body.outputs, variant=p.variant, worker=p.worker_id, decision_us=p.decision_us,
             timing=timing, needs_load=p.needs_load, attempts=p.attempts, output_names=p.output_names,
@@ -342,6 +422,7 @@ class WorkerHandlers:
 
     def _reply_error(self, p: PendingQuery, code: str, reason: str) -> None:
         self.queries_failed += 1
+        self.metrics.on_error(code, p.model, p.variant, p.query.task, slo=p.query.latency_ms is not None)
         self._reply(p.route, protocol.error(code, reason, p.client_request_id))
 
     def _on_fetch(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:

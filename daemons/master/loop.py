@@ -35,6 +35,7 @@ from infaas_daemons.common import log, step
 from infaas_daemons.master.apply import Actions
 from infaas_daemons.master.drift import DriftWatch
 from infaas_daemons.master.handlers import ClientHandlers, WorkerHandlers
+from infaas_daemons.master.metrics import MasterMetrics, metrics_host, start_server
 from infaas_daemons.master.state import CatalogView, ClientLedger, PendingQuery, SloLedger
 
 #: How stale the queue lengths in the selection's cluster snapshot may get.
@@ -95,6 +96,8 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         self.refused: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.decision_us: collections.deque[float] = collections.deque(maxlen=10_000)
         self.slo = SloLedger()
+        self.metrics = MasterMetrics(self)  # Prometheus: served on settings.metrics_port by run()
+        self.metrics_endpoint: str | None = None
         self._init_drift(drift or DriftConfig())
         self.overheads = WorkerOverheads()  # the serving path's overhead per worker, learned from results
         self.arrived = 0.0
@@ -152,7 +155,8 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
                     worker_id=w.worker_id, backends=frozenset(w.backends), cores=cores, free_cores=free,
                     free_memory_bytes=mt.free_memory_bytes if mt is not None else w.hardware.memory_bytes,
                     loaded=loaded, alive=w.alive and w.worker_id not in self.draining))
-            self._snapshot = ClusterSnapshot(tuple(states), overhead_ms=self.overheads.snapshot())
+            self._snapshot = ClusterSnapshot(tuple(states), overhead_ms=self.overheads.snapshot(),
+                                             overhead_floor_ms=self.overheads.floor_ms())
             self._snapshot_at = time.monotonic()
             self._snapshot_stale = False
         return self._snapshot
@@ -189,6 +193,11 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         self.workers_sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.client_endpoint = _bind(self.clients, self.client_endpoint)
         self.worker_endpoint = _bind(self.workers_sock, self.worker_endpoint)
+        metrics_server = None
+        if self.settings.metrics_port is not None:
+            metrics_server, self.metrics_endpoint = start_server(self.metrics, metrics_host(self.client_endpoint),
+                                                                 self.settings.metrics_port)
+            log.info("master metrics on %s", self.metrics_endpoint)
         self._write_endpoints()
         poller = zmq.Poller()
         poller.register(self.clients, zmq.POLLIN)
@@ -220,6 +229,9 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
             self.workers_sock.close(linger=0)
             if auth is not None:
                 auth.stop()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
             self.store.close()
             log.info("master stopped")
 
@@ -229,7 +241,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         self.endpoints_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.endpoints_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"client_endpoint": self.client_endpoint, "worker_endpoint": self.worker_endpoint,
-                                   "pid": os.getpid()}))
+                                   "metrics_endpoint": self.metrics_endpoint, "pid": os.getpid()}))
         os.replace(tmp, self.endpoints_file)
 
     def _step(self, fn, *args) -> None:
@@ -316,10 +328,12 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         try:
             msg = protocol.decode(frame)
         except protocol.ProtocolError as exc:
+            self.metrics.on_error(exc.code)  # unreadable: perhaps a query; its model is unknown
             self._refuse(route, exc.code, exc.reason, protocol.peek_id(frame))
             return
         handler = {"query": self._on_query, "status": self._on_status, "changes": self._on_changes,
-                   "artifact_chunk": self._on_upload}.get(msg.type)
+                   "artifact_chunk": self._on_upload, "catalog": self._on_catalog, "preload": self._on_preload,
+                   "unload": self._on_client_unload}.get(msg.type)
         if handler is None:
             self._refuse(route, "unknown_type", f"the master does not take {msg.type} from clients", msg.id)
             return
@@ -329,6 +343,8 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
             code, reason, extra = wire_error(exc)
             if code == "internal":
                 log.exception("client %s %s failed", msg.type, msg.id)
+            if msg.type == "query":
+                self.metrics.on_query_refused(code, msg.body)
             self._refuse(route, code, reason, msg.id, **extra)
 
     def _refuse(self, route: tuple[bytes, ...], code: str, reason: str, request_id: str, **extra: Any) -> None:

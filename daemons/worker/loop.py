@@ -268,6 +268,7 @@ class Worker(Loading, Reprofiling):
                                               threads=spec.threads)
         metrics = m.WorkerMetrics(
             cpu_percent=psutil.cpu_percent(None), process_cpu_percent=self._proc.cpu_percent(None),
+            process_rss_bytes=self._proc.memory_info().rss,
             memory_total_bytes=mem.total, free_memory_bytes=mem.available,
             cores=self.cores, free_cores=max(0, self.cores - self._threads_in_use()), variants=variants)
         self._send(protocol.Message("heartbeat", m.HeartbeatBody(worker_id=self.worker_id, metrics=metrics)))

@@ -101,6 +101,33 @@ def worker_cmd(
     daemon.run()
 
 
+@command(name="gateway")
+def gateway_cmd(
+    master: Annotated[Optional[str], typer.Option("--master", help="The master's client endpoint (gateway.master; default client.master, else the one `infaas up` started).")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Interface for the HTTP and gRPC listeners (gateway.host).")] = None,
+    http_port: Annotated[Optional[int], typer.Option(help="REST (Open Inference Protocol) port; 0 picks a free one (gateway.http_port).")] = None,
+    grpc_port: Annotated[Optional[int], typer.Option(help="gRPC (GRPCInferenceService) port; 0 picks a free one (gateway.grpc_port).")] = None,
+    tls_cert_file: Annotated[Optional[Path], typer.Option(help="PEM certificate: TLS on HTTP and gRPC (gateway.tls_cert_file).")] = None,
+    tls_key_file: Annotated[Optional[Path], typer.Option(help="Its PEM private key (gateway.tls_key_file).")] = None,
+    curve_secret_key: Annotated[Optional[Path], typer.Option(help="The gateway's .key_secret, CurveZMQ to the master (security.curve_secret_key).")] = None,
+    master_public_key: Annotated[Optional[Path], typer.Option(help="The master's public .key, CurveZMQ (security.master_public_key).")] = None,
+    endpoints_file: Annotated[Optional[Path], typer.Option(help="Write the bound ports here as JSON.")] = None,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Run the gateway in the foreground: REST and gRPC (the Open Inference Protocol, KServe v2) in front of the
+    master, so tritonclient, curl or any OIP client can query infaas (SIGTERM stops it)."""
+    from infaas_daemons.common import setup_logging
+    from infaas_daemons.gateway import main as gateway
+
+    current, _ = settings({
+        "gateway.master": master, "gateway.host": host, "gateway.http_port": http_port,
+        "gateway.grpc_port": grpc_port, "gateway.tls_cert_file": tls_cert_file, "gateway.tls_key_file": tls_key_file,
+        "security.curve_secret_key": curve_secret_key, "security.master_public_key": master_public_key})
+    current.security.client_keys()  # both keys or neither, before anything starts
+    setup_logging(log_level or current.master.log_level)
+    gateway.run(current, endpoints_file=endpoints_file, home=home_dir())
+
+
 @command()
 def up(
     workers: Annotated[int, typer.Option(help="Local workers to start.")] = 1,
@@ -110,8 +137,12 @@ def up(
     autoscale_hold_s: HoldOpt = None,
     autoscale_cooldown_s: CooldownOpt = None,
     autoscale_idle_unload_s: IdleUnloadOpt = None,
+    http_port: Annotated[Optional[int], typer.Option(help="The gateway's REST (Open Inference Protocol) port; 0 picks a free one (gateway.http_port, default 8000).")] = None,
+    grpc_port: Annotated[Optional[int], typer.Option(help="The gateway's gRPC port; 0 picks a free one (gateway.grpc_port, default 8001).")] = None,
+    metrics_port: Annotated[Optional[int], typer.Option(help="The master's Prometheus /metrics port; 0 picks a free one (master.metrics_port).")] = None,
+    gateway: Annotated[bool, typer.Option("--gateway/--no-gateway", help="Start the gateway (REST and gRPC) beside the master.")] = True,
 ) -> None:
-    """Start a master and local workers in the background, then replicate the local catalog to it.
+    """Start a master, local workers and the gateway in the background, then replicate the local catalog to it.
 
     The daemons read one generated config file, $INFAAS_HOME/run/infaas.toml: the effective settings here.
     """
@@ -119,12 +150,17 @@ def up(
 
     current, _ = settings({"master.heartbeat_interval_s": heartbeat_interval_s,
                            "worker.heartbeat_interval_s": heartbeat_interval_s, "master.policy": policy,
+                           "gateway.http_port": http_port, "gateway.grpc_port": grpc_port,
+                           "master.metrics_port": metrics_port,
                            **_autoscale(autoscale_window_s, autoscale_hold_s, autoscale_cooldown_s,
                                         autoscale_idle_unload_s)})
-    record = embedded.up(workers, _state["home"], settings=current)
+    record = embedded.up(workers, _state["home"], settings=current, gateway=gateway)
+    fronts = record.get("fronts") or {}
+    shown = ", ".join(f"{k} {v}" for k, v in (("REST", fronts.get("http")), ("gRPC", fronts.get("grpc")),
+                                               ("metrics", fronts.get("metrics"))) if v)
     err.print(f"infaas up: master pid {record['master']['pid']} at {record['master']['client_endpoint']}, "
-              f"{len(record['workers'])} worker(s); config and logs in {embedded.run_dir(_state['home'])}",
-              highlight=False)
+              f"{len(record['workers'])} worker(s){'; ' + shown if shown else ''}; config and logs in "
+              f"{embedded.run_dir(_state['home'])}", highlight=False)
     with open_home() as home:
         if home.store.last_seq():
             maybe_push(home)
@@ -159,6 +195,9 @@ def status(
     """The master's endpoint, workers, loaded variants, queues, QPS, utilisation and decision times."""
     with client(timeout_s) as master:
         st = master.status()
+    fronts = _local_fronts(st)
+    if fronts:
+        st["fronts"] = fronts
     if as_json:
         print_json(st)
         return
@@ -168,6 +207,9 @@ def status(
     out.print(f"master {m['endpoint']} (pid {m['pid']}, up {m['uptime_s']} s): {m['models']} models, "
               f"{m['variants']} variants, {m['pending']} pending, {m['queries_served']} served, "
               f"{m['queries_failed']} failed; decisions {dec}", highlight=False)
+    if fronts:
+        out.print("fronts: " + ", ".join(f"{k} {v}" for k, v in fronts.items() if v and not k.endswith("_port")),
+                  highlight=False)
     table = Table(title="workers")
     for col in ("worker", "alive", "cores free", "cpu %", "variant", "state", "autoscale", "replicas", "queue",
                 "qps", "latency ms"):
@@ -197,6 +239,16 @@ def status(
         for a in actions[-5:]:
             target = f" -> {a['target']}" if a.get("target") else ""
             out.print(f"  {a['kind']} {a['variant']}{target} on {a['worker']}: {a['reason']}", highlight=False)
+
+
+def _local_fronts(st: dict[str, Any]) -> dict[str, Any] | None:
+    """The gateway's and metrics' bound endpoints `infaas up` recorded, when this master is that cluster's."""
+    from infaas_cli.cluster import embedded
+
+    record = embedded.read_cluster(_state["home"])
+    if not record or record.get("master", {}).get("pid") != st.get("master", {}).get("pid"):
+        return None
+    return record.get("fronts")
 
 
 def _load_inputs(path: Path) -> dict[str, Any]:

@@ -88,13 +88,19 @@ def _write_config(path: Path, settings: Settings) -> None:
 
 def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: float | None = None,
        policy: str | None = None, master_args: list[str] | None = None, *, settings: Settings | None = None,
-       overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+       overrides: Mapping[str, Any] | None = None, gateway: bool | None = None, http_port: int | None = None,
+       grpc_port: int | None = None, metrics_port: int | None = None) -> dict[str, Any]:
     """Start a master and `workers` workers unless they run already; return the cluster record.
 
     The daemons read a generated config file, run/infaas.toml: `settings` (default: loaded as the CLI would,
     with `overrides` such as {"autoscale.window_s": 1}), with free local ports and the data directories under
     `home`. `heartbeat_interval_s` and `policy` are shorthands for the master/worker keys; `master_args` are
     extra `infaas master` options, kept for callers that still pass them.
+
+    The gateway (`infaas gateway`: REST and gRPC, the Open Inference Protocol) starts too when `gateway` is
+    true, or when it is None and `http_port` or `grpc_port` is given (gateway.http_port / grpc_port; 0: a free
+    port). `metrics_port` is master.metrics_port (the master's Prometheus /metrics; 0: a free port). The bound
+    ports are in the record's "fronts".
     """
     from infaas_cli.settings import SecuritySettings, load_settings, override, with_home_defaults
 
@@ -102,7 +108,10 @@ def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: f
         raise InfaasError("--workers must be at least 1")
     home = infaas_home(home)
     shorthand = {"master.heartbeat_interval_s": heartbeat_interval_s, "worker.heartbeat_interval_s": heartbeat_interval_s,
-                 "master.policy": policy}
+                 "master.policy": policy, "gateway.http_port": http_port, "gateway.grpc_port": grpc_port,
+                 "master.metrics_port": metrics_port}
+    if gateway is None:
+        gateway = http_port is not None or grpc_port is not None
     if settings is None:
         settings, _ = load_settings(overrides={**shorthand, **(overrides or {})}, home=home)
     else:
@@ -149,6 +158,7 @@ def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: f
         wid = f"local-{i}"
         proc = _spawn(["worker", "--worker-id", wid], rdir / f"{wid}.log", home)
         record["workers"].append({"pid": proc.pid, "worker_id": wid})
+    record["fronts"] = {"metrics": endpoints.get("metrics_endpoint")}
     cluster_file(home).write_text(json.dumps(record, indent=2))
     with Client(endpoints["client_endpoint"], timeout_s=5.0, curve_secret_key=settings.security.curve_secret_key,
                 master_public_key=settings.security.master_public_key) as client:
@@ -160,7 +170,45 @@ def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: f
         else:
             down(home)
             raise InfaasError(f"workers did not register within {START_TIMEOUT_S:.0f} s; see the logs in {rdir}")
+    if gateway:
+        try:
+            record["gateway"], fronts = _start_gateway(home, deadline)
+        except InfaasError:
+            down(home)
+            raise
+        record["fronts"].update(fronts)
+        cluster_file(home).write_text(json.dumps(record, indent=2))
     return record
+
+
+def gateway_endpoints_file(home: str | Path | None = None) -> Path:
+    return run_dir(home) / "gateway.json"
+
+
+def _start_gateway(home: Path, deadline: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Start `infaas gateway` with the generated config; wait for its bound ports. (record entry, fronts)."""
+    ep_file = gateway_endpoints_file(home)
+    ep_file.unlink(missing_ok=True)
+    rdir = run_dir(home)
+    proc = _spawn(["gateway", "--endpoints-file", str(ep_file)], rdir / "gateway.log", home)
+    deadline = max(deadline, time.monotonic() + 10.0)
+    while time.monotonic() < deadline:
+        if ep_file.is_file():
+            try:
+                bound = json.loads(ep_file.read_text())
+            except ValueError:
+                bound = {}
+            if bound.get("pid") == proc.pid:
+                return ({"pid": proc.pid, **bound},
+                        {"http": bound.get("http"), "http_port": bound.get("http_port"), "grpc": bound.get("grpc"),
+                         "grpc_port": bound.get("grpc_port")})
+        if proc.poll() is not None:
+            tail = (rdir / "gateway.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
+            raise InfaasError(f"the gateway exited at start (code {proc.returncode}): {tail[0]}; see "
+                              f"{rdir / 'gateway.log'}")
+        time.sleep(0.05)
+    proc.kill()
+    raise InfaasError(f"the gateway did not start within {START_TIMEOUT_S:.0f} s; see {rdir / 'gateway.log'}")
 
 
 def down(home: str | Path | None = None) -> list[int]:
@@ -169,7 +217,8 @@ def down(home: str | Path | None = None) -> list[int]:
     record = read_cluster(home)
     if record is None:
         return []
-    pids = [w["pid"] for w in record.get("workers", [])] + [record["master"]["pid"]]
+    gateway = [record["gateway"]["pid"]] if record.get("gateway") else []
+    pids = gateway + [w["pid"] for w in record.get("workers", [])] + [record["master"]["pid"]]
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -186,4 +235,5 @@ def down(home: str | Path | None = None) -> list[int]:
                 pass
     cluster_file(home).unlink(missing_ok=True)
     endpoints_file(home).unlink(missing_ok=True)
+    gateway_endpoints_file(home).unlink(missing_ok=True)
     return pids

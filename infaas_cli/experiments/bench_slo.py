@@ -138,7 +138,8 @@ def compare(policies: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_bench(config: SloBenchConfig = SloBenchConfig(), home: Path | None = None, output_dir: Path | None = None,
-              overwrite: bool = False, classes: Sequence[QueryClass] | None = None, models: Sequence[str] | None = None,
+              overwrite: bool = False, classes: Sequence[QueryClass] | None = None,
+              models: Sequence[str] | None = None,
               on_step: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Replay each seed's trace against each policy on fresh daemons; return (and write) the comparison."""
     policies = check_policies(config.policies)

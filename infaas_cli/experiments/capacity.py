@@ -21,7 +21,8 @@ from infaas_cli.catalog.home import InfaasHome
 from infaas_cli.config import infaas_home
 from infaas_cli.experiments.bench_slo import POLICY_ORDER, check_output
 from infaas_cli.experiments.replay import replay
-from infaas_cli.experiments.testbed import HostPlan, ScalingPlan, check_policies, inputs_for, policy_cluster, prepare_zoo
+from infaas_cli.experiments.testbed import (HostPlan, ScalingPlan, check_policies, inputs_for, policy_cluster,
+                                            prepare_zoo)
 from infaas_cli.experiments.trace import QueryClass, TraceConfig, default_classes, generate_trace
 
 #: infaas's capacity over fixed-peak's on the same hosts (the paper: 1.3× higher throughput).

@@ -105,6 +105,11 @@ class OverheadEstimator:
     def total_samples(self) -> int:
         return self._count
 
+    def floor_ms(self) -> float:
+        """The least overhead seen in the window (the path with no queue in front of the worker), or the
+        prior before any sample: what an idle cluster would add."""
+        return min(self._ring) if self._ring else self.prior_ms
+
     def value_ms(self) -> float:
         """The current estimate: the q-quantile of the kept samples, or the prior before any."""
         cached = self._cached
@@ -142,6 +147,10 @@ class WorkerOverheads:
     def snapshot(self) -> dict[str, float]:
         """worker -> overhead estimate (ms), for the workers with at least one sample."""
         return {w: est.value_ms() for w, est in self._by_worker.items()}
+
+    def floor_ms(self) -> float:
+        """The least overhead any worker's path showed lately (the prior before any sample): the idle figure."""
+        return min((est.floor_ms() for est in self._by_worker.values()), default=self.prior_ms)
 
     def __contains__(self, worker_id: object) -> bool:
         return worker_id in self._by_worker

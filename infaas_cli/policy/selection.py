@@ -799,17 +799,24 @@ class ClusterSnapshot:
     computed lazily and cached.
     """
 
-    __slots__ = ("workers", "overhead_ms", "overhead_ms_default", "_holders", "_live_backends", "_load_order",
+    __slots__ = ("workers", "overhead_ms", "overhead_ms_default", "overhead_floor_ms", "_holders", "_live_backends", "_load_order",
                  "_view", "_uniform")
 
     def __init__(self, workers: Sequence[WorkerState] = (), overhead_ms: Mapping[str, float] | None = None,
-                 overhead_ms_default: float = PRIOR_OVERHEAD_MS) -> None:
+                 overhead_ms_default: float = PRIOR_OVERHEAD_MS, overhead_floor_ms: float | None = None) -> None:
         if not _is_number(overhead_ms_default) or overhead_ms_default < 0:
             raise InfaasError(f"overhead_ms_default must be a non-negative number of ms, not "
                               f"{overhead_ms_default!r}")
         self.workers: tuple[WorkerState, ...] = tuple(workers)
         self.overhead_ms: Mapping[str, float] = overhead_ms or {}
         self.overhead_ms_default = float(overhead_ms_default)
+        # What the path adds with nothing queued in front of the worker: decides "out of reach" (no_variant)
+        # versus "the cluster is busy now" (late, or overloaded in strict mode). The learned overheads are
+        # high quantiles and grow with load, so they must not turn a busy cluster into an impossible SLO.
+        if overhead_floor_ms is None:  # without a measured floor: the least of the figures given
+            overhead_floor_ms = min(self.overhead_ms.values()) if self.overhead_ms else self.overhead_ms_default
+        floor = overhead_floor_ms
+        self.overhead_floor_ms = max(0.0, float(floor))
         self._holders: dict[str, list[tuple[int, str]]] | None = None
         self._live_backends: frozenset[str] | None = None
         self._load_order: dict[str, list[WorkerState]] = {}
@@ -953,7 +960,8 @@ def select(query: Query, index: CatalogIndex, cluster: ClusterSnapshot) -> Decis
     k = int(keyed.argmin())
     slo_met = True
     if not ok[k]:
-        k = _queued_out(query, index, start, end, pred, cost, group, accept)  # raises when it is not the queues
+        k = _queued_out(query, index, start, end, pred, cost, group, accept,  # raises when it is not the queues
+                        cluster.overhead_floor_ms)
         if k is None:
             if group.runnable is not None and meets.any():
                 raise _unavailable(sorted({index.order[start + int(i)].backend for i in np.flatnonzero(meets)}))
@@ -975,7 +983,7 @@ def select(query: Query, index: CatalogIndex, cluster: ClusterSnapshot) -> Decis
 
 
 def _queued_out(query: Query, index: CatalogIndex, start: int, end: int, pred: np.ndarray, cost: np.ndarray,
-                group: _GroupView, accept: np.ndarray | None) -> int | None:
+                group: _GroupView, accept: np.ndarray | None, floor_ms: float = 0.0) -> int | None:
     """When only the current queues keep every admissible variant from the latency bound, the fastest one.
 
     Admissible: takes the batch and the inputs, meets the accuracy and cost bounds, runnable. If one of them
@@ -984,7 +992,7 @@ def _queued_out(query: Query, index: CatalogIndex, start: int, end: int, pred: n
     query is refused with OverloadedError. Otherwise None: the SLO is out of reach, not the cluster busy.
     """
     bound = query.latency_ms
-    if bound is None or group.loaded_local is None:
+    if bound is None:
         return None
 
     def admissible(at: np.ndarray | slice) -> np.ndarray:
@@ -999,11 +1007,16 @@ def _queued_out(query: Query, index: CatalogIndex, start: int, end: int, pred: n
             mask &= group.runnable[at]
         return mask
 
-    # Only a loaded variant waits in a queue, so only one of those can meet the bound when idle: look at
-    # those few first, and at the whole slice only when the queues are indeed to blame.
-    local = group.loaded_local
-    idle_loaded = pred[local] - group.wait_ms
-    reachable = admissible(local) & (idle_loaded <= bound)
+    # On an idle cluster a variant pays no queue and only the floor of the serving overhead (the learned
+    # figure is a high quantile that grows with load); loads still count.
+    excess = np.maximum(np.broadcast_to(np.asarray(group.load_overhead_ms, dtype=np.float64), pred.shape) - floor_ms,
+                        0.0)
+    if group.loaded_local is not None:
+        excess = excess.copy()
+        held = np.broadcast_to(np.asarray(group.held_overhead_ms, dtype=np.float64), group.loaded_local.shape)
+        excess[group.loaded_local] = np.maximum(held - floor_ms, 0.0) + group.wait_ms
+    idle_all = pred - excess
+    reachable = admissible(slice(None)) & (idle_all <= bound)
     if not reachable.any():
         return None
     keyed = np.where(admissible(slice(None)), pred, _INF)
@@ -1013,7 +1026,7 @@ def _queued_out(query: Query, index: CatalogIndex, start: int, end: int, pred: n
         k = _break_tie(tied, cost, index.name_rank[start:end])
     predicted = float(pred[k])
     if query.slo_mode == "strict":
-        idle = float(idle_loaded[reachable].min())
+        idle = float(idle_all[reachable].min())
         raise OverloadedError(
             f"the queues make latency ≤ {_fmt_ms(bound)} ms unreachable now: the fastest admissible variant "
             f"({index.order[start + k].name}) is predicted at {_fmt_ms(predicted)} ms end to end (one would take "
@@ -1063,6 +1076,7 @@ def _select_variant(query: Query, index: CatalogIndex, cluster: ClusterSnapshot)
     bound = query.latency_ms
     slo_met = True
     if bound is not None and pred is not None and pred > bound:
+        idle = min(idle, lat + cluster.overhead_floor_ms)  # idle: the path's floor, not its figure under load
         if idle > bound:
             raise NoVariantError(
                 f"variant {info.name} cannot meet latency ≤ {_fmt_ms(bound)} ms: it takes {_fmt_ms(idle)} ms end to "

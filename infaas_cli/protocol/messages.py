@@ -132,6 +132,52 @@ class StatusReplyBody(Body):
     workers: list[dict[str, Any]]
 
 
+
+# -- client <-> master: the catalog, and loads a client asks for (the gateway's OIP metadata and repository) -
+
+class CatalogBody(Body):
+    """Ask for the catalog as clients see it: models, their variants and signatures, where variants are loaded."""
+
+    model: Name | None = None
+
+
+class CatalogVariant(Body):
+    """One variant in a `catalog_reply`."""
+
+    name: Name
+    recipe: Name
+    backend: Name
+    hardware: Name
+    threads: Annotated[int, Meta(ge=1, le=1024)]
+    max_batch: Annotated[int, Meta(ge=1, le=65536)]
+    accuracy: Annotated[float, Meta(ge=0, le=1)] | None = None
+    latency_ms: NonNegative | None = None
+    loaded_on: Annotated[list[Name], Meta(max_length=4096)] = []
+    loading_on: Annotated[list[Name], Meta(max_length=4096)] = []
+
+
+class CatalogModel(Body):
+    """One model in a `catalog_reply`, with its input and output signature and its variants."""
+
+    name: Name
+    task: Annotated[str, Meta(max_length=MAX_NAME)]
+    dataset: Annotated[str, Meta(max_length=MAX_NAME)]
+    inputs: Annotated[list[TensorSpec], Meta(max_length=MAX_TENSORS)]
+    outputs: Annotated[list[TensorSpec], Meta(max_length=MAX_TENSORS)]
+    batch_dim: Literal["dynamic", "fixed", "none"]
+    max_batch: Annotated[int, Meta(ge=1, le=65536)]
+    accuracy: Annotated[float, Meta(ge=0, le=1)] | None = None
+    variants: Annotated[list[CatalogVariant], Meta(max_length=MAX_ENTRIES)] = []
+
+
+class CatalogReplyBody(Body):
+    models: Annotated[list[CatalogModel], Meta(max_length=MAX_ENTRIES)]
+    workers_alive: Count
+
+
+class PreloadBody(Body):
+    variant: Name
+
 # -- master <-> worker -------------------------------------------------------------------------------
 
 class Hardware(Body):
@@ -176,6 +222,7 @@ class WorkerMetrics(Body):
     free_cores: Annotated[int, Meta(ge=-4096, le=4096)]
     cpu_percent: NonNegative = 0.0
     process_cpu_percent: NonNegative = 0.0
+    process_rss_bytes: Count = 0
     memory_total_bytes: Count = 0
     free_memory_bytes: Count = 0
     variants: Annotated[dict[Name, VariantMetrics], Meta(max_length=4096)] = {}
@@ -339,16 +386,18 @@ BODIES: dict[str, type[Body]] = {
     "unload": UnloadBody, "loaded": LoadedBody, "infer": InferBody, "result": ResultBody, "fetch": FetchBody,
     "reprofile": ReprofileBody, "reprofiled": ReprofiledBody,
     "changes": ChangesBody, "artifact_chunk": ArtifactChunkBody, "ack": AckBody, "error": ErrorBody,
+    "catalog": CatalogBody, "catalog_reply": CatalogReplyBody, "preload": PreloadBody,
 }
 
 DIRECTIONS: dict[str, str] = {
     "query": "client → master", "reply": "master → client", "status": "client → master",
     "status_reply": "master → client", "register": "worker → master", "registered": "master → worker",
-    "heartbeat": "worker → master", "load": "master → worker", "unload": "master → worker",
+    "heartbeat": "worker → master", "load": "master → worker", "unload": "master → worker, client → master",
     "loaded": "worker → master", "infer": "master → worker", "result": "worker → master", "fetch": "worker → master",
     "reprofile": "master → worker", "reprofiled": "worker → master",
     "changes": "CLI → master", "artifact_chunk": "CLI → master, master → worker", "ack": "master → CLI",
-    "error": "any → its peer",
+    "error": "any → its peer", "catalog": "client → master", "catalog_reply": "master → client",
+    "preload": "client → master",
 }
 
 DECODERS: dict[str, msgspec.msgpack.Decoder] = {t: msgspec.msgpack.Decoder(cls) for t, cls in BODIES.items()}

@@ -105,3 +105,14 @@ def test_worker_overheads_feed_a_snapshot():
     assert overhead_for(None, "w2", 1.0) == 1.0
     with pytest.raises(InfaasError):
         WorkerOverheads(window=0)
+
+
+def test_the_floor_is_the_least_recent_overhead_or_the_prior():
+    from infaas_cli.policy.latency import PRIOR_OVERHEAD_MS, WorkerOverheads
+
+    o = WorkerOverheads(window=4)
+    assert o.floor_ms() == PRIOR_OVERHEAD_MS
+    for e2e in (5.0, 1.3, 9.0):
+        o.add("w1", e2e, 1.0)
+    o.add("w2", 3.0, 1.0)
+    assert o.floor_ms() == pytest.approx(0.3)

@@ -704,3 +704,18 @@ def test_the_vectorised_prediction_is_the_exact_figure_of_the_chosen_worker():
             exact = select(Query(kind="variant", variant=info.name), idx, snap)
             assert vectorised[i] == pytest.approx(exact.predicted_latency_ms), info.name
             assert group.overhead_at(i) == snap.overhead_of(exact.worker_id)
+
+
+def test_a_busy_paths_overhead_makes_replies_late_not_the_slo_impossible():
+    # Under load the learned overhead (a p90) holds queueing before the worker's clock: 14 ms here, while
+    # the path adds 0.4 ms when nothing waits. A 10 ms SLO is then "busy now", not out of reach.
+    idx = index(vi("m/a", {1: 0.5}))
+    snap = ClusterSnapshot((worker("w1", {"m/a": 0}),), overhead_ms={"w1": 14.0}, overhead_floor_ms=0.4)
+    d = select(task_query(latency_ms=10), idx, snap)
+    assert (d.variant, d.slo_met_predicted, d.predicted_latency_ms) == ("m/a", False, 14.5)
+    with pytest.raises(OverloadedError):
+        select(task_query(latency_ms=10, slo_mode="strict"), idx, snap)
+    assert not select(Query(kind="variant", variant="m/a", latency_ms=10), idx, snap).slo_met_predicted
+    # Out of reach even with the floor: no_variant, with the figure under today's load.
+    with pytest.raises(NoVariantError):
+        select(task_query(latency_ms=0.5), idx, snap)

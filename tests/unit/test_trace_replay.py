@@ -11,8 +11,8 @@ from infaas_cli.client import MasterUnreachableError, QueryFailed, QueryResult
 from infaas_cli.errors import InfaasError
 from infaas_cli.experiments.replay import (IN_FLIGHT_CAP, NOT_ANSWERED, CostMeter, held_resources, replay)
 from infaas_cli.policy.selection import PriceTable
-from infaas_cli.experiments.trace import (Arrival, QueryClass, TraceConfig, burst_windows, default_classes, generate_trace,
-                              offered_load_series, rate_at)
+from infaas_cli.experiments.trace import (Arrival, QueryClass, TraceConfig, burst_windows, default_classes,
+                                          generate_trace, offered_load_series, rate_at)
 from support import FakeClock
 
 pytestmark = pytest.mark.timeout(60)
@@ -333,7 +333,8 @@ def test_comparison_against_the_targets():
     c = compare(rows)
     assert c["violations_fixed_autoscale_over_infaas"] == pytest.approx(5.0) and c["violations_target_met"]
     assert c["violations_infaas_at_most_fixed_peak"] and c["cost_vs_fixed_peak_target_met"]
-    assert c["cost_infaas_over_fixed_autoscale"] == pytest.approx(1 / 1.4) and not c["cost_vs_fixed_autoscale_target_met"]
+    assert c["cost_infaas_over_fixed_autoscale"] == pytest.approx(1 / 1.4)
+    assert not c["cost_vs_fixed_autoscale_target_met"]
     assert compare({"infaas": rows["infaas"]}) == {}
 
 
@@ -366,4 +367,11 @@ def test_capacity_search_grows_then_bisects():
     assert next_rate([], [100.0, 50.0, 25.0, 12.5, 6.25], cfg) is None
     # Every rate passes up to the ceiling: the search stops there.
     assert next_rate([800.0], [], cfg) is None
+
+
+def test_the_default_mix_differs_in_tasks_accuracy_and_latency():
+    mix = default_classes()
+    assert len(mix) >= 4 and len({c.task for c in mix}) >= 2
+    assert len({c.latency_ms for c in mix}) >= 3 and len({c.min_accuracy for c in mix}) >= 3
+    assert len({c.name for c in mix}) == len(mix)
 
