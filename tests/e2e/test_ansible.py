@@ -78,6 +78,10 @@ all:
     infaas_master_bind: 127.0.0.1
     infaas_master_client_port: {client_port}
     infaas_master_worker_port: {worker_port}
+    infaas_master_metrics_port: 0
+    infaas_gateway_bind: 127.0.0.1
+    infaas_gateway_http_port: 0
+    infaas_gateway_grpc_port: 0
   children:
     infaas_master: {{hosts: {{localhost: {{}}}}}}
     infaas_worker: {{hosts: {{localhost: {{}}}}}}

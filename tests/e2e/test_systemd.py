@@ -35,7 +35,7 @@ def _install(tmp_path: Path) -> list[str]:
 
 
 def test_units_exist():
-    assert {u.name for u in UNITS} == {"infaas-master.service", "infaas-worker@.service"}
+    assert {u.name for u in UNITS} == {"infaas-master.service", "infaas-worker@.service", "infaas-gateway.service"}
 
 
 def test_units_verify_without_any_output(tmp_path):
@@ -56,7 +56,7 @@ def test_hardening_is_in_place():
 def test_units_start_the_daemons_from_the_config_file():
     for unit in UNITS:
         exec_start = next(line for line in unit.read_text().splitlines() if line.startswith("ExecStart="))
-        role = "master" if "master" in unit.name else "worker"
+        role = next(r for r in ("master", "gateway", "worker") if r in unit.name)
         assert f"/bin/infaas --config /etc/infaas/infaas.toml {role}" in exec_start, exec_start
         assert "--policy" not in exec_start and "--client-endpoint" not in exec_start  # those live in the file
 

@@ -65,12 +65,22 @@ SAMPLES = {
     "artifact_chunk": {"sha256": SHA, "offset": 0, "data": b"\x00\x01", "total_bytes": 2},
     "ack": {"last_seq": 3, "applied": 2, "missing_artifacts": [SHA]},
     "error": {"code": "no_variant", "reason": "nothing meets 1 ms", "best_latency_ms": 3.1, "best_accuracy": 0.99},
+    "catalog": {"model": "digits-cnn"},
+    "catalog_reply": {"workers_alive": 1, "models": [{
+        "name": "digits-cnn", "task": "digit-classification", "dataset": "digits", "inputs": SPEC["inputs"],
+        "outputs": [{"name": "label", "type": "tensor(int64)", "dtype": "int64", "shape": ["N"]}],
+        "batch_dim": "dynamic", "max_batch": 64, "accuracy": 0.98,
+        "variants": [{"name": "digits-cnn/ort-cpu-fp32-t1", "recipe": "fp32", "backend": "ort-cpu",
+                      "hardware": "cpu", "threads": 1, "max_batch": 64, "accuracy": 0.98, "latency_ms": 0.42,
+                      "loaded_on": ["w1"], "loading_on": ["w2"]}]}]},
+    "preload": {"variant": "digits-cnn/ort-cpu-fp32-t1"},
 }
 
 #: Structures nested in bodies, each with its own table in the doc.
 NESTED = {"Tensor": m.Tensor, "Output": m.Output, "Hardware": m.Hardware, "WorkerMetrics": m.WorkerMetrics,
           "VariantMetrics": m.VariantMetrics, "VariantSpec": m.VariantSpec, "TensorSpec": m.TensorSpec,
-          "ChangeEntry": m.ChangeEntry, "BatchLatency": m.BatchLatency}
+          "ChangeEntry": m.ChangeEntry, "BatchLatency": m.BatchLatency, "CatalogModel": m.CatalogModel,
+          "CatalogVariant": m.CatalogVariant}
 
 
 def sample(type_: str) -> dict:

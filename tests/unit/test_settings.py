@@ -184,7 +184,7 @@ def test_the_example_file_uncommented_is_valid(layout, tmp_path):
 
 
 def test_sections_are_the_documented_ones():
-    assert list(SECTIONS) == ["master", "worker", "autoscale", "cluster", "security", "client", "drift"]
+    assert list(SECTIONS) == ["master", "worker", "autoscale", "cluster", "security", "client", "drift", "gateway"]
     assert SECTIONS["autoscale"] is AutoscaleConfig
     cluster_policy_fields = {f.name for f in dataclasses.fields(ClusterAutoscaleConfig)}
     assert cluster_policy_fields <= set(section_keys("cluster"))
