@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -595,3 +596,23 @@ def _front_error(body: m.ErrorBody) -> FrontError:
             message = f"{message} ({'; '.join(best)})"
     return FrontError(body.code, message, best_latency_ms=body.best_latency_ms, best_accuracy=body.best_accuracy,
                       predicted_latency_ms=body.predicted_latency_ms)
+
+
+def decode_bytes(raw: bytes, count: int, name: str) -> np.ndarray:
+    """Triton's BYTES serialisation (REST binary data and gRPC raw contents): each element a 4-byte
+    little-endian length, then its bytes. A malformed buffer is a `bad_request` naming the input."""
+    items, at = [], 0
+    while at < len(raw):
+        if at + 4 > len(raw):
+            raise FrontError("bad_request", f"input '{name}': BYTES data ends inside an element's length")
+        (n,) = struct.unpack_from("<I", raw, at)
+        at += 4
+        if at + n > len(raw):
+            raise FrontError("bad_request", f"input '{name}': a BYTES element runs past the end of the data")
+        items.append(raw[at:at + n])
+        at += n
+    if len(items) != count:
+        raise FrontError("bad_request", f"input '{name}': {len(items)} BYTES elements for a shape of {count}")
+    arr = np.empty(count, dtype=object)
+    arr[:] = items
+    return arr

@@ -104,26 +104,6 @@ def _shape(tensor) -> tuple[int, ...]:
     return shape
 
 
-def _decode_bytes(raw: bytes, count: int, name: str) -> np.ndarray:
-    """Triton's BYTES serialisation: each element a 4-byte little-endian length, then its bytes."""
-    items: list[bytes] = []
-    offset = 0
-    while offset < len(raw):
-        if offset + 4 > len(raw):
-            raise _BadRequest(f"input {name!r}: BYTES contents end inside a length prefix")
-        (length,) = struct.unpack_from("<I", raw, offset)
-        offset += 4
-        if offset + length > len(raw):
-            raise _BadRequest(f"input {name!r}: a BYTES element runs past the end of the contents")
-        items.append(raw[offset:offset + length])
-        offset += length
-    if len(items) != count:
-        raise _BadRequest(f"input {name!r}: {len(items)} BYTES elements for a shape of {count}")
-    arr = np.empty(count, dtype=object)
-    arr[:] = items
-    return arr
-
-
 def _bytes_of(item: Any) -> bytes:
     """One BYTES element: bytes as they are, text UTF-8, anything else (a ZipMap's dict) as JSON text."""
     if isinstance(item, bytes):
@@ -159,7 +139,7 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
         count = math.prod(shape)
         if datatype == "BYTES":
             if raw:
-                arr = _decode_bytes(raw[i], count, name)
+                arr = core.decode_bytes(raw[i], count, name)
             else:
                 arr = np.empty(len(tensor.contents.bytes_contents), dtype=object)
                 arr[:] = list(tensor.contents.bytes_contents)

@@ -155,25 +155,6 @@ def _shape_of(spec: dict[str, Any], name: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _decode_bytes(raw: bytes, count: int, name: str) -> np.ndarray:
-    """BYTES elements: each a 4-byte little-endian length, then that many bytes."""
-    items, at = [], 0
-    while at < len(raw):
-        if at + 4 > len(raw):
-            raise BadRequest(f"input '{name}': BYTES binary data ends inside an element's length")
-        (n,) = struct.unpack_from("<I", raw, at)
-        at += 4
-        if at + n > len(raw):
-            raise BadRequest(f"input '{name}': a BYTES element runs past the binary data")
-        items.append(raw[at:at + n])
-        at += n
-    if len(items) != count:
-        raise BadRequest(f"input '{name}': {len(items)} BYTES elements for {count}")
-    arr = np.empty(len(items), dtype=object)
-    arr[:] = items
-    return arr
-
-
 def _flatten(data: Any) -> list[Any]:
     if not isinstance(data, list):
         return [data]
@@ -221,7 +202,7 @@ def decode_inputs(header: dict[str, Any], binary: bytes) -> dict[str, np.ndarray
             raw = binary[offset:offset + size]
             offset += size
             if dtype == object:
-                arr = _decode_bytes(raw, count, name)
+                arr = core.decode_bytes(raw, count, name)
             else:
                 if size != count * dtype.itemsize:
                     raise BadRequest(f"input '{name}': {size} bytes of binary data for shape {list(shape)} of "
