@@ -11,11 +11,12 @@ Two measurements per path: one in flight (latency p50/p95/p99 over N requests af
 flight (throughput over N requests). Eight in flight is driven two ways per path and the best is reported
 (both are in the JSON): native — one Client with a window of 8 `submit`/`gather`, or 8 threads with a
 Client each; tritonclient — its async API (gevent greenlets for HTTP, gRPC futures for gRPC) with 8
-outstanding, or 8 threads with a client each. The paths alternate in rounds (the order rotating every
+outstanding, or 8 threads with a client each. The paths alternate in rounds (the order shuffled, seeded, every
 round) so drift on a shared machine hits each alike. Ratios against native: c1 p50 (target ≤ 1.3) and c8
 throughput (target ≥ 0.8).
 
-    python benchmarks/front_door.py [--requests 2000] [--rounds 5] [--seed 0] [--json benchmarks/results/front_door.json]
+    python benchmarks/front_door.py [--requests 2000] [--rounds 5] [--seed 0] \
+                                    [--json benchmarks/results/front_door.json]
 """
 
 from __future__ import annotations
@@ -201,36 +202,43 @@ def c1_latencies(path, n: int) -> list[float]:
 
 
 def c8_threads(path, n: int) -> float:
-    """IN_FLIGHT threads, each with its own client, blocking calls, n requests in all."""
-    clients = [path.thread_client() for _ in range(IN_FLIGHT)]
-    for call, _ in clients:  # connect and warm each client
-        call()
+    """IN_FLIGHT threads, each with its own client (made in its thread: gevent's sockets stay in the thread
+    that made them), blocking calls, n requests in all."""
     counter = iter(range(n))
     lock = threading.Lock()
     errors: list[BaseException] = []
     start = threading.Barrier(IN_FLIGHT + 1)
+    finish = threading.Barrier(IN_FLIGHT + 1)
 
-    def run(call):
+    def run():
+        call = close = None
+        try:
+            call, close = path.thread_client()
+            call()  # connect and warm
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
         start.wait()
         try:
-            while True:
+            while call is not None:
                 with lock:
                     if next(counter, None) is None:
-                        return
+                        break
                 call()
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
+        finish.wait()
+        if close is not None:
+            close()
 
-    threads = [threading.Thread(target=run, args=(call,), daemon=True) for call, _ in clients]
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(IN_FLIGHT)]
     for t in threads:
         t.start()
     start.wait()
     t0 = time.perf_counter()
+    finish.wait()
+    qps = n / (time.perf_counter() - t0)
     for t in threads:
         t.join()
-    qps = n / (time.perf_counter() - t0)
-    for _, close in clients:
-        close()
     if errors:
         raise errors[0]
     return qps
@@ -396,8 +404,9 @@ def print_table(result: dict) -> None:
     print(f"{'path':<8} {'c1 p50':>8} {'c1 p95':>8} {'c1 p99':>8}   {'c8 q/s':>7} {'(mode)':<11} "
           f"{'async':>7} {'threads':>7}")
     for name, r in result["paths"].items():
+        modes = r["c8_qps_by_mode"]
         print(f"{name:<8} {r['c1_p50_ms']:8.3f} {r['c1_p95_ms']:8.3f} {r['c1_p99_ms']:8.3f}   {r['c8_qps']:7.0f} "
-              f"({r['c8_mode'][3:]:<9}) {r['c8_qps_by_mode']['c8_async']:7.0f} {r['c8_qps_by_mode']['c8_threads']:7.0f}")
+              f"({r['c8_mode'][3:]:<9}) {modes['c8_async']:7.0f} {modes['c8_threads']:7.0f}")
     for name, r in result["ratios"].items():
         print(f"{name} vs native: c1 p50 {r['c1_p50']:.2f}× (target ≤ {TARGET_C1_P50}: "
               f"{'met' if r['c1_p50_target_met'] else 'MISSED'}), c8 throughput {r['c8_qps']:.2f}× "

@@ -1,8 +1,8 @@
 """The gateway's protocol-independent front: what the REST and the gRPC servers both call.
 
-`Front` holds one `zmq.asyncio` DEALER to the master's client endpoint (CurveZMQ when the settings
-name client keys), many requests in flight on it, replies matched by request id. It maps the Open
-Inference Protocol's words onto infaas's:
+`Front` holds one ZeroMQ DEALER to the master's client endpoint, read from the event loop's selector
+(CurveZMQ when the settings name client keys), many requests in flight on it, replies matched by
+request id. It maps the Open Inference Protocol's words onto infaas's:
 
 * a model name that is an infaas model is a ``kind=model`` query (the SLO picks the variant);
 * a model name plus a version is a ``kind=variant`` query; the version is the variant's name without
@@ -28,7 +28,6 @@ from typing import Any
 import msgspec
 import numpy as np
 import zmq
-import zmq.asyncio
 
 from infaas_cli import __version__ as INFAAS_VERSION
 from infaas_cli import protocol
@@ -200,12 +199,15 @@ class Front:
         self.timeout_s = timeout_s
         self.load_timeout_s = load_timeout_s
         self.curve_keys = curve_keys
-        self._ctx: zmq.asyncio.Context | None = None
-        self._sock: zmq.asyncio.Socket | None = None
-        self._reader: asyncio.Task | None = None
+        self._ctx: zmq.Context | None = None
+        self._sock: zmq.Socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fd: int | None = None
         self._waiting: dict[str, asyncio.Future] = {}
         self._catalog: dict[str, Any] | None = None
         self._catalog_at = 0.0
+        self._targets: dict[tuple[str, str | None], Target] = {}  # resolutions in self._catalog
+        self._targets_of: dict[str, Any] | None = None  # the catalog self._targets were found in
         self._catalog_lock: asyncio.Lock | None = None
         self._started = False
 
@@ -226,7 +228,9 @@ class Front:
             return
         from infaas_cli.security import make_client
 
-        self._ctx = zmq.asyncio.Context()
+        # A plain socket read from the event loop's own selector (add_reader on its FD) rather than
+        # zmq.asyncio: one request costs ~0.1 ms less on its round trip to the master.
+        self._ctx = zmq.Context()
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)
@@ -237,17 +241,19 @@ class Front:
         sock.connect(self.endpoint)
         self._sock = sock
         self._catalog_lock = asyncio.Lock()
-        self._reader = asyncio.get_running_loop().create_task(self._read(), name="gateway-reader")
+        self._loop = asyncio.get_running_loop()
+        self._fd = sock.getsockopt(zmq.FD)
+        self._loop.add_reader(self._fd, self._drain)
         self._started = True
 
     async def close(self) -> None:
         if not self._started:
             return
         self._started = False
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
+        if self._loop is not None and self._fd is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._fd)
+            self._fd = None
         for fut in self._waiting.values():
             if not fut.done():
                 fut.set_exception(FrontError("unavailable", "the gateway is shutting down"))
@@ -257,9 +263,23 @@ class Front:
         if self._ctx is not None:
             self._ctx.term()
 
-    async def _read(self) -> None:
-        while self._sock is not None:
-            frame = await self._sock.recv()
+    def _drain(self) -> None:
+        """Read every frame waiting on the socket and resolve its request's future.
+
+        The socket's FD is edge-triggered: it signals once for whatever arrived, so this reads until
+        zmq.EVENTS says nothing is left (and `_request` calls it after a send that may have swallowed
+        the edge)."""
+        sock = self._sock
+        while sock is not None and not sock.closed:
+            try:
+                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    return
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as exc:
+                log.warning("reading from the master failed: %s", exc)
+                return
             try:
                 msg = protocol.decode(frame)
             except protocol.ProtocolError as exc:
@@ -283,16 +303,29 @@ class Front:
             frame = protocol.encode(msg)
         except protocol.ProtocolError as exc:
             raise FrontError(exc.code, exc.reason) from None
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        fut: asyncio.Future = loop.create_future()
         self._waiting[msg.id] = fut
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        # A timer rather than asyncio.wait_for: the same deadline without a wrapper future per request.
+        timer = loop.call_later(timeout_s, _expire, fut)
         try:
-            await self._sock.send(frame)
-            reply = await asyncio.wait_for(fut, timeout_s)
+            while True:  # SNDHWM 0: a send only waits when no pipe to the master exists yet
+                try:
+                    self._sock.send(frame, zmq.NOBLOCK)
+                    break
+                except zmq.Again:
+                    if fut.done():
+                        break
+                    await asyncio.sleep(0.005)
+            if self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                loop.call_soon(self._drain)  # the send may have taken the FD's edge: read what waits
+            reply = await fut
         except asyncio.TimeoutError:
             raise FrontError("unavailable", f"no answer from the master at {self.endpoint} within {timeout_s:g} s; "
                                             "is it running?") from None
         finally:
+            timer.cancel()
             self._waiting.pop(msg.id, None)
         if reply.type == "error":
             raise _front_error(reply.body)
@@ -337,7 +370,13 @@ class Front:
         """The query target an OIP model name (and version) addresses; 404 when there is none."""
         for fresh in (False, True):  # a name not known yet may have just been pushed
             catalog = await self.catalog(fresh=fresh)
-            target = self._resolve_in(catalog, name, version)
+            if self._targets_of is not catalog:  # a new catalog reading: resolve afresh
+                self._targets, self._targets_of = {}, catalog
+            target = self._targets.get((name, version))
+            if target is None:
+                target = self._resolve_in(catalog, name, version)
+                if target is not None:
+                    self._targets[(name, version)] = target
             if target is not None:
                 return target
         if "@" in name:
@@ -526,6 +565,11 @@ class Front:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(asyncio.TimeoutError())
+
 
 def _tensor_meta(spec: dict[str, Any]) -> dict[str, Any]:
     return {"name": spec["name"], "datatype": spec_datatype(spec), "shape": spec_shape(spec)}

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from infaas_cli.cli import hosts as _hosts  # noqa: F401  (registers `infaas cluster host`, the local scale commands)
 from infaas_cli.cli.app import _state, app, command, err, fmt, out, print_json
 from infaas_cli.errors import InfaasError
 

@@ -14,7 +14,7 @@ from infaas_cli.errors import InfaasError
 
 # Options that override a config key: None means "not given", so the config files and env keep precedence.
 HeartbeatOpt = Annotated[Optional[float], typer.Option(help="Worker heartbeat interval in seconds; 3 missed = dead (master.heartbeat_interval_s).")]
-PolicyOpt = Annotated[Optional[str], typer.Option(help="infaas (full system), static or replicate (fixed-variant baselines) (master.policy).")]
+PolicyOpt = Annotated[Optional[str], typer.Option(help="infaas (the full system), fixed-peak or fixed-autoscale (fixed-variant baselines; static and replicate are their former names) (master.policy).")]
 WindowOpt = Annotated[Optional[float], typer.Option(help="Pressure must last this long before scaling up (autoscale.window_s).")]
 HoldOpt = Annotated[Optional[float], typer.Option(help="Low load must last this long before scaling down, > window (autoscale.hold_s).")]
 CooldownOpt = Annotated[Optional[float], typer.Option(help="Back-off after an action on a variant (autoscale.cooldown_s).")]

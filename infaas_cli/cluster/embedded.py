@@ -236,4 +236,7 @@ def down(home: str | Path | None = None) -> list[int]:
     cluster_file(home).unlink(missing_ok=True)
     endpoints_file(home).unlink(missing_ok=True)
     gateway_endpoints_file(home).unlink(missing_ok=True)
+    from infaas_cli.cluster import hosts  # the worker hosts the autoscaler started (`infaas cluster host start`)
+
+    pids += [h["pid"] for h in hosts.stop_all(home)]
     return pids

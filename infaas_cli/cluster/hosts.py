@@ -33,6 +33,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from infaas_cli.cluster.embedded import _alive
 from infaas_cli.config import infaas_home
 from infaas_cli.errors import InfaasError
 
@@ -152,20 +153,6 @@ def _cores_for(index: int, n: int) -> set[int]:
     """Round robin: host `index` gets n consecutive cores of those this process may use."""
     available = sorted(os.sched_getaffinity(0))
     return {available[(index * n + k) % len(available)] for k in range(min(n, len(available)))}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
 
 
 # -- start / adopt / stop -----------------------------------------------------------------------------------

@@ -336,6 +336,9 @@ def test_comparison_against_the_targets():
     assert c["cost_infaas_over_fixed_autoscale"] == pytest.approx(1 / 1.4)
     assert not c["cost_vs_fixed_autoscale_target_met"]
     assert compare({"infaas": rows["infaas"]}) == {}
+    # infaas violated nothing: no ratio (JSON has no infinity), the target is met when the baseline did violate.
+    perfect = compare({**rows, "infaas": {"slo_violation_rate": 0.0, "cost_usd": 1.0}})
+    assert perfect["violations_fixed_autoscale_over_infaas"] is None and perfect["violations_target_met"]
 
 
 def test_results_never_overwrite_existing_files_silently(tmp_path):
