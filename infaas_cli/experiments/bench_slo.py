@@ -13,14 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infaas_cli.catalog.home import InfaasHome
 from infaas_cli.cluster import hosts
-from infaas_cli.config import infaas_home
 from infaas_cli.errors import InfaasError
 from infaas_cli.experiments.replay import replay
-from infaas_cli.experiments.testbed import (HostPlan, ScalingPlan, check_policies, inputs_for, policy_cluster,
-                                            prepare_zoo)
-from infaas_cli.experiments.trace import (QueryClass, TraceConfig, default_classes, generate_trace,
+from infaas_cli.experiments.testbed import HostPlan, ScalingPlan, inputs_for, policy_cluster, prepare_run
+from infaas_cli.experiments.trace import (QueryClass, TraceConfig, generate_trace,
                                           offered_load_series)
 from infaas_cli.policy.selection import load_prices
 
@@ -143,12 +140,8 @@ def run_bench(config: SloBenchConfig = SloBenchConfig(), home: Path | None = Non
               models: Sequence[str] | None = None,
               on_step: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Replay each seed's trace against each policy on fresh daemons; return (and write) the comparison."""
-    policies = check_policies(config.policies)
     paths = check_output(output_dir, "bench_slo", overwrite) if output_dir is not None else None
-    home = Path(home) if home else infaas_home() / "bench"
-    with InfaasHome(home) as h:
-        prepare_zoo(h, on_step, models)
-    classes = list(classes or default_classes())
+    policies, home, classes = prepare_run(config.policies, home, models, classes, on_step)
     usd_per_core_second = load_prices().usd_per_second("cpu", 1)
     runs, timelines = [], {}
     for seed in config.seeds:

@@ -17,13 +17,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from infaas_cli.catalog.home import InfaasHome
-from infaas_cli.config import infaas_home
 from infaas_cli.experiments.bench_slo import POLICY_ORDER, check_output
 from infaas_cli.experiments.replay import replay
-from infaas_cli.experiments.testbed import (HostPlan, ScalingPlan, check_policies, inputs_for, policy_cluster,
-                                            prepare_zoo)
-from infaas_cli.experiments.trace import QueryClass, TraceConfig, default_classes, generate_trace
+from infaas_cli.experiments.testbed import HostPlan, ScalingPlan, inputs_for, policy_cluster, prepare_run
+from infaas_cli.experiments.trace import QueryClass, TraceConfig, generate_trace
 
 #: infaas's capacity over fixed-peak's on the same hosts (the paper: 1.3× higher throughput).
 CAPACITY_TARGET = 1.3
@@ -101,12 +98,8 @@ def run_capacity(config: CapacityConfig = CapacityConfig(), home: Path | None = 
                  output_dir: Path | None = None, overwrite: bool = False,
                  classes: Sequence[QueryClass] | None = None, models: Sequence[str] | None = None,
                  on_step: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    policies = check_policies(config.policies)
     paths = check_output(output_dir, "bench_capacity", overwrite) if output_dir is not None else None
-    home = Path(home) if home else infaas_home() / "bench"
-    with InfaasHome(home) as h:
-        prepare_zoo(h, on_step, models)
-    classes = list(classes or default_classes())
+    policies, home, classes = prepare_run(config.policies, home, models, classes, on_step)
     plan = replace(config.host_plan, min_hosts=config.hosts, max_hosts=config.hosts)  # fixed hosts: no scaling
     results: dict[str, Any] = {}
     for policy in policies:

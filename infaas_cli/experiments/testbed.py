@@ -107,6 +107,22 @@ def inputs_for(classes: Sequence[QueryClass]) -> Callable[[int, int], dict[str, 
     return inputs_for_class
 
 
+def prepare_run(policies: Sequence[str], home: Path | None, models: Sequence[str] | None,
+                classes: Sequence[QueryClass] | None,
+                on_step: Callable[[str], None]) -> tuple[list[str], Path, list[QueryClass]]:
+    """What every experiment does first: check the policies, make sure the zoo (or its `models`) is
+    registered and profiled in `home` (default INFAAS_HOME/bench), pick the query classes."""
+    from infaas_cli.catalog.home import InfaasHome
+    from infaas_cli.config import infaas_home
+    from infaas_cli.experiments.trace import default_classes
+
+    checked = check_policies(policies)
+    home = Path(home) if home else infaas_home() / "bench"
+    with InfaasHome(home) as h:
+        prepare_zoo(h, on_step, models)
+    return checked, home, list(classes or default_classes())
+
+
 def check_policies(policies: Sequence[str]) -> list[str]:
     """The policies by their canonical names; unknown names refused with the known ones."""
     named = [canonical_policy(p) for p in policies]
