@@ -105,6 +105,9 @@ def session_options(threads: int, level: ort.GraphOptimizationLevel) -> ort.Sess
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = level
     opts.log_severity_level = 3
+    # A variant's thread budget is the CPU it uses: idle pool threads sleep instead of spinning, so
+    # sessions that share a host's cores (and a host's CPU quota) do not burn them waiting for work.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
