@@ -24,9 +24,11 @@ import numpy as np
 from infaas_cli.errors import ConfigError
 from infaas_cli.protocol.messages import MAX_FRAME_BYTES
 from infaas_daemons.gateway import core
-from infaas_daemons.gateway.proto import grpc_service_pb2 as pb
-from infaas_daemons.gateway.proto import grpc_service_pb2_grpc as pb_grpc
-from infaas_daemons.gateway.proto import model_config_pb2 as mc
+# Triton's published `inference.GRPCInferenceService` as compiled in the tritonclient package (PyPI): the
+# server speaks exactly the messages tritonclient.grpc sends, with no protoc step and no copy of the proto here.
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 log = logging.getLogger("infaas.gateway.grpc")
 
