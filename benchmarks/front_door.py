@@ -91,7 +91,23 @@ class Native:
         return (lambda: c.query(feeds, variant=VARIANT)), c.close
 
 
-class Rest:
+class _Triton:
+    """What the two tritonclient paths share: one request on the main client, and closing it."""
+
+    client: object
+    inputs: list
+    outputs: list
+    output_names: list[str]
+
+    def one(self):
+        r = self.client.infer(MODEL, self.inputs, model_version=VERSION, outputs=self.outputs)
+        return [r.as_numpy(o) for o in self.output_names]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class Rest(_Triton):
     name = "rest"
 
     def __init__(self, url: str, x: np.ndarray, outputs: list[str]) -> None:
@@ -106,13 +122,6 @@ class Rest:
         inp.set_data_from_numpy(self.x, binary_data=True)
         outs = [self.http.InferRequestedOutput(o, binary_data=True) for o in self.output_names]
         return [inp], outs
-
-    def one(self):
-        r = self.client.infer(MODEL, self.inputs, model_version=VERSION, outputs=self.outputs)
-        return [r.as_numpy(o) for o in self.output_names]
-
-    def close(self) -> None:
-        self.client.close()
 
     def c8_async(self, n: int) -> float:
         """tritonclient.http's async_infer (gevent greenlets, a pool of IN_FLIGHT connections), IN_FLIGHT
@@ -134,7 +143,7 @@ class Rest:
         return (lambda: c.infer(MODEL, inputs, model_version=VERSION, outputs=outputs)), c.close
 
 
-class Grpc:
+class Grpc(_Triton):
     name = "grpc"
 
     def __init__(self, url: str, x: np.ndarray, outputs: list[str]) -> None:
@@ -148,13 +157,6 @@ class Grpc:
         inp = self.g.InferInput("x", list(self.x.shape), "FP32")
         inp.set_data_from_numpy(self.x)
         return [inp], [self.g.InferRequestedOutput(o) for o in self.output_names]
-
-    def one(self):
-        r = self.client.infer(MODEL, self.inputs, model_version=VERSION, outputs=self.outputs)
-        return [r.as_numpy(o) for o in self.output_names]
-
-    def close(self) -> None:
-        self.client.close()
 
     def c8_async(self, n: int) -> float:
         """tritonclient.grpc's async_infer (gRPC futures on one channel, a callback per answer), refilled so
