@@ -35,11 +35,8 @@ def step(who: str, fn, *args) -> None:
 
 
 def send(sock: zmq.Socket, msg: protocol.Message, identity: bytes | None = None) -> None:
-    frame = protocol.encode(msg)
-    if identity is None:
-        sock.send(frame, zmq.NOBLOCK)
-    else:
-        sock.send_multipart([identity, frame], zmq.NOBLOCK)
+    frames = protocol.encode(msg)
+    sock.send_multipart(frames if identity is None else [identity, *frames], zmq.NOBLOCK, copy=False)
 
 
 def safe_send(sock: zmq.Socket, msg: protocol.Message, identity: bytes | None = None) -> bool:

@@ -286,10 +286,10 @@ class FakeWorker:
                 if sock.poll(timeout_ms, zmq.POLLIN):
                     for _ in range(1000):
                         try:
-                            frame = sock.recv(zmq.NOBLOCK)
+                            frames = sock.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        self._on_frame(frame)
+                        self._on_frame(frames)
         except BaseException as exc:  # surfaced by kill(): a fake must not die quietly
             self.error = exc
             raise
@@ -297,7 +297,7 @@ class FakeWorker:
             sock.close(linger=0)
 
     def _send(self, msg) -> None:
-        self._sock.send(self._protocol.encode(msg))
+        self._sock.send_multipart(self._protocol.encode(msg))
 
     def _register(self) -> None:
         m = self._m
@@ -380,7 +380,7 @@ class FakeWorker:
     def _answer(self, msg) -> None:
         protocol, body = self._protocol, msg.body
         batch = self._batch(body)
-        inputs = protocol.unpack_tensors(body.inputs)
+        inputs = protocol.unpack_tensors(body.inputs, msg.frames)
         if self.infer_fn is not None:
             outputs = self.infer_fn(body, inputs)
         elif body.variant in self.outputs:
@@ -393,9 +393,11 @@ class FakeWorker:
             v.queued = max(0, v.queued - batch)
             v.last_used = now
             v.done.append((now, batch, self.delay_s * 1e3))
+        data: list = []
         self._send(protocol.Message("result", self._m.ResultBody(
-            outputs=[protocol.pack_output(o) for o in outputs],
-            timing={"batch_size": float(batch), "run_ms": self.delay_s * 1e3, "queue_ms": 0.0}), id=msg.id))
+            outputs=[protocol.pack_output(o, data) for o in outputs],
+            timing={"batch_size": float(batch), "run_ms": self.delay_s * 1e3, "queue_ms": 0.0}), id=msg.id,
+            frames=data))
 
 
 @contextlib.contextmanager

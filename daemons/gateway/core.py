@@ -274,16 +274,16 @@ class Front:
             try:
                 if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     return
-                frame = sock.recv(zmq.NOBLOCK)
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:
                 log.warning("reading from the master failed: %s", exc)
                 return
             try:
-                msg = protocol.decode(frame)
+                msg = protocol.decode(frames)
             except protocol.ProtocolError as exc:
-                rid = protocol.peek_id(frame)
+                rid = protocol.peek_id(frames)
                 fut = self._waiting.pop(rid, None)
                 if fut is not None and not fut.done():
                     fut.set_exception(FrontError("internal", f"the master's answer cannot be read: {exc.reason}"))
@@ -294,13 +294,15 @@ class Front:
             if fut is not None and not fut.done():
                 fut.set_result(msg)
 
-    async def _request(self, type_: str, body: Any, timeout_s: float | None = None) -> protocol.Message:
-        """Send one request and await its answer; an `error` answer raises FrontError with its code."""
+    async def _request(self, type_: str, body: Any, timeout_s: float | None = None,
+                       frames: list | None = None) -> protocol.Message:
+        """Send one request (with its tensor data frames) and await its answer; an `error` answer raises
+        FrontError with its code."""
         if not self._started or self._sock is None:
             raise FrontError("unavailable", "the gateway's connection to the master is not open")
-        msg = protocol.Message(type_, body)
+        msg = protocol.Message(type_, body, frames=frames or [])
         try:
-            frame = protocol.encode(msg)
+            parts = protocol.encode(msg)
         except protocol.ProtocolError as exc:
             raise FrontError(exc.code, exc.reason) from None
         loop = self._loop
@@ -312,7 +314,7 @@ class Front:
         try:
             while True:  # SNDHWM 0: a send only waits when no pipe to the master exists yet
                 try:
-                    self._sock.send(frame, zmq.NOBLOCK)
+                    self._sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
                     break
                 except zmq.Again:
                     if fut.done():
@@ -461,19 +463,20 @@ class Front:
         slo = slo_from_parameters(parameters)
         catalog = await self.catalog()
         models = self._models_of(catalog, target)
-        feeds = self._check_inputs(name, models, inputs)
+        data: list = []
+        feeds = self._check_inputs(name, models, inputs, data)
         body = {"kind": target.kind, "variant": target.variant, "model": target.model if target.kind == "model" else None,
                 "task": target.task, "dataset": target.dataset, "inputs": feeds, **slo}
         try:
             query = protocol.body_of("query", body)
         except protocol.ProtocolError as exc:
             raise FrontError("bad_request", exc.reason) from None
-        reply = await self._request("query", query)
+        reply = await self._request("query", query, frames=data)
         b: m.ReplyBody = reply.body
         if reply.type != "reply":
             raise FrontError("internal", f"the master answered a query with {reply.type}")
         names = list(b.output_names) or [f"output_{i}" for i in range(len(b.outputs))]
-        outputs = [(n, protocol.unpack_output(o)) for n, o in zip(names, b.outputs)]
+        outputs = [(n, protocol.unpack_output(o, reply.frames)) for n, o in zip(names, b.outputs)]
         model = b.model or (target.model if target.model else "")
         params = {"variant": b.variant, "worker": b.worker, "slo_met": b.slo_met, "latency_ms": b.latency_ms,
                   "predicted_latency_ms": b.predicted_latency_ms, "needs_load": b.needs_load,
@@ -482,8 +485,9 @@ class Front:
                            parameters={k: v for k, v in params.items() if v is not None})
 
     def _check_inputs(self, name: str, models: list[dict[str, Any]],
-                      inputs: dict[str, np.ndarray]) -> dict[str, m.Tensor]:
-        """The inputs as wire tensors; BYTES (object) inputs to a numeric model are refused with the fix."""
+                      inputs: dict[str, np.ndarray], frames: list) -> dict[str, m.Tensor]:
+        """The inputs as wire tensor descriptors, their bytes appended to `frames`; BYTES (object) inputs to a
+        numeric model are refused with the fix."""
         if not inputs:
             raise FrontError("invalid_input", f"the request for '{name}' carries no inputs")
         specs = {s["name"]: s for mod in models for s in mod["inputs"]}
@@ -498,7 +502,7 @@ class Front:
             if arr.dtype.name not in m.DTYPES:
                 raise FrontError("invalid_input", f"input '{key}': datatype {arr.dtype} cannot be served")
             try:
-                out[key] = protocol.pack_tensor(arr)
+                out[key] = protocol.pack_tensor(arr, frames)
             except protocol.ProtocolError as exc:
                 raise FrontError("invalid_input", f"input '{key}': {exc.reason}") from None
         return out

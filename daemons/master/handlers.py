@@ -23,7 +23,6 @@ from infaas_cli.policy.baselines import pin_variant, query_class
 from infaas_cli.policy.placement import VariantNeed, place
 from infaas_cli.policy.selection import ClusterSnapshot, Query, select
 from infaas_cli.protocol import messages as m
-from infaas_cli.toolkit.modelio import check_query_inputs, coerce_query_inputs
 from infaas_daemons.common import log
 from infaas_daemons.master.state import PendingQuery, WorkerEntry, slo_class
 
@@ -40,6 +39,7 @@ class ClientHandlers:
     """query, status, changes and artifact_chunk from clients (and the CLI's replication)."""
 
     def _on_query(self, route: tuple[bytes, ...], msg: protocol.Message) -> None:
+        t0 = time.perf_counter_ns()  # the decision's clock: every lookup below counts
         b: m.QueryBody = msg.body
         if not b.inputs:
             raise protocol.ProtocolError("invalid_input", "the query carries no inputs")
@@ -48,14 +48,16 @@ class ClientHandlers:
                 len(self.pending) >= self.settings.max_pending:
             raise protocol.ProtocolError("overloaded", f"too many queries in flight ({self.ledger.load(identity)} "
                                          "from this client); read the replies, or send fewer at once")
+        signature = tuple(sorted((name, t.dtype, tuple(t.shape)) for name, t in b.inputs.items()))
         query = Query(kind=b.kind, variant=b.variant, model=b.model, task=b.task, dataset=b.dataset,
                       latency_ms=b.latency_ms, min_accuracy=b.min_accuracy, objective=b.objective or "cost",
-                      max_cost_usd=b.max_cost_usd, batch_size=self._batch_hint(b), slo_mode=b.slo_mode or "best_effort",
-                      inputs=tuple(sorted((name, t.dtype, tuple(t.shape)) for name, t in b.inputs.items())))
-        self._dispatch(route, msg.id, b.inputs, query, attempts=1, exclude=(), arrived=self.arrived)
+                      max_cost_usd=b.max_cost_usd, batch_size=self._batch_hint(b, signature),
+                      slo_mode=b.slo_mode or "best_effort", inputs=signature)
+        self._dispatch(route, msg.id, b.inputs, msg.frames, query, attempts=1, exclude=(), arrived=self.arrived,
+                       t0=t0)
 
-    def _batch_hint(self, b: m.QueryBody) -> int:
-        """The batch size selection plans for, after the inputs were checked against the candidate models."""
+    def _batch_hint(self, b: m.QueryBody, signature: tuple) -> int:
+        """The batch size selection plans for: the first candidate model that takes the inputs says it."""
         index = self.catalog.index()
         if b.kind == "variant":
             info = index.infos.get(b.variant or "")
@@ -63,33 +65,30 @@ class ClientHandlers:
         elif b.kind == "model":
             names = [b.model] if b.model else []
         else:
-            names = sorted(n for n, pair in index.models.items() if pair == (b.task, b.dataset))
-        feeds = protocol.unpack_tensors(b.inputs)
+            names = self.catalog.task_models(b.task, b.dataset)
         first_error: InfaasError | None = None
         for name in names:
             try:
-                model = self.catalog.model(name)
+                return self.catalog.check_inputs(name, signature)
+            except InvalidInputError as exc:
+                first_error = first_error or exc
             except InfaasError:
                 continue
-            coerced, _ = coerce_query_inputs(feeds, model.input_specs())
-            try:
-                return check_query_inputs(coerced, model.input_specs(), model.batch_dim, model.max_batch)
-            except InfaasError as exc:
-                first_error = first_error or InvalidInputError(f"{name}: {exc}")
         if first_error is not None:
             raise first_error
-        first = next(iter(feeds.values()))
-        return int(first.shape[0]) if first.ndim else 1
+        _, _, shape = signature[0]
+        return int(shape[0]) if shape else 1
 
-    def _dispatch(self, route: tuple[bytes, ...], client_id: str, inputs: dict[str, m.Tensor], query: Query,
-                  attempts: int, exclude: tuple[str, ...], arrived: float) -> None:
+    def _dispatch(self, route: tuple[bytes, ...], client_id: str, inputs: dict[str, m.Tensor], frames: list,
+                  query: Query, attempts: int, exclude: tuple[str, ...], arrived: float,
+                  t0: int | None = None) -> None:
+        t0 = time.perf_counter_ns() if t0 is None else t0
         index = self.catalog.index()
         snapshot = self.snapshot()
         if exclude:
             snapshot = ClusterSnapshot(tuple(w for w in snapshot.workers if w.worker_id not in exclude),
                                        overhead_ms=self.overheads.snapshot(),
                                        overhead_floor_ms=self.overheads.floor_ms())
-        t0 = time.perf_counter_ns()
         if self.policy == "infaas" or query.kind == "variant":
             decision = select(query, index, snapshot)
         else:  # a baseline: the class's fixed variant, placed like a by-name query
@@ -100,6 +99,10 @@ class ClientHandlers:
                 if self.policy == "fixed-peak":
                     self._provision_static(pinned)
             decision = select(Query("variant", variant=pinned, batch_size=query.batch_size), index, snapshot)
+        try:
+            batch = self.catalog.check_inputs(decision.model, query.inputs)
+        except InfaasError as exc:
+            raise protocol.ProtocolError("invalid_input", str(exc)) from None
         decision_us = (time.perf_counter_ns() - t0) / 1e3
         if query.kind == "variant":  # named by its client: autoscaling may replicate it, never switch it away
             self.named_variants[decision.variant] = time.monotonic()
@@ -112,24 +115,21 @@ class ClientHandlers:
         self.metrics.on_decision(decision_us / 1e6, index)
         spec = self.catalog.variant_spec(decision.variant)
         model = self.catalog.model(decision.model)
-        feeds, changed = coerce_query_inputs(protocol.unpack_tensors(inputs), model.input_specs())
-        try:
-            batch = check_query_inputs(feeds, model.input_specs(), model.batch_dim, model.max_batch)
-        except InfaasError as exc:
-            raise protocol.ProtocolError("invalid_input", f"{decision.model}: {exc}") from None
-        if changed:
-            inputs = protocol.pack_tensors(feeds)
+        if len(inputs) == 1 and "" in inputs and len(spec.inputs) == 1:  # a .npy query: the model names it
+            inputs = {spec.inputs[0].name: inputs[""]}
         worker = self.workers[decision.worker_id]
         internal_id = uuid.uuid4().hex
+        # The data frames go on untouched: the worker views them as its inputs (and casts what needs a cast).
         infer = protocol.Message("infer", m.InferBody(variant=decision.variant, inputs=inputs, spec=spec,
-                                                      deadline_ms=query.latency_ms), id=internal_id)
+                                                      deadline_ms=query.latency_ms), id=internal_id, frames=frames)
         if not self._send_worker(worker.identity, infer):
             if attempts < self.settings.max_attempts:  # another worker may take it
-                self._dispatch(route, client_id, inputs, query, attempts + 1, exclude + (worker.worker_id,), arrived)
+                self._dispatch(route, client_id, inputs, frames, query, attempts + 1, exclude + (worker.worker_id,),
+                               arrived)
                 return
             raise protocol.ProtocolError("unavailable", f"worker {worker.worker_id} cannot be reached")
-        self.pending[internal_id] = PendingQuery(route, client_id, inputs, query, decision.variant, worker.worker_id,
-                                                 batch, decision_us, time.monotonic(), decision.needs_load, attempts,
+        self.pending[internal_id] = PendingQuery(route, client_id, inputs, frames, query, decision.variant,
+                                                 worker.worker_id, batch, decision_us, time.monotonic(), decision.needs_load, attempts,
                                                  [o["name"] for o in model.outputs], arrived,
                                                  decision.predicted_latency_ms, decision.model)
         self.ledger.started(route[0])
@@ -383,7 +383,7 @@ class WorkerHandlers:
             outputs=msg.body.outputs, variant=p.variant, worker=p.worker_id, decision_us=p.decision_us,
             timing=timing, needs_load=p.needs_load, attempts=p.attempts, output_names=p.output_names,
             latency_ms=latency_ms, predicted_latency_ms=p.predicted_latency_ms, slo_met=slo_met, model=p.model or None),
-            id=p.client_request_id)
+            id=p.client_request_id, frames=msg.frames)  # the output frames go on untouched
         self.queries_served += 1
         self._reply(p.route, reply)
 

@@ -251,7 +251,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         door = self._client_door if sock is self.clients else self._worker_door
         for _ in range(DRAIN_BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)  # tensor frames are forwarded, never copied
             except zmq.Again:
                 return
             self._step(door, frames)
@@ -260,15 +260,15 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
     def _reply(self, route: tuple[bytes, ...], msg: protocol.Message) -> None:
         """Send to a client; a reply its socket cannot take now waits, in order, in its outbox."""
         try:
-            frame = protocol.encode(msg)
+            frames = [*route, *protocol.encode(msg)]
         except protocol.ProtocolError as exc:  # our own bug: still answer the request
             log.error("cannot encode %s %s: %s", msg.type, msg.id, exc.reason)
-            frame = protocol.encode(protocol.error("internal", "the reply could not be encoded (logged)", msg.id))
-        frames = [*route, frame]
+            frames = [*route, *protocol.encode(protocol.error("internal", "the reply could not be encoded (logged)",
+                                                              msg.id))]
         box = self.ledger.outbox.get(route[0])
         if box is None:
             try:
-                self.clients.send_multipart(frames, zmq.NOBLOCK)
+                self.clients.send_multipart(frames, zmq.NOBLOCK, copy=False)
                 return
             except zmq.Again:
                 box = self.ledger.outbox[route[0]] = collections.deque()
@@ -291,7 +291,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
             box = self.ledger.outbox[identity]
             while box:
                 try:
-                    self.clients.send_multipart(box[0], zmq.NOBLOCK)
+                    self.clients.send_multipart(box[0], zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
                 except zmq.ZMQError:  # the client left: its waiting replies have no reader
@@ -306,7 +306,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
     def _send_worker(self, identity: bytes, msg: protocol.Message) -> bool:
         """Send to a worker; False when its pipe is full or it is gone (then it is dead at once)."""
         try:
-            self.workers_sock.send_multipart([identity, protocol.encode(msg)], zmq.NOBLOCK)
+            self.workers_sock.send_multipart([identity, *protocol.encode(msg)], zmq.NOBLOCK, copy=False)
             return True
         except zmq.Again:
             log.warning("worker %r cannot take %s %s now (its queue is full)", identity[:32], msg.type, msg.id)
@@ -323,13 +323,16 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         """Exactly one reply per client frame: a result later, or an error now."""
         if len(frames) < 2:
             return  # ROUTER always prefixes the identity; nothing here to answer
-        route, frame = tuple(frames[:-1]), frames[-1]
         self.arrived = time.monotonic()  # the SLO clock of a query starts at the door
+        # The route: the identity ROUTER prefixed, and the empty delimiter a REQ client adds (an envelope is
+        # never empty); the message: the envelope, then its tensor data frames.
+        cut = 2 if len(frames) > 2 and not len(frames[1]) else 1
+        route, message = tuple(f.bytes for f in frames[:cut]), frames[cut:]
         try:
-            msg = protocol.decode(frame)
+            msg = protocol.decode(message)
         except protocol.ProtocolError as exc:
             self.metrics.on_error(exc.code)  # unreadable: perhaps a query; its model is unknown
-            self._refuse(route, exc.code, exc.reason, protocol.peek_id(frame))
+            self._refuse(route, exc.code, exc.reason, protocol.peek_id(message))
             return
         handler = {"query": self._on_query, "status": self._on_status, "changes": self._on_changes,
                    "artifact_chunk": self._on_upload, "catalog": self._on_catalog, "preload": self._on_preload,
@@ -355,14 +358,14 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
     def _worker_door(self, frames: list[bytes]) -> None:
         if len(frames) < 2:
             return
-        identity, frame = frames[0], frames[-1]
+        identity, message = frames[0].bytes, frames[1:]
         if identity in self.refused:
             return  # cut off for sending garbage
         try:
-            msg = protocol.decode(frame)
+            msg = protocol.decode(message)
         except protocol.ProtocolError as exc:
             self._worker_garbage(identity, exc.reason)
-            self._send_worker(identity, protocol.error(exc.code, exc.reason, protocol.peek_id(frame)))
+            self._send_worker(identity, protocol.error(exc.code, exc.reason, protocol.peek_id(message)))
             return
         worker_id = identity.decode(errors="replace")
         entry = self.workers.get(worker_id)
@@ -438,7 +441,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
                                                 f"{p.attempts - 1} time(s)")
             return
         try:
-            self._dispatch(p.route, p.client_request_id, p.inputs, p.query, p.attempts + 1, (dead_worker,),
+            self._dispatch(p.route, p.client_request_id, p.inputs, p.frames, p.query, p.attempts + 1, (dead_worker,),
                            arrived=p.arrived)
         except Exception as exc:
             self._reply_error(p, "worker_lost", f"worker {dead_worker} died and no other can take the query: "

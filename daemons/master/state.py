@@ -11,7 +11,12 @@ from infaas_cli.catalog.listings import pick_profile
 from infaas_cli.catalog.records import VariantRecord
 from infaas_cli.catalog.store import MetadataStore
 from infaas_cli.policy.selection import PriceTable, Query, build_index
+from infaas_cli.errors import InfaasError, InvalidInputError
 from infaas_cli.protocol.messages import Hardware, Tensor, VariantSpec, WorkerMetrics
+from infaas_cli.toolkit.modelio import check_query_signature, coerce_query_signature
+
+#: Input signatures whose verdict the master remembers (cleared when full, and on catalog changes).
+MAX_CHECKED = 4096
 
 
 @dataclass
@@ -36,6 +41,7 @@ class PendingQuery:
     route: tuple[bytes, ...]  # the client's routing frames (identity, and b"" for a REQ client)
     client_request_id: str
     inputs: dict[str, Tensor]
+    frames: list  # the inputs' data frames, forwarded untouched (kept for a re-route)
     query: Query
     variant: str
     worker_id: str
@@ -138,11 +144,48 @@ class CatalogView:
         self._index = None
         self._models: dict[str, Any] = {}
         self._specs: dict[str, VariantSpec] = {}
+        self._checked: dict[tuple, int | InfaasError] = {}
+        self._task_models: dict[tuple, list[str]] | None = None
 
     def changed(self) -> None:
+        self._task_models = None
         self._index = None
         self._models.clear()
         self._specs.clear()
+        self._checked.clear()
+
+    def task_models(self, task: str | None, dataset: str | None) -> list[str]:
+        """The models a model-less query for (task, dataset) may run, by name."""
+        if self._task_models is None:
+            by_task: dict[tuple, list[str]] = collections.defaultdict(list)
+            for name, pair in sorted(self.index().models.items()):
+                by_task[pair].append(name)
+            self._task_models = dict(by_task)
+        return self._task_models.get((task, dataset), [])
+
+    def check_inputs(self, model_name: str, signature: tuple) -> int:
+        """The batch size of a query with these tensor descriptors (a Query's `inputs` signature) for model
+        `model_name`, after the worker's renaming and casts; InvalidInputError when the model refuses them.
+
+        Checked on descriptors alone, never on the bytes, and remembered per (model, signature): a
+        client sends the same shapes again and again.
+        """
+        key = (model_name, signature)
+        verdict = self._checked.get(key)
+        if verdict is None:
+            model = self.model(model_name)
+            feeds = coerce_query_signature({name: (dtype, shape) for name, dtype, shape in signature},
+                                           model.input_specs())
+            try:
+                verdict = check_query_signature(feeds, model.input_specs(), model.batch_dim, model.max_batch)
+            except InfaasError as exc:
+                verdict = InvalidInputError(f"{model_name}: {exc}")
+            if len(self._checked) >= MAX_CHECKED:
+                self._checked.clear()
+            self._checked[key] = verdict
+        if isinstance(verdict, InfaasError):
+            raise verdict
+        return verdict
 
     def index(self):
         if self._index is None:

@@ -84,9 +84,9 @@ class LoadedVariant:
     def threads(self) -> int:
         return self.spec.threads * len(self.replicas)
 
-    def submit(self, query: QueuedQuery) -> list[bytes] | None:
+    def submit(self, query: QueuedQuery) -> list[list] | None:
         """Queue a query for the executor thread — or, for a fast variant that is idle at low load,
-        run it right here and return the result frames (two thread handoffs saved)."""
+        run it right here and return the result messages' frames (two thread handoffs saved)."""
         with self.cond:
             gap = query.arrived_s - self._last_arrival
             self._last_arrival = query.arrived_s
@@ -144,8 +144,8 @@ class LoadedVariant:
                 if batch is None:
                     return
                 try:
-                    for frame in self._run(batch, runner):
-                        push.send_multipart([_RESULT, frame])
+                    for frames in self._run(batch, runner):
+                        push.send_multipart([_RESULT, *frames], copy=False)
                 finally:
                     with self.cond:
                         self.busy -= 1
@@ -153,13 +153,14 @@ class LoadedVariant:
         finally:
             push.close(linger=1000)
 
-    def _run(self, batch: list[QueuedQuery], runner) -> list[bytes]:
+    def _run(self, batch: list[QueuedQuery], runner) -> list[list]:
+        """Run one batch; each query's answer as its message frames (the outputs' bytes as views, not copies)."""
         spec = self.spec
         started = time.monotonic()
         size = sum(q.batch for q in batch)
         try:
-            if spec.batch_dim == "none":
-                feeds = batch[0].feeds
+            if spec.batch_dim == "none" or (len(batch) == 1 and (spec.batch_dim != "fixed" or size == spec.max_batch)):
+                feeds = batch[0].feeds  # one query: its inputs as they arrived, no copy
             else:
                 feeds = {name: np.concatenate([q.feeds[name] for q in batch], axis=0) for name in batch[0].feeds}
                 if spec.batch_dim == "fixed" and size < spec.max_batch:  # pad to the fixed batch
@@ -171,7 +172,7 @@ class LoadedVariant:
             return [protocol.encode(protocol.error("invalid_input", f"{spec.name} failed on the input: {reason}",
                                                    q.request_id)) for q in batch]
         inference_ms = (time.monotonic() - started) * 1e3
-        frames, offset = [], 0
+        messages, offset = [], 0
         now = time.monotonic()
         for q in batch:
             outs = outputs if spec.batch_dim == "none" else [o[offset:offset + q.batch] for o in outputs]
@@ -179,13 +180,14 @@ class LoadedVariant:
             timing = {"queue_ms": (started - q.arrived_s) * 1e3, "inference_ms": inference_ms, "batch_size": size,
                       "worker_ms": (now - q.arrived_s) * 1e3}
             try:
-                body = ResultBody(outputs=[protocol.pack_output(o) for o in outs], timing=timing)
-                frames.append(protocol.encode(protocol.Message("result", body, id=q.request_id)))
+                data: list = []
+                body = ResultBody(outputs=[protocol.pack_output(o, data) for o in outs], timing=timing)
+                messages.append(protocol.encode(protocol.Message("result", body, id=q.request_id, frames=data)))
             except protocol.ProtocolError as exc:
-                frames.append(protocol.encode(protocol.error("internal", exc.reason, q.request_id)))
+                messages.append(protocol.encode(protocol.error("internal", exc.reason, q.request_id)))
             with self.cond:
                 self.completed.append((now, (now - q.arrived_s) * 1e3, q.batch))
-        return frames
+        return messages
 
     def metrics(self, now: float) -> VariantMetrics:
         window_s = self.settings.metrics_window_s

@@ -195,8 +195,8 @@ class Loading:
         loaded = LoadedVariant(spec, runner, self.ctx, self._results_endpoint, self.settings)
         self.variants[name] = loaded
         for q in self.parked.pop(name, []):
-            for frame in loaded.submit(q) or ():
-                self._send_frame(frame)
+            for frames in loaded.submit(q) or ():
+                self._send_frames(frames)
         self._send(loaded_msg)
         log.info("loaded %s in %.1f ms", name, load_ms)
 

@@ -28,7 +28,7 @@ from infaas_cli.errors import InfaasError, wire_error
 from infaas_cli.protocol import messages as m
 from infaas_cli.settings import SecuritySettings, Settings, WorkerSettings
 from infaas_cli.toolkit.hardware import host_hardware
-from infaas_cli.toolkit.modelio import check_query_inputs
+from infaas_cli.toolkit.modelio import check_query_inputs, coerce_query_inputs
 from infaas_daemons.common import log, step
 from infaas_daemons.worker.executor import _LOADER, _RESULT, LoadedVariant, QueuedQuery
 from infaas_daemons.worker.loading import Loading
@@ -127,44 +127,46 @@ class Worker(Loading, Reprofiling):
     def _drain_master(self) -> None:
         for _ in range(1000):  # bounded, so heartbeats still go out under a flood
             try:
-                frame = self.sock.recv(zmq.NOBLOCK)
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)  # inputs are viewed, not copied
             except zmq.Again:
                 return
-            self._step(self._door, frame)
+            self._step(self._door, frames)
 
     def _drain_results(self) -> None:
         while True:
             try:
-                frames = self.results.recv_multipart(zmq.NOBLOCK)
+                frames = self.results.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            if frames[0] == _RESULT:
-                self._send_frame(frames[1])
-            elif frames[0] == _LOADER:
-                self._step(self._on_loader, frames)
+            tag = frames[0].bytes
+            if tag == _RESULT:
+                self._send_frames(frames[1:])
+            elif tag == _LOADER:
+                self._step(self._on_loader, [f.bytes for f in frames])
             if self.retiring:
                 self._step(self._retire_idle)
 
-    def _send_frame(self, frame: bytes) -> None:
+    def _send_frames(self, frames: list) -> None:
+        """One message's frames (envelope, then tensor data), zero-copy above ZeroMQ's copy threshold."""
         try:
-            self.sock.send(frame, zmq.NOBLOCK)
+            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
         except zmq.ZMQError as exc:
             log.warning("could not send to master: %s", exc)
 
     def _send(self, msg: protocol.Message) -> None:
         try:
-            self._send_frame(protocol.encode(msg))
+            self._send_frames(protocol.encode(msg))
         except protocol.ProtocolError as exc:
             log.error("cannot encode %s %s: %s", msg.type, msg.id, exc.reason)
 
     # -- the door --------------------------------------------------------------------------------------
-    def _door(self, frame: bytes) -> None:
-        """One frame from the master: validated, then handled; a failure is answered with an error."""
+    def _door(self, frames: list) -> None:
+        """One message from the master: validated, then handled; a failure is answered with an error."""
         try:
-            msg = protocol.decode(frame)
+            msg = protocol.decode(frames)
         except protocol.ProtocolError as exc:
             log.warning("bad frame from master: %s", exc.reason)
-            self._send(protocol.error(exc.code, exc.reason, protocol.peek_id(frame)))
+            self._send(protocol.error(exc.code, exc.reason, protocol.peek_id(frames)))
             return
         handler = {"infer": self._on_infer, "load": self._on_load, "unload": self._on_unload,
                    "artifact_chunk": self._on_chunk, "registered": lambda msg: None,
@@ -195,9 +197,11 @@ class Worker(Loading, Reprofiling):
     def _on_infer(self, msg: protocol.Message) -> None:
         b: m.InferBody = msg.body
         spec = b.spec
-        feeds = protocol.unpack_tensors(b.inputs)
+        specs = self._input_specs(spec)
+        # Views of the received frames; only a dtype cast (float64 sent to a float32 model) copies.
+        feeds, _ = coerce_query_inputs(protocol.unpack_tensors(b.inputs, msg.frames), specs)
         try:
-            batch = check_query_inputs(feeds, self._input_specs(spec), spec.batch_dim, spec.max_batch)
+            batch = check_query_inputs(feeds, specs, spec.batch_dim, spec.max_batch)
         except InfaasError as exc:
             raise protocol.ProtocolError("invalid_input", str(exc)) from None
         now = time.monotonic()
@@ -205,8 +209,8 @@ class Worker(Loading, Reprofiling):
         query = QueuedQuery(msg.id, feeds, batch, deadline, now)
         loaded = self.variants.get(spec.name)
         if loaded is not None:
-            for frame in loaded.submit(query) or ():
-                self._send_frame(frame)
+            for frames in loaded.submit(query) or ():
+                self._send_frames(frames)
             return
         self.parked.setdefault(spec.name, []).append(query)
         self._ensure_loaded(spec)

@@ -89,7 +89,7 @@ class Reprofiling:
                 log.info("re-profiling %s stopped: %s", spec.name, reason)
                 msg = protocol.error(code, f"re-profiling {spec.name} on {self.worker_id}: {reason}", request_id,
                                      variant=spec.name, worker_id=self.worker_id)
-            push.send_multipart([_RESULT, protocol.encode(msg)])
+            push.send_multipart([_RESULT, *protocol.encode(msg)])
         finally:
             self._reprofiling = None
             push.close(linger=1000)

@@ -13,7 +13,7 @@ import msgspec
 import zmq
 
 from infaas_cli import protocol
-from infaas_cli.protocol.messages import ErrorBody, QueryBody, StatusBody
+from infaas_cli.protocol.messages import ErrorBody, StatusBody
 from infaas_cli.catalog.artifacts import ArtifactStore
 from infaas_cli.config import infaas_home
 from infaas_cli.errors import ERROR_CODES, InfaasError
@@ -95,10 +95,12 @@ def load_input_file(path: Path) -> dict[str, np.ndarray]:
         raise InfaasError(f"cannot read {path}: {exc}; save it with numpy.save or numpy.savez") from None
 
 
-def query_body(inputs: dict[str, np.ndarray], *, variant: str | None = None, model: str | None = None,
-               task: str | None = None, dataset: str | None = None, latency_ms: float | None = None,
-               min_accuracy: float | None = None, objective: str = "cost",
-               max_cost_usd: float | None = None, slo_mode: str | None = None) -> QueryBody:
+def query_message(inputs: dict[str, np.ndarray], *, variant: str | None = None, model: str | None = None,
+                  task: str | None = None, dataset: str | None = None, latency_ms: float | None = None,
+                  min_accuracy: float | None = None, objective: str = "cost",
+                  max_cost_usd: float | None = None, slo_mode: str | None = None,
+                  request_id: str | None = None) -> protocol.Message:
+    """A query message: the typed body with one descriptor per input, the inputs' bytes as its data frames."""
     if variant:
         kind = "variant"
     elif model:
@@ -110,12 +112,17 @@ def query_body(inputs: dict[str, np.ndarray], *, variant: str | None = None, mod
     if kind == "task" and not dataset:
         raise InfaasError("a model-less query names a dataset too (--dataset D)")
     try:
-        return protocol.body_of("query", {
+        tensors, frames = protocol.pack_tensors(inputs)
+        body = protocol.body_of("query", {
             "kind": kind, "variant": variant, "model": model, "task": task, "dataset": dataset,
             "latency_ms": latency_ms, "min_accuracy": min_accuracy, "objective": objective,
-            "max_cost_usd": max_cost_usd, "slo_mode": slo_mode, "inputs": protocol.pack_tensors(inputs)})
+            "max_cost_usd": max_cost_usd, "slo_mode": slo_mode, "inputs": tensors})
     except protocol.ProtocolError as exc:
         raise InfaasError(f"this query cannot be sent: {exc.reason}") from None
+    msg = protocol.Message("query", body, frames=frames)
+    if request_id is not None:
+        msg.id = request_id
+    return msg
 
 
 def _failed(body: ErrorBody) -> QueryFailed:
@@ -152,7 +159,8 @@ class Client:
 
     # -- low level -------------------------------------------------------------------------------------
     def _send(self, msg: protocol.Message) -> str:
-        self._sock.send(protocol.encode(msg))
+        # Zero-copy above ZeroMQ's copy threshold: the arrays must not change until the reply arrives.
+        self._sock.send_multipart(protocol.encode(msg), copy=False)
         self._sent_at[msg.id] = time.monotonic()
         return msg.id
 
@@ -162,7 +170,7 @@ class Client:
             raise MasterUnreachableError(
                 f"no answer from the master at {self.endpoint} within {self.timeout_s:g} s; is it running? "
                 "Start one with `infaas up`, or point --master / INFAAS_MASTER at it")
-        return protocol.decode(self._sock.recv())
+        return protocol.decode(self._sock.recv_multipart(copy=False))
 
     def _request(self, msg: protocol.Message) -> protocol.Message:
         self._send(msg)
@@ -188,7 +196,7 @@ class Client:
             return
         b = reply.body
         self._done[reply.id] = QueryResult(
-            outputs=[protocol.unpack_output(o) for o in b.outputs], variant=b.variant, worker=b.worker,
+            outputs=[protocol.unpack_output(o, reply.frames) for o in b.outputs], variant=b.variant, worker=b.worker,
             decision_us=b.decision_us, timing=dict(b.timing), latency_ms=b.latency_ms,
             needs_load=b.needs_load, extra={"attempts": b.attempts, "output_names": list(b.output_names)},
             slo_met=b.slo_met, predicted_latency_ms=b.predicted_latency_ms,
@@ -196,8 +204,9 @@ class Client:
 
     # -- queries ---------------------------------------------------------------------------------------
     def submit(self, inputs: dict[str, np.ndarray], **slo: Any) -> str:
-        """Send a query without waiting; collect it with gather()."""
-        return self._send(protocol.Message("query", query_body(inputs, **slo)))
+        """Send a query without waiting; collect it with gather(). Large inputs are sent from their own memory
+        (zero-copy): leave the arrays unchanged until the query's answer is gathered."""
+        return self._send(query_message(inputs, **slo))
 
     def gather(self, ids: list[str], timeout_s: float | None = None) -> dict[str, QueryResult | QueryFailed]:
         """Wait for the answers to submitted queries (each a QueryResult or a QueryFailed)."""

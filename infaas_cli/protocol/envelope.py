@@ -1,8 +1,10 @@
-"""The infaas wire envelope: `{v, type, id, body}` over msgpack, typed bodies, stable error codes.
+"""The infaas wire envelope: `{v, type, id, body}` over msgpack, typed bodies, tensor data frames, error codes.
 
-No sockets here. A message on the wire is one ZeroMQ frame holding a msgpack map
-``{"v": PROTOCOL_VERSION, "type": TYPE, "id": REQUEST_ID, "body": {...}}``; each type's body is a
-structure in infaas_cli.protocol.messages, validated with its bounds when the frame is decoded.
+No sockets here. A message on the wire is a multipart ZeroMQ message: the first frame holds a msgpack
+map ``{"v": PROTOCOL_VERSION, "type": TYPE, "id": REQUEST_ID, "body": {...}}``; each type's body is a
+structure in infaas_cli.protocol.messages, validated with its bounds when the frame is decoded. The
+frames after it, if any, are raw tensor bytes: each Tensor descriptor in the body names its frame, and
+decoding checks every frame against its descriptor (so a daemon may forward frames it never read).
 The protocol is documented in docs/protocol.md; a test keeps the two in step.
 """
 
@@ -10,17 +12,18 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import msgpack
 import msgspec
 
 from infaas_cli.errors import ERROR_CODES, ProtocolError  # noqa: F401  (re-exported; defined with every error)
-from infaas_cli.protocol.messages import BODIES, DECODERS, MAX_TEXT, Body, ErrorBody, struct_fields
+from infaas_cli.protocol.messages import BODIES, DECODERS, MAX_TEXT, Body, ErrorBody, Tensor, struct_fields
 
 #: Bump on any incompatible change to the envelope or a message body (say so in CHANGELOG.md).
 #: 2: every body is a typed structure; unknown fields are refused; `load`/`infer` carry a `spec`.
-PROTOCOL_VERSION = 2
+#: 3: tensor bytes travel as their own frames after the envelope; a Tensor is a descriptor naming its frame.
+PROTOCOL_VERSION = 3
 
 #: Message types and the body fields each one requires (derived from the typed bodies).
 MESSAGE_TYPES: dict[str, tuple[str, ...]] = {
@@ -33,6 +36,9 @@ class Message:
     body: Any  # the type's Body structure (a dict is converted, and checked, when encoded)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     v: int = PROTOCOL_VERSION
+    #: The tensor data frames after the envelope, in the order the body's descriptors index them: bytes,
+    #: memoryviews, numpy buffers to send; zmq.Frame (or bytes) as received.
+    frames: list = field(default_factory=list)
 
 
 def new_id() -> str:
@@ -65,16 +71,25 @@ def body_of(type_: str, body: Any) -> Body:
         raise ProtocolError("bad_request", f"{type_} body: {exc}") from None
 
 
-def encode(msg: Message) -> bytes:
-    """One frame. Raises ProtocolError for an unknown type or a body that is not its type's structure."""
+def encode(msg: Message) -> list:
+    """The message's frames: the envelope, then its tensor data frames (sent as they are: zero-copy when
+    the socket sends with copy=False). Raises ProtocolError for an unknown type or a body that is not its
+    type's structure."""
     body = body_of(msg.type, msg.body)
-    return _ENCODER.encode({"v": msg.v, "type": msg.type, "id": msg.id, "body": body})
+    return [_ENCODER.encode({"v": msg.v, "type": msg.type, "id": msg.id, "body": body}), *msg.frames]
 
 
-def decode(frame: bytes) -> Message:
-    """Parse and validate one frame; every failure is a ProtocolError (the daemon answers it, never dies)."""
+def decode(frames: Sequence[Any] | bytes) -> Message:
+    """Parse and validate a message (its frames, or one envelope frame); every failure is a ProtocolError
+    (the daemon answers it, never dies). Data frames are checked against the descriptors, not copied."""
+    if isinstance(frames, (bytes, bytearray, memoryview)):
+        frames = (frames,)
+    if not frames:
+        raise ProtocolError("malformed", "the message has no frames")
+    first, data = frames[0], list(frames[1:])
+    buf = getattr(first, "buffer", first)  # a zmq.Frame: read its memory in place
     try:
-        env = _ENVELOPE.decode(frame)
+        env = _ENVELOPE.decode(buf)
     except msgspec.ValidationError as exc:
         raise ProtocolError("malformed", f"the frame is not an envelope {{v, type, id, body}}: {exc}") from None
     except (msgspec.DecodeError, RecursionError, ValueError, TypeError) as exc:
@@ -95,15 +110,49 @@ def decode(frame: bytes) -> Message:
         raise ProtocolError("bad_request", f"{env.type} body: {exc}") from None
     except (msgspec.DecodeError, RecursionError, ValueError, TypeError) as exc:
         raise ProtocolError("bad_request", f"{env.type} body cannot be read ({type(exc).__name__})") from None
-    return Message(type=env.type, body=body, id=env.id, v=env.v)
+    check_frames(env.type, body, data)
+    return Message(type=env.type, body=body, id=env.id, v=env.v, frames=data)
 
 
-def peek_id(frame: bytes) -> str:
+def tensors_of(type_: str, body: Any) -> list[Tensor]:
+    """The tensor descriptors a body carries (inputs of query/infer, tensor outputs of result/reply)."""
+    if type_ in ("query", "infer"):
+        return list(body.inputs.values())
+    if type_ in ("result", "reply"):
+        return [o.tensor for o in body.outputs if o.tensor is not None]
+    return []
+
+
+def check_frames(type_: str, body: Any, data: Sequence[Any]) -> None:
+    """Every descriptor names its own data frame, each frame holds exactly its descriptor's bytes, and no
+    frame goes unnamed: anything else is `malformed`, said with the tensor and the byte counts."""
+    tensors = tensors_of(type_, body)
+    if len(tensors) != len(data):
+        raise ProtocolError("malformed", f"{type_} describes {len(tensors)} tensor(s) but carries {len(data)} data "
+                                         "frame(s); send one frame per tensor, after the envelope")
+    seen = set()
+    for t in tensors:
+        if t.frame >= len(data):
+            raise ProtocolError("malformed", f"a tensor names data frame {t.frame}, but the message has "
+                                             f"{len(data)} (numbered from 0 after the envelope)")
+        if t.frame in seen:
+            raise ProtocolError("malformed", f"two tensors name data frame {t.frame}; give each its own frame")
+        seen.add(t.frame)
+        got, want = len(data[t.frame]), t.nbytes
+        if got != want:
+            raise ProtocolError("malformed", f"data frame {t.frame} holds {got} bytes; shape {t.shape} of "
+                                             f"{t.dtype} needs {want}")
+
+
+def peek_id(frame: Any) -> str:
     """The request id of a frame that failed to decode, when it can be found (for the error reply).
 
     Reads only the top-level map, skipping every other value unparsed, so neither a body nested a
     thousand deep nor an odd key elsewhere hides the id.
     """
+    if isinstance(frame, (list, tuple)):
+        frame = frame[0] if frame else b""
+    frame = getattr(frame, "bytes", frame)
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(len(frame), 1))
     try:
         unpacker.feed(frame)

@@ -58,24 +58,33 @@ class Body(Struct, forbid_unknown_fields=True, omit_defaults=True):
 # -- tensors -----------------------------------------------------------------------------------------
 
 class Tensor(Body):
-    """A numpy array: dtype name, shape, raw C-order bytes. The byte count must match the shape."""
+    """A numpy array's descriptor: dtype name, shape, and which data frame of the message holds its raw C-order
+    bytes (protocol 3: tensor bytes travel as their own ZeroMQ frames, never inside the msgpack envelope).
+
+    The bytes are checked against the shape when the message is decoded (envelope.decode), so a
+    daemon can forward a frame it never read.
+    """
 
     dtype: Dtype
     shape: Annotated[list[Dim], Meta(max_length=MAX_RANK)]
-    data: Annotated[bytes, Meta(max_length=MAX_TENSOR_BYTES)]
+    frame: Annotated[int, Meta(ge=0, lt=MAX_TENSORS)]
 
     def __post_init__(self) -> None:
-        elements = extent = 1
+        extent = 1
         for d in self.shape:  # Python ints: no overflow, however large the dimensions
-            elements *= d
             # numpy refuses a shape whose non-zero dimensions overflow, even when another one is 0
             extent *= max(d, 1)
             if extent > MAX_TENSOR_ELEMENTS:
                 raise ValueError(f"shape {self.shape} spans more than {MAX_TENSOR_ELEMENTS} elements "
                                  "(counting a 0 dimension as 1)")
-        want = elements * _ITEMSIZE[self.dtype]
-        if len(self.data) != want:
-            raise ValueError(f"carries {len(self.data)} bytes; shape {self.shape} of {self.dtype} needs {want}")
+
+    @property
+    def nbytes(self) -> int:
+        """The byte count the shape and dtype call for."""
+        n = _ITEMSIZE[self.dtype]
+        for d in self.shape:
+            n *= d
+        return n
 
 
 Rows = Annotated[list[Any], Meta(max_length=1 << 20)]

@@ -6,7 +6,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -322,6 +322,13 @@ def check_query_inputs(feeds: dict[str, np.ndarray], specs: Sequence[TensorSpec]
     Raises InvalidInputError naming what is wrong and the fix. A fixed-batch model accepts up to
     its batch size (the worker pads); a model without a batch axis takes one sample, as-is.
     """
+    return check_query_signature({k: (v.dtype.name, v.shape) for k, v in feeds.items()}, specs, batch_dim, max_batch)
+
+
+def check_query_signature(feeds: Mapping[str, tuple[str, Sequence[int]]], specs: Sequence[TensorSpec],
+                          batch_dim: str, max_batch: int) -> int:
+    """check_query_inputs on the tensors' descriptors alone ({name: (dtype name, shape)}): what the master
+    checks without reading a byte of the data."""
     from infaas_cli.errors import InvalidInputError
 
     want = [s.name for s in specs]
@@ -337,22 +344,22 @@ def check_query_inputs(feeds: dict[str, np.ndarray], specs: Sequence[TensorSpec]
                                 f"{', '.join(s.describe() for s in specs)} — key the .npz by these names")
     batches = set()
     for spec in specs:
-        arr = feeds[spec.name]
-        if arr.dtype.name != spec.dtype:
-            raise InvalidInputError(f"input '{spec.name}' has dtype {arr.dtype}, the model expects {spec.dtype}; "
+        dtype, got = feeds[spec.name]
+        if dtype != spec.dtype:
+            raise InvalidInputError(f"input '{spec.name}' has dtype {dtype}, the model expects {spec.dtype}; "
                                     f"convert it with .astype('{spec.dtype}')")
         shape = list(spec.shape or [])
-        if arr.ndim != len(shape):
-            raise InvalidInputError(f"input '{spec.name}' has shape {list(arr.shape)}, the model expects "
+        if len(got) != len(shape):
+            raise InvalidInputError(f"input '{spec.name}' has shape {list(got)}, the model expects "
                                     f"{spec.describe().split(': ', 1)[1]}; reshape it (batch first)")
-        for i, (d, g) in enumerate(zip(shape, arr.shape)):
+        for i, (d, g) in enumerate(zip(shape, got)):
             if i == 0 and batch_dim != "none":
                 continue
             if isinstance(d, int) and d != g:
-                raise InvalidInputError(f"input '{spec.name}' has shape {list(arr.shape)}, dimension {i} must be "
+                raise InvalidInputError(f"input '{spec.name}' has shape {list(got)}, dimension {i} must be "
                                         f"{d} ({spec.describe()}); reshape it")
         if batch_dim != "none":
-            batches.add(arr.shape[0])
+            batches.add(got[0])
     if batch_dim == "none":
         return 1
     if len(batches) != 1:
@@ -365,6 +372,28 @@ def check_query_inputs(feeds: dict[str, np.ndarray], specs: Sequence[TensorSpec]
         raise InvalidInputError(f"batch of {batch} exceeds the model's fixed batch size {max_batch}; "
                                 "split the query")
     return batch
+
+
+def castable(have: str, want: str | None) -> bool:
+    """Whether a query's dtype `have` is cast to the model's `want` on the way (same kind: float64 → float32,
+    int32 → int64, uint8 → int64), rather than refused."""
+    if want in (None, "str") or have == want:
+        return False
+    a, b = np.dtype(have), np.dtype(want)
+    return a.kind == b.kind or (a.kind in "iu" and b.kind in "iu")
+
+
+def coerce_query_signature(feeds: Mapping[str, tuple[str, Sequence[int]]], specs: Sequence[TensorSpec]
+                           ) -> dict[str, tuple[str, Sequence[int]]]:
+    """coerce_query_inputs on descriptors: the signature the worker's cast and renaming will produce."""
+    if set(feeds) == {""} and len(specs) == 1:
+        feeds = {specs[0].name: feeds[""]}
+    by_name = {s.name: s for s in specs}
+    out = {}
+    for name, (dtype, shape) in feeds.items():
+        spec = by_name.get(name)
+        out[name] = (spec.dtype, shape) if spec is not None and castable(dtype, spec.dtype) else (dtype, shape)
+    return out
 
 
 def coerce_query_inputs(feeds: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> tuple[dict[str, np.ndarray], bool]:
@@ -382,11 +411,8 @@ def coerce_query_inputs(feeds: dict[str, np.ndarray], specs: Sequence[TensorSpec
     out = {}
     for name, arr in feeds.items():
         spec = by_name.get(name)
-        if spec is not None and spec.dtype not in (None, "str") and arr.dtype.name != spec.dtype:
-            want = np.dtype(spec.dtype)
-            same_kind = arr.dtype.kind == want.kind or (arr.dtype.kind in "iu" and want.kind in "iu")
-            if same_kind:
-                arr = arr.astype(want)
-                changed = True
+        if spec is not None and castable(arr.dtype.name, spec.dtype):
+            arr = arr.astype(spec.dtype)
+            changed = True
         out[name] = arr
     return out, changed

@@ -15,7 +15,7 @@ import zmq
 from infaas_cli import protocol
 from infaas_cli.catalog.records import VariantRecord
 from infaas_cli.client import QueryFailed, QueryResult
-from infaas_cli.client.client import query_body
+from infaas_cli.client.client import query_message
 from infaas_cli.policy.autoscale import AutoscaleConfig, options_from_index
 from infaas_cli.policy.selection import build_index, load_prices
 from support import FakeWorker, build_catalog, catalog_outputs, digits_x, start_master, wait_for
@@ -87,7 +87,7 @@ def raw_dealer(endpoint: str, identity: bytes | None = None, rcvhwm: int | None 
 
 def receive(sock: zmq.Socket, timeout_s: float = 5.0) -> protocol.Message:
     assert sock.poll(int(timeout_s * 1e3), zmq.POLLIN), f"no frame within {timeout_s} s"
-    return protocol.decode(sock.recv())
+    return protocol.decode(sock.recv_multipart())
 
 
 # -- dispatch -----------------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def test_modelless_query_is_dispatched_to_a_fake_worker_and_its_outputs_come_bac
     assert spec.artifact_sha256 == catalog.store.get(VariantRecord, res.variant).artifact_sha256
     assert spec.latency_ms, "the spec carries the profiled latencies"
     assert infer.body.deadline_ms == MODELLESS["latency_ms"]
-    np.testing.assert_array_equal(protocol.unpack_tensor(infer.body.inputs["x"]), x)
+    np.testing.assert_array_equal(protocol.unpack_tensor(infer.body.inputs["x"], infer.frames), x)
 
     assert isinstance(res, QueryResult) and res.worker == "fake-a" and res.decision_us > 0
     assert res.needs_load and res.extra["attempts"] == 1
@@ -322,7 +322,7 @@ def _flood(tmp_path, catalog, workers, max_pending_per_client: int, **settings):
                       heartbeat_interval_s=0.5, **settings) as (master, client):
         workers(master, "fake-a", preload=[V], infer_fn=wide, interval_s=0.1)
         wait_serving(client, "fake-a", holding=V)
-        body = query_body({"x": digits_x(1)}, variant=V)
+        query = query_message({"x": digits_x(1)}, variant=V)
         ids = [f"flood-{i}" for i in range(FLOOD)]
         sock = raw_dealer(master.client_endpoint, rcvhwm=10)
 
@@ -333,7 +333,7 @@ def _flood(tmp_path, catalog, workers, max_pending_per_client: int, **settings):
             return done
         try:
             for i, rid in enumerate(ids, 1):
-                sock.send(protocol.encode(protocol.Message("query", body, id=rid)))
+                sock.send_multipart(protocol.encode(protocol.Message("query", query.body, id=rid, frames=query.frames)))
                 if i % 50 == 0:  # in waves the worker keeps up with, so the bound is met by unread replies
                     wait_for(handled(i), 5.0, interval_s=0.002)
             wait_for(handled(FLOOD), 5.0)
@@ -341,7 +341,7 @@ def _flood(tmp_path, catalog, workers, max_pending_per_client: int, **settings):
             waiting = client.status()["master"]["replies_waiting"]
             answers: dict[str, list[protocol.Message]] = {}
             while sock.poll(1000, zmq.POLLIN):  # read until a quiet second
-                msg = protocol.decode(sock.recv())
+                msg = protocol.decode(sock.recv_multipart())
                 answers.setdefault(msg.id, []).append(msg)
         finally:
             sock.close(linger=0)
@@ -398,7 +398,7 @@ def test_a_worker_sending_garbage_is_cut_off(tmp_path, catalog, workers):
         try:
             register = protocol.Message("register", {"worker_id": "garbage-w", "hardware": {"cores": 2},
                                                      "backends": ["ort-cpu"]})
-            sock.send(protocol.encode(register))
+            sock.send_multipart(protocol.encode(register))
             assert receive(sock).type == "registered"
             wait_for(lambda: "garbage-w" in by_id(client), 5.0)
             for i in range(limit):
@@ -408,7 +408,7 @@ def test_a_worker_sending_garbage_is_cut_off(tmp_path, catalog, workers):
             wait_for(lambda: "garbage-w" not in by_id(client), 5.0)
             assert client.status()["master"]["workers_refused"] == 1
             # Cut off: even a valid frame from that identity is no longer read.
-            sock.send(protocol.encode(register))
+            sock.send_multipart(protocol.encode(register))
             assert not sock.poll(500, zmq.POLLIN)
         finally:
             sock.close(linger=0)

@@ -78,13 +78,13 @@ def raw_worker(endpoint: str, worker_id: str, rss_bytes: int) -> zmq.Socket:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IDENTITY, worker_id.encode())
     sock.connect(endpoint)
-    sock.send(protocol.encode(protocol.Message("register", m.RegisterBody(
+    sock.send_multipart(protocol.encode(protocol.Message("register", m.RegisterBody(
         worker_id=worker_id, hardware=m.Hardware(cores=2, hostname="raw-host"), backends=["none"]))))
     assert sock.poll(5000), "the master did not answer the registration"
-    assert protocol.decode(sock.recv()).type == "registered"
+    assert protocol.decode(sock.recv_multipart()).type == "registered"
     metrics = m.WorkerMetrics(cores=2, free_cores=2, cpu_percent=50.0, process_cpu_percent=100.0,
                               process_rss_bytes=rss_bytes, memory_total_bytes=8 << 30, free_memory_bytes=4 << 30)
-    sock.send(protocol.encode(protocol.Message("heartbeat", m.HeartbeatBody(worker_id=worker_id, metrics=metrics))))
+    sock.send_multipart(protocol.encode(protocol.Message("heartbeat", m.HeartbeatBody(worker_id=worker_id, metrics=metrics))))
     return sock
 
 
@@ -124,7 +124,7 @@ def test_counters_move_exactly_with_the_queries_and_worker_gauges_arrive(tmp_pat
             garbage.connect(master.client_endpoint)
             garbage.send(b"\x00 not msgpack")
             assert garbage.poll(5000)
-            bad_code = protocol.decode(garbage.recv()).body.code
+            bad_code = protocol.decode(garbage.recv_multipart()).body.code
             garbage.close()
             raw = raw_worker(master.worker_endpoint, "raw-b", rss_bytes=123_456_789)
             try:

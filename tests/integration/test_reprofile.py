@@ -46,14 +46,14 @@ class FakeMaster:
         while time.monotonic() < deadline:
             if not self.sock.poll(100):
                 continue
-            self.identity, frame = self.sock.recv_multipart()
-            msg = protocol.decode(frame)
+            self.identity, *frames = self.sock.recv_multipart()
+            msg = protocol.decode(frames)
             if msg.type == type_ and (msg_id is None or msg.id == msg_id):
                 return msg
         raise AssertionError(f"no {type_} within {timeout_s} s")
 
     def send(self, msg: protocol.Message) -> str:
-        self.sock.send_multipart([self.identity, protocol.encode(msg)])
+        self.sock.send_multipart([self.identity, *protocol.encode(msg)])
         return msg.id
 
     def close(self) -> None:

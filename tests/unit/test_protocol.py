@@ -83,13 +83,16 @@ NESTED = {"Tensor": m.Tensor, "Output": m.Output, "Hardware": m.Hardware, "Worke
           "CatalogVariant": m.CatalogVariant}
 
 
-def sample(type_: str) -> dict:
+def sample(type_: str) -> tuple[dict, list]:
+    """A sample body of the type, and its tensor data frames."""
     body = copy.deepcopy(SAMPLES[type_])
+    frames: list = []
     if "inputs" in body:
-        body["inputs"] = p.pack_tensors({"x": X, "mask": np.array([[True, False, True]] * 2)})
+        body["inputs"], _ = p.pack_tensors({"x": X, "mask": np.array([[True, False, True]] * 2)}, frames)
     if "outputs" in body:
-        body["outputs"] = [p.pack_output(np.array([1, 2], np.int64)), p.pack_output([{0: 0.25, 1: 0.75}])]
-    return body
+        body["outputs"] = [p.pack_output(np.array([1, 2], np.int64), frames),
+                           p.pack_output([{0: 0.25, 1: 0.75}], frames)]
+    return body, frames
 
 
 def frame(type_: str = "status", body=None, **envelope) -> bytes:
@@ -107,7 +110,7 @@ def refused(data: bytes) -> p.ProtocolError:
 
 def wire(type_: str) -> dict:
     """The sample as plain msgpack-ready builtins (what a foreign peer would send)."""
-    return msgspec.to_builtins(p.body_of(type_, sample(type_)), builtin_types=(bytes,))
+    return msgspec.to_builtins(p.body_of(type_, sample(type_)[0]), builtin_types=(bytes,))
 
 
 # -- every type, both ways ----------------------------------------------------------------------------
@@ -124,21 +127,23 @@ def test_every_structure_is_a_body_or_documented_nested():
 
 @pytest.mark.parametrize("type_", sorted(p.BODIES))
 def test_round_trip(type_):
-    body = sample(type_)
-    msg = p.Message(type_, body)
-    back = p.decode(p.encode(msg))
+    body, frames = sample(type_)
+    msg = p.Message(type_, body, frames=frames)
+    wire_frames = [bytes(f) for f in p.encode(msg)]  # as a peer receives them
+    back = p.decode(wire_frames)
     assert (back.type, back.id, back.v) == (type_, msg.id, p.PROTOCOL_VERSION)
     assert isinstance(back.body, p.BODIES[type_])
     assert back.body == p.body_of(type_, body)
     assert msgspec.to_builtins(back.body, builtin_types=(bytes,)) == wire(type_)
-    # a typed body encodes to the same frame as its dict
-    assert p.encode(p.Message(type_, back.body, id=msg.id)) == p.encode(msg)
+    # a typed body encodes to the same envelope as its dict; the data frames follow it unchanged
+    assert p.encode(p.Message(type_, back.body, id=msg.id))[0] == wire_frames[0]
+    assert len(wire_frames) == 1 + len(frames)
     if "inputs" in body:
-        arrays = p.unpack_tensors(back.body.inputs)
+        arrays = p.unpack_tensors(back.body.inputs, back.frames)
         np.testing.assert_array_equal(arrays["x"], X)
         assert arrays["mask"].dtype == np.bool_ and arrays["mask"].tolist() == [[True, False, True]] * 2
     if "outputs" in body:
-        outs = [p.unpack_output(o) for o in back.body.outputs]
+        outs = [p.unpack_output(o, back.frames) for o in back.body.outputs]
         np.testing.assert_array_equal(outs[0], [1, 2])
         assert outs[1] == [{"0": 0.25, "1": 0.75}]
 
@@ -298,39 +303,76 @@ def test_every_int_field_refuses_a_bool():
     assert checked > 20
 
 
-def _query_with(tensor: dict) -> bytes:
-    return frame("query", {"kind": "model", "model": "m", "inputs": {"x": tensor}})
+def _query_with(tensor: dict, *data: bytes) -> list[bytes]:
+    return [frame("query", {"kind": "model", "model": "m", "inputs": {"x": tensor}}), *data]
 
 
-@pytest.mark.parametrize("tensor,needle", [
-    ({"dtype": "float32", "shape": [2 ** 32, 2 ** 32], "data": b""}, "$.inputs[...].shape[0]"),
-    ({"dtype": "float32", "shape": [2 ** 31 - 1, 2 ** 31 - 1], "data": b""}, "elements"),
-    ({"dtype": "uint8", "shape": [2 ** 31 - 1] * m.MAX_RANK, "data": b""}, "elements"),
-    ({"dtype": "float32", "shape": [True, 64], "data": b""}, "got `bool`"),
-    ({"dtype": "float32", "shape": [1] * (m.MAX_RANK + 1), "data": b"\0" * 4}, "$.inputs[...].shape"),
-    ({"dtype": "float32", "shape": [-1, 3], "data": b""}, "$.inputs[...].shape[0]"),
-    ({"dtype": "float32", "shape": [2], "data": b"\0" * 4}, "needs 8"),
-    ({"dtype": "int64", "shape": [2, 3], "data": b"\0" * 47}, "needs 48"),
-    ({"dtype": "float32", "shape": [], "data": b""}, "needs 4"),
-    ({"dtype": "object", "shape": [1], "data": b"\0" * 8}, "$.inputs[...].dtype"),
-    ({"dtype": "float32", "shape": [2], "data": "8 bytes!"}, "$.inputs[...].data"),
-    ({"dtype": "float32", "shape": [2], "data": b"\0" * 8, "strides": [4]}, "unknown field"),
+@pytest.mark.parametrize("tensor,data,code,needle", [
+    ({"dtype": "float32", "shape": [2 ** 32, 2 ** 32], "frame": 0}, b"", "bad_request", "$.inputs[...].shape[0]"),
+    ({"dtype": "float32", "shape": [2 ** 31 - 1, 2 ** 31 - 1], "frame": 0}, b"", "bad_request", "elements"),
+    ({"dtype": "uint8", "shape": [2 ** 31 - 1] * m.MAX_RANK, "frame": 0}, b"", "bad_request", "elements"),
+    ({"dtype": "float32", "shape": [True, 64], "frame": 0}, b"", "bad_request", "got `bool`"),
+    ({"dtype": "float32", "shape": [1] * (m.MAX_RANK + 1), "frame": 0}, b"\0" * 4, "bad_request", "$.inputs[...].shape"),
+    ({"dtype": "float32", "shape": [-1, 3], "frame": 0}, b"", "bad_request", "$.inputs[...].shape[0]"),
+    ({"dtype": "float32", "shape": [2], "frame": -1}, b"\0" * 8, "bad_request", "$.inputs[...].frame"),
+    ({"dtype": "float32", "shape": [2], "frame": True}, b"\0" * 8, "bad_request", "$.inputs[...].frame"),
+    # a frame shorter (or longer) than its shape
+    ({"dtype": "float32", "shape": [2], "frame": 0}, b"\0" * 4, "malformed", "needs 8"),
+    ({"dtype": "int64", "shape": [2, 3], "frame": 0}, b"\0" * 47, "malformed", "needs 48"),
+    ({"dtype": "float32", "shape": [], "frame": 0}, b"", "malformed", "needs 4"),
+    ({"dtype": "object", "shape": [1], "frame": 0}, b"\0" * 8, "bad_request", "$.inputs[...].dtype"),
+    ({"dtype": "float32", "shape": [2], "data": b"\0" * 8}, b"\0" * 8, "bad_request", "unknown field"),
+    ({"dtype": "float32", "shape": [2], "frame": 0, "strides": [4]}, b"\0" * 8, "bad_request", "unknown field"),
 ])
-def test_bad_tensors_are_refused(tensor, needle):
-    err = refused(_query_with(tensor))
-    assert err.code == "bad_request" and needle in err.reason, err.reason
+def test_bad_tensors_are_refused(tensor, data, code, needle):
+    err = refused(_query_with(tensor, data))
+    assert err.code == code and needle in err.reason, err.reason
+
+
+def test_multi_frame_messages_are_checked_against_their_descriptors():
+    x = {"dtype": "float32", "shape": [2], "frame": 0}
+    # a descriptor pointing past the frames
+    err = refused(_query_with({**x, "frame": 1}, b"\0" * 8, b""))
+    assert err.code == "malformed" and "needs 8" not in err.reason
+    err = refused(_query_with({**x, "frame": 3}, b"\0" * 8))
+    assert err.code == "malformed" and "names data frame 3" in err.reason, err.reason
+    # no data frame at all, or one more than the descriptors name
+    assert "carries 0 data frame" in refused(_query_with(x)).reason
+    assert "carries 2 data frame" in refused(_query_with(x, b"\0" * 8, b"\0" * 8)).reason
+    # two tensors naming one frame
+    two = frame("query", {"kind": "model", "model": "m", "inputs": {"a": x, "b": x}})
+    assert "two tensors name data frame 0" in refused([two, b"\0" * 8, b"\0" * 8]).reason
+    # a message that carries no tensors carries no data frames either
+    assert refused([frame("status"), b"stray"]).code == "malformed"
+    # every failure still echoes the request id
+    assert p.peek_id(_query_with(x)) == "req-1"
+
+
+def test_data_frames_are_viewed_not_copied():
+    arr = np.arange(1 << 16, dtype=np.float32)
+    frames: list = []
+    t = p.pack_tensor(arr, frames)
+    assert np.shares_memory(frames[0], arr)  # packing takes a view
+    back = p.unpack_tensor(t, frames)
+    assert np.shares_memory(back, arr)  # and so does unpacking
+    zmq = pytest.importorskip("zmq")
+    received = zmq.Frame(arr.tobytes())
+    view = p.unpack_tensor(t, [received])
+    np.testing.assert_array_equal(view, arr)
+    assert np.shares_memory(view, np.frombuffer(received.buffer, np.uint8))  # the received frame's own memory
 
 
 def test_tensor_bounds_hold_at_the_edges():
-    ok = p.decode(_query_with({"dtype": "float32", "shape": [0, 2 ** 14, 2 ** 14], "data": b""}))
-    assert p.unpack_tensors(ok.body.inputs)["x"].shape == (0, 2 ** 14, 2 ** 14)
+    ok = p.decode(_query_with({"dtype": "float32", "shape": [0, 2 ** 14, 2 ** 14], "frame": 0}, b""))
+    assert p.unpack_tensors(ok.body.inputs, ok.frames)["x"].shape == (0, 2 ** 14, 2 ** 14)
     # numpy cannot even make an empty array whose other dimensions overflow: such a shape is refused
-    err = refused(_query_with({"dtype": "float32", "shape": [0] + [2 ** 31 - 1] * (m.MAX_RANK - 1), "data": b""}))
+    err = refused(_query_with({"dtype": "float32", "shape": [0] + [2 ** 31 - 1] * (m.MAX_RANK - 1), "frame": 0},
+                              b""))
     assert err.code == "bad_request" and "spans more than" in err.reason
-    assert p.decode(_query_with({"dtype": "uint8", "shape": [1] * m.MAX_RANK, "data": b"\x07"})).body.inputs
+    assert p.decode(_query_with({"dtype": "uint8", "shape": [1] * m.MAX_RANK, "frame": 0}, b"\x07")).body.inputs
     assert m.MAX_TENSOR_ELEMENTS * 8 > m.MAX_TENSOR_BYTES  # so the byte bound is what stops big float64s
     with pytest.raises(msgspec.ValidationError):
-        msgspec.convert({"dtype": "uint8", "shape": [m.MAX_TENSOR_ELEMENTS + 1], "data": b""}, m.Tensor)
+        msgspec.convert({"dtype": "uint8", "shape": [m.MAX_TENSOR_ELEMENTS + 1], "frame": 0}, m.Tensor)
 
 
 def test_deep_nesting_never_raises_recursion_error():
@@ -400,8 +442,10 @@ def test_error_clips_long_reasons_and_maps_unknown_codes_to_internal():
 def test_tensor_round_trip_for_every_dtype(dtype, shape):
     rng = np.random.default_rng(0)
     arr = (rng.random(shape) * 100).astype(dtype)
-    back = p.decode(p.encode(p.Message("query", {"kind": "model", "model": "m", "inputs": p.pack_tensors({"a": arr})})))
-    out = p.unpack_tensors(back.body.inputs)["a"]
+    tensors, frames = p.pack_tensors({"a": arr})
+    back = p.decode([bytes(f) for f in p.encode(p.Message("query", {"kind": "model", "model": "m", "inputs": tensors},
+                                                          frames=frames))])
+    out = p.unpack_tensors(back.body.inputs, back.frames)["a"]
     assert out.dtype == arr.dtype and out.shape == arr.shape
     np.testing.assert_array_equal(out, arr)
 
@@ -409,26 +453,26 @@ def test_tensor_round_trip_for_every_dtype(dtype, shape):
 def test_pack_tensor_handles_non_contiguous_arrays():
     arr = np.arange(24, dtype=np.int32).reshape(4, 6)
     for view in (arr.T, arr[:, ::2], np.asfortranarray(arr), np.array(7, np.int32), np.int32(7)):
-        t = p.pack_tensor(view)
-        back = p.unpack_tensor(p.body_of("query", {"kind": "model", "inputs": {"v": t}}).inputs["v"])
+        frames: list = []
+        t = p.pack_tensor(view, frames)
+        back = p.unpack_tensor(p.body_of("query", {"kind": "model", "inputs": {"v": t}}).inputs["v"], frames)
         assert back.shape == np.shape(view)  # a 0-d array stays 0-d
         np.testing.assert_array_equal(back, view)
 
 
 def test_tensor_checks():
     with pytest.raises(p.ProtocolError) as info:
-        p.pack_tensor(np.array(["a"], dtype=object))
+        p.pack_tensor(np.array(["a"], dtype=object), [])
     assert info.value.code == "invalid_input"
     with pytest.raises(p.ProtocolError):
-        p.pack_tensor(np.array([1 + 2j]))
-    t = p.pack_tensor(np.zeros((2, 3), np.int64))
-    with pytest.raises(ValueError, match="needs"):
-        m.Tensor(dtype="int64", shape=[2, 3], data=t.data[:-1])  # a wrong tensor cannot even be built
+        p.pack_tensor(np.array([1 + 2j]), [])
+    with pytest.raises(ValueError, match="spans more than"):
+        m.Tensor(dtype="int64", shape=[2 ** 31 - 1] * 3, frame=0)  # a wrong tensor cannot even be built
     with pytest.raises(p.ProtocolError) as info:
-        p.unpack_output(m.Output())
+        p.unpack_output(m.Output(), [])
     assert info.value.code == "bad_request"
     with pytest.raises(p.ProtocolError):
-        p.pack_output("not an output")
+        p.pack_output("not an output", [])
 
 
 # -- the doc ------------------------------------------------------------------------------------------
