@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from infaas_cli.config import DEFAULT_HOME, HOME_ENV
+from infaas_cli.catalog.records import MAX_CACHE_MIB
 from infaas_cli.errors import InfaasError
 from infaas_cli.policy.autoscale import AutoscaleConfig
 from infaas_cli.policy.drift import DriftConfig
@@ -80,6 +81,7 @@ class MasterSettings:
     max_waiting_replies: int = 250000  # replies held for all such clients together (bounds memory)
     worker_garbage_limit: int = 20  # garbage frames before a worker is disconnected
     metrics_port: int | None = None  # Prometheus /metrics on the client door's interface (None: off; 0: a free port)
+    prediction_cache_mib: int = 0  # result cache per model registered without --cache-mib, MiB (0: off)
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -101,6 +103,8 @@ class MasterSettings:
         _check(self.max_waiting_replies_per_client >= 1, "master.max_waiting_replies_per_client", "must be >= 1")
         _check(self.max_waiting_replies >= self.max_waiting_replies_per_client, "master.max_waiting_replies",
                f"must be >= master.max_waiting_replies_per_client ({self.max_waiting_replies_per_client})")
+        _check(0 <= self.prediction_cache_mib <= MAX_CACHE_MIB, "master.prediction_cache_mib",
+               f"must be a size in MiB from 0 (no cache unless a model sets register --cache-mib) to {MAX_CACHE_MIB}")
         _check(self.log_level.upper() in LOG_LEVELS, "master.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
 
 

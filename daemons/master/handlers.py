@@ -24,9 +24,14 @@ from infaas_cli.policy.placement import VariantNeed, place
 from infaas_cli.policy.selection import ClusterSnapshot, Query, select
 from infaas_cli.protocol import messages as m
 from infaas_daemons.common import log
-from infaas_daemons.master.state import PendingQuery, WorkerEntry, slo_class
+from infaas_daemons.master.cache import PredictionCache
+from infaas_daemons.master.state import CachedAnswer, PendingQuery, WorkerEntry, slo_class
 
 CHUNK_BYTES = 1 << 20
+#: The `worker` a cache hit's reply names: no worker ran it.
+CACHE_WORKER = "cache"
+#: What a cached answer costs besides its output bytes, per output and for the entry (descriptors, names).
+CACHED_HEADER_BYTES = 128
 
 
 class _Upload:
@@ -117,6 +122,13 @@ class ClientHandlers:
         model = self.catalog.model(decision.model)
         if len(inputs) == 1 and "" in inputs and len(spec.inputs) == 1:  # a .npy query: the model names it
             inputs = {spec.inputs[0].name: inputs[""]}
+        cache_key = None
+        if self.cache.enabled(decision.model):
+            cache_key = self._cache_key(decision.model, inputs, frames, query)
+            hit = self.cache.get(cache_key)
+            if hit is not None:
+                self._answer_from_cache(route, client_id, query, decision.model, hit, decision_us, arrived)
+                return
         worker = self.workers[decision.worker_id]
         internal_id = uuid.uuid4().hex
         # The data frames go on untouched: the worker views them as its inputs (and casts what needs a cast).
@@ -131,7 +143,7 @@ class ClientHandlers:
         self.pending[internal_id] = PendingQuery(route, client_id, inputs, frames, query, decision.variant,
                                                  worker.worker_id, batch, decision_us, time.monotonic(), decision.needs_load, attempts,
                                                  [o["name"] for o in model.outputs], arrived,
-                                                 decision.predicted_latency_ms, decision.model)
+                                                 decision.predicted_latency_ms, decision.model, cache_key)
         self.ledger.started(route[0])
         worker.inflight.add(internal_id)
         if decision.variant in worker.loaded:
@@ -140,6 +152,30 @@ class ClientHandlers:
         else:  # a load on this worker: the next query must see it as held there
             worker.loaded[decision.variant] = batch
             self._cluster_changed()
+
+    @staticmethod
+    def _cache_key(model: str, inputs: dict[str, m.Tensor], frames: list, query: Query):
+        """The prediction cache's key: the model, the input bytes (hashed in place) and what else shapes the
+        answer — the variant a query named, or the accuracy a model-less one asked for."""
+        scope = query.variant if query.kind == "variant" else \
+            (f"min_accuracy={query.min_accuracy!r}" if query.min_accuracy else "")
+        return PredictionCache.key(model, ((name, t.dtype, t.shape, protocol.frame_buffer(frames[t.frame]))
+                                           for name, t in inputs.items()), scope)
+
+    def _answer_from_cache(self, route: tuple[bytes, ...], client_id: str, query: Query, model: str,
+                           hit: CachedAnswer, decision_us: float, arrived: float) -> None:
+        """A cache hit: answered here, no worker involved; counted like any other answer."""
+        now = time.monotonic()
+        latency_ms = (now - arrived) * 1e3
+        slo_met = None if query.latency_ms is None else latency_ms <= query.latency_ms
+        if slo_met is not None:
+            self.slo.record(now, model, slo_class(query), slo_met)
+        self.metrics.on_reply(model, hit.variant, query.task, latency_ms / 1e3, None, None, slo_met)
+        self.queries_served += 1
+        self._reply(route, protocol.Message("reply", m.ReplyBody(
+            outputs=hit.outputs, variant=hit.variant, worker=CACHE_WORKER, decision_us=decision_us,
+            timing={"total_ms": latency_ms}, output_names=hit.output_names, latency_ms=latency_ms, slo_met=slo_met,
+            model=model, cached=True), id=client_id, frames=hit.frames))
 
     def _on_status(self, route: tuple[bytes, ...], msg: protocol.Message) -> None:
         status = self.status()
@@ -177,6 +213,7 @@ class ClientHandlers:
                 "cluster_decisions": list(self.cluster_decisions),
                 "pending": len(self.pending), "queries_served": self.queries_served,
                 "queries_failed": self.queries_failed, "queries_refused": self.queries_refused,
+                "prediction_cache": self.cache.stats(),
                 "replies_waiting": self.ledger.waiting, "replies_dropped": self.replies_dropped, "workers_refused": len(self.refused),
                 "slo": self.slo.summary(now),
                 "reprofiles": self.drift_status(),
@@ -385,6 +422,9 @@ class WorkerHandlers:
             latency_ms=latency_ms, predicted_latency_ms=p.predicted_latency_ms, slo_met=slo_met, model=p.model or None),
             id=p.client_request_id, frames=msg.frames)  # the output frames go on untouched
         self.queries_served += 1
+        if p.cache_key is not None and p.attempts == 1:
+            self.cache.put(p.cache_key, CachedAnswer(msg.body.outputs, msg.frames, p.variant, p.output_names),
+                           sum(len(f) for f in msg.frames) + CACHED_HEADER_BYTES * (1 + len(msg.body.outputs)))
         self._reply(p.route, reply)
 
     def _observe_result(self, p: PendingQuery, latency_ms: float, timing: dict[str, float]) -> None:

@@ -33,6 +33,7 @@ from infaas_cli.protocol.messages import MAX_FRAME_BYTES
 from infaas_cli.settings import ClusterSettings, MasterSettings, SecuritySettings, Settings
 from infaas_daemons.common import log, step
 from infaas_daemons.master.apply import Actions
+from infaas_daemons.master.cache import PredictionCache, effective_mib
 from infaas_daemons.master.drift import DriftWatch
 from infaas_daemons.master.handlers import ClientHandlers, WorkerHandlers
 from infaas_daemons.master.metrics import MasterMetrics, metrics_host, start_server
@@ -107,6 +108,10 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         self._snapshot: ClusterSnapshot | None = None
         self._snapshot_at = 0.0
         self._snapshot_stale = False
+        self.cache = PredictionCache()  # opt-in per model (its record's cache_mib, else the master's default)
+        self.cache_stats = self.cache.stats()  # a copy the metrics thread may read; refreshed by the control tick
+        self._cached_variants: dict[str, tuple] = {}  # model -> its variants when its cache was last valid
+        self._configure_cache()
 
     @classmethod
     def from_settings(cls, settings: Settings, home: str | Path, endpoints_file: str | Path | None = None) -> Master:
@@ -128,6 +133,28 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         # (drift) or a model is added; only a pin whose variant left the catalog is dropped.
         known = self.catalog.index().infos
         self.pins = {key: v for key, v in self.pins.items() if v in known}
+        self._configure_cache()
+
+    def _configure_cache(self) -> None:
+        """Each model's prediction cache sized as the catalog says; a model whose variants changed starts empty
+        (its answers may have changed with them)."""
+        variants: dict[str, list] = collections.defaultdict(list)
+        for v in self.store.variants():
+            variants[v.model].append((v.name, v.artifact_sha256))
+        seen = set()
+        for rec in self.store.models():
+            seen.add(rec.name)
+            self.cache.configure(rec.name, effective_mib(rec.cache_mib, self.settings.prediction_cache_mib))
+            fingerprint = tuple(sorted(variants[rec.name]))
+            if self._cached_variants.get(rec.name, fingerprint) != fingerprint:
+                dropped = self.cache.invalidate(rec.name)
+                log.info("prediction cache of %s invalidated (its variants changed): %d entries dropped",
+                         rec.name, dropped)
+            self._cached_variants[rec.name] = fingerprint
+        for name in set(self._cached_variants) - seen:  # removed from the catalog
+            self.cache.configure(name, 0)
+            del self._cached_variants[name]
+        self.cache_stats = self.cache.stats()
 
     def snapshot(self) -> ClusterSnapshot:
         """The cluster as the selection policy sees it.
@@ -217,6 +244,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
                     self._step(self._expire_pending)
                     next_tick = time.monotonic() + min(0.25, self.heartbeat_interval_s / 2)
                 if time.monotonic() >= next_autoscale:
+                    self.cache_stats = self.cache.stats()
                     self._step(self._autoscale)
                     self._step(self._autoscale_cluster)
                     self._step(self._check_drift)

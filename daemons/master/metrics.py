@@ -284,6 +284,18 @@ class MasterMetrics:
                 holders[labels] = holders.get(labels, 0) + 1
                 queued[labels] = queued.get(labels, 0) + vm.queue
         yield _gauge("infaas_workers", "Workers the master knows, by state.", ["state"], states)
+        cache = master.cache_stats["models"]  # the control tick's copy: the loop thread owns the cache
+        for field, doc, family in (
+                ("hits", "Queries answered from the prediction cache.", _counter),
+                ("misses", "Queries to a cached model that the cache could not answer.", _counter),
+                ("evictions", "Prediction cache entries pushed out to make room.", _counter),
+                ("bytes", "Bytes the prediction cache holds.", _gauge)):
+            values: dict[tuple[str, ...], float] = {}
+            for name, c in cache.items():  # summed: models past the label cap share one label
+                key = (self.model(name),)
+                values[key] = values.get(key, 0.0) + c[field]
+            suffix = "_total" if family is _counter else ""
+            yield family(f"infaas_prediction_cache_{field}{suffix}", doc, ["model"], values)
         host_count = GaugeMetricFamily("infaas_hosts", "Distinct hosts with a live worker.")
         host_count.add_metric([], len(hosts))
         yield host_count

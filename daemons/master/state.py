@@ -54,6 +54,17 @@ class PendingQuery:
     arrived: float = 0.0  # when its frame reached the master's door: the SLO clock starts here
     predicted_latency_ms: float | None = None
     model: str = ""
+    cache_key: Any = None  # where its answer goes in the prediction cache (None: not cached)
+
+
+@dataclass(slots=True)
+class CachedAnswer:
+    """A query's answer kept by the prediction cache: the result's outputs and their frames, as the worker sent them."""
+
+    outputs: list
+    frames: list
+    variant: str
+    output_names: list[str]
 
 
 def slo_class(query: Query) -> str:

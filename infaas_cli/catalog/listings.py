@@ -17,7 +17,7 @@ def model_view(model: ModelRecord, variant_count: int) -> dict[str, Any]:
         "batch_dim": model.batch_dim, "max_batch": model.max_batch,
         "accuracy": model.accuracy, "accuracy_metric": model.accuracy_metric,
         "validation_samples": model.validation_samples, "variants": variant_count,
-        "artifact_sha256": model.artifact_sha256, "size_bytes": model.size_bytes,
+        "artifact_sha256": model.artifact_sha256, "size_bytes": model.size_bytes, "cache_mib": model.cache_mib,
     }
 
 

@@ -82,6 +82,12 @@ def describe_invalid(label: str, exc: msgspec.ValidationError) -> str:
     return f"{label}{where.removeprefix('$')}{kind}: {message}"
 
 
+#: The largest per-model prediction cache, in MiB (1 TiB): a bound on a replicated field, not a sizing hint.
+MAX_CACHE_MIB = 1 << 20
+#: A model's prediction cache on the master, in MiB (0: never cache its results).
+CacheMiB = Annotated[int, msgspec.Meta(ge=0, le=MAX_CACHE_MIB)]
+
+
 @dataclass
 class ModelRecord(Record):
     table: ClassVar[str] = "models"
@@ -103,6 +109,9 @@ class ModelRecord(Record):
     validation_sha256: str | None
     validation_samples: int
     registered_at: float
+    #: The master's prediction cache for this model (`register --cache-mib`); None: the master's
+    #: `master.prediction_cache_mib`. Absent from records written before it existed, which load as None.
+    cache_mib: CacheMiB | None = None
 
     nested: ClassVar[dict[str, Any]] = {"inputs": list[TensorSpec], "outputs": list[TensorSpec]}
 

@@ -48,6 +48,11 @@ def register(
     validation: Annotated[Optional[Path], typer.Option(help=".npz with one array per input (or x) and optional y labels.")] = None,
     accuracy: Annotated[Optional[float], typer.Option(help="Known accuracy (0-1), only when no validation set exists.")] = None,
     replace: Annotated[bool, typer.Option(help="Replace a model of the same name and its variants.")] = False,
+    cache_mib: Annotated[Optional[int], typer.Option(
+        "--cache-mib",
+        help="Cache this model's results on the master in up to this many MiB (least recently used out first): "
+             "a repeated identical input is answered without a worker. 0: never cache it. Left out: the "
+             "master's master.prediction_cache_mib (default 0: off), so caching is opt-in per model.")] = None,
     no_generate: Annotated[bool, typer.Option("--no-generate", help="Register only; run `infaas generate` later.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -56,12 +61,13 @@ def register(
     from infaas_cli.toolkit.register import register_model
 
     with open_home() as home:
-        record = register_model(home, path, name, task, dataset, validation, accuracy, replace)
+        record = register_model(home, path, name, task, dataset, validation, accuracy, replace, cache_mib)
         result: dict[str, Any] = {"model": model_view(record, 0)}
         if not as_json:
             acc = "unknown" if record.accuracy is None else f"{record.accuracy:.4f} ({record.accuracy_metric})"
+            cache = "" if record.cache_mib is None else f", prediction cache {record.cache_mib} MiB"
             err.print(f"registered [bold]{name}[/bold]: {len(record.inputs)} input(s), batch "
-                      f"{record.batch_dim} (max {record.max_batch}), accuracy {acc}", highlight=False)
+                      f"{record.batch_dim} (max {record.max_batch}), accuracy {acc}{cache}", highlight=False)
             if record.accuracy is None:
                 err.print("[yellow]warning:[/yellow] no validation set and no --accuracy: queries with a "
                           "minimum accuracy will never pick this model", highlight=False)

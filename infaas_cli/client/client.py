@@ -52,6 +52,7 @@ class QueryResult:
     client_latency_ms: float | None = None  # as this client saw it (network and client included)
     model: str | None = None
     output_names: list[str] = field(default_factory=list)
+    cached: bool = False  # answered from the master's prediction cache (no worker ran it)
 
     @property
     def outputs_by_name(self) -> dict[str, Any]:
@@ -200,7 +201,8 @@ class Client:
             decision_us=b.decision_us, timing=dict(b.timing), latency_ms=b.latency_ms,
             needs_load=b.needs_load, extra={"attempts": b.attempts, "output_names": list(b.output_names)},
             slo_met=b.slo_met, predicted_latency_ms=b.predicted_latency_ms,
-            client_latency_ms=(time.monotonic() - sent) * 1e3, model=b.model, output_names=list(b.output_names))
+            client_latency_ms=(time.monotonic() - sent) * 1e3, model=b.model, output_names=list(b.output_names),
+            cached=b.cached)
 
     # -- queries ---------------------------------------------------------------------------------------
     def submit(self, inputs: dict[str, np.ndarray], **slo: Any) -> str:

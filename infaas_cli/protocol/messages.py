@@ -130,6 +130,7 @@ class ReplyBody(Body):
     predicted_latency_ms: NonNegative | None = None
     slo_met: bool | None = None
     model: Name | None = None
+    cached: bool = False  # answered from the master's prediction cache (worker "cache"), no worker ran it
 
 
 class StatusBody(Body):

@@ -10,7 +10,7 @@ from infaas_cli.backends.ort_cpu import run_original
 from infaas_cli.errors import AlreadyExistsError, InfaasError, InvalidValidationDataError
 from infaas_cli.catalog.home import InfaasHome
 from infaas_cli.toolkit.modelio import inspect_model, load_validation, top1_accuracy
-from infaas_cli.catalog.records import ArtifactRecord, ModelRecord, ProfileRecord, VariantRecord
+from infaas_cli.catalog.records import MAX_CACHE_MIB, ArtifactRecord, ModelRecord, ProfileRecord, VariantRecord
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -22,13 +22,26 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
+def check_cache_mib(cache_mib: int | None) -> int | None:
+    if cache_mib is not None and (isinstance(cache_mib, bool) or not 0 <= cache_mib <= MAX_CACHE_MIB):
+        raise InfaasError(f"--cache-mib {cache_mib} is out of range; give the model's prediction cache in MiB "
+                          f"from 0 (never cache it) to {MAX_CACHE_MIB}, e.g. --cache-mib 64, or leave it out to "
+                          "use the master's default (master.prediction_cache_mib)")
+    return cache_mib
+
+
 def register_model(home: InfaasHome, path: str | Path, name: str, task: str, dataset: str,
                    validation: str | Path | None = None, accuracy: float | None = None,
-                   replace: bool = False) -> ModelRecord:
-    """Validate everything first, then write the artifacts and the model record in one transaction."""
+                   replace: bool = False, cache_mib: int | None = None) -> ModelRecord:
+    """Validate everything first, then write the artifacts and the model record in one transaction.
+
+    `cache_mib` is the master's prediction cache for this model (0: never cached); None leaves it to the
+    master's `master.prediction_cache_mib`.
+    """
     check_name("model name", name)
     check_name("task", task)
     check_name("dataset", dataset)
+    check_cache_mib(cache_mib)
     existing = home.store.get(ModelRecord, name)
     if existing is not None and not replace:
         raise AlreadyExistsError(f"model '{name}' is already registered; pass --replace to replace it "
@@ -63,7 +76,7 @@ def register_model(home: InfaasHome, path: str | Path, name: str, task: str, dat
         size_bytes=path.stat().st_size, inputs=[vars(s) for s in sig.inputs],
         outputs=[vars(s) for s in sig.outputs], batch_dim=sig.batch_dim, max_batch=sig.max_batch,
         opset=sig.opset, producer=sig.producer, accuracy=measured, accuracy_metric=metric,
-        validation_sha256=val_sha, validation_samples=samples, registered_at=time.time())
+        validation_sha256=val_sha, validation_samples=samples, registered_at=time.time(), cache_mib=cache_mib)
     with home.store.transaction() as txn:
         if existing is not None:
             for v in home.store.variants(name):

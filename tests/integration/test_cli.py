@@ -93,6 +93,30 @@ def test_register_errors(cli, tmp_path):
     assert r.exit_code == 1 and "--replace" in r.stderr
 
 
+
+def test_register_cache_mib(cli, tmp_path):
+    from infaas_cli.catalog.home import InfaasHome
+
+    good = make_two_input_model(tmp_path / "two.onnx")
+    base = ("register", good, "--task", "t", "--dataset", "d", "--accuracy", "0.9", "--no-generate")
+    r = cli(*base, "--name", "neg", "--cache-mib", "-5")
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "--cache-mib -5 is out of range" in r.stderr and "--cache-mib 64" in r.stderr
+    assert "master.prediction_cache_mib" in r.stderr
+    assert json.loads(cli("models", "--json").stdout) == []
+    r = cli(*base, "--name", "bad", "--cache-mib", "lots")
+    assert r.exit_code != 0 and "--cache-mib" in r.stderr and "Traceback" not in r.output
+
+    r = cli(*base, "--name", "cached", "--cache-mib", "32", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["model"]["cache_mib"] == 32
+    r = cli(*base, "--name", "plain")
+    assert r.exit_code == 0 and "prediction cache" not in r.stderr
+    assert "prediction cache 0 MiB" in cli(*base, "--name", "off", "--cache-mib", "0").stderr
+    with InfaasHome(tmp_path / "home") as home:
+        assert {m.name: m.cache_mib for m in home.store.models()} == {"cached": 32, "plain": None, "off": 0}
+
+
 def test_backends_listing_names_missing_toolchains(cli):
     rows = json.loads(cli("backends", "--json").stdout)
     by_name = {r["backend"]: r for r in rows}

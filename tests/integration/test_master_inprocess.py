@@ -436,3 +436,76 @@ def test_a_register_with_a_bad_field_gets_bad_request_naming_it(tmp_path, catalo
         with pytest.raises(QueryFailed) as info:
             client.query({"x": digits_x(1)}, model="nope")
         assert info.value.code == "unknown_model"
+
+
+# -- the prediction cache -------------------------------------------------------------------------------------
+
+def _infers(w: FakeWorker) -> int:
+    with w._lock:
+        return sum(1 for msg in w.received if msg.type == "infer")
+
+
+def _cache(client, model: str = "digits-mlp") -> dict:
+    return client.status()["master"]["prediction_cache"]["models"][model]
+
+
+def test_the_prediction_cache_answers_a_repeat_without_a_worker(tmp_path, catalog, workers):
+    with start_master(tmp_path, catalog, prediction_cache_mib=1) as (master, client):
+        w = workers(master, "fake-a", preload=[V])
+        wait_serving(client, "fake-a", holding=V)
+        x, y = digits_x(2), digits_x(2) + 1.0
+        miss = client.query({"x": x}, variant=V)
+        hit = client.query({"x": x}, variant=V)
+        other = client.query({"x": y}, variant=V)
+        assert (miss.cached, miss.worker) == (False, "fake-a") and (other.cached, other.worker) == (False, "fake-a")
+        assert (hit.cached, hit.worker, hit.variant) == (True, "cache", V)
+        for a, b in zip(hit.outputs, miss.outputs):
+            np.testing.assert_array_equal(a, b)
+        assert hit.output_names == miss.output_names
+        assert _infers(w) == 2  # the hit never reached the worker
+        # the same bytes, but asked of the model (a different answer may come back): a separate entry
+        assert not client.query({"x": x}, model="digits-mlp").cached
+        stats = _cache(client)
+        assert (stats["hits"], stats["misses"], stats["entries"]) == (1, 3, 3)
+        assert client.status()["master"]["prediction_cache"]["models"]["digits-logreg"]["entries"] == 0
+
+
+def test_the_prediction_cache_evicts_the_least_recently_used_within_its_cap(tmp_path, catalog, workers):
+    def big(body, inputs):  # 400 KB of output: two answers fit a 1 MiB cache, a third evicts the oldest
+        return [np.zeros(len(inputs["x"]), np.int64), np.zeros((len(inputs["x"]), 50_000), np.float32)]
+
+    with start_master(tmp_path, catalog, prediction_cache_mib=1) as (master, client):
+        w = workers(master, "fake-a", preload=[V], infer_fn=big)
+        wait_serving(client, "fake-a", holding=V)
+        xs = [digits_x(2) + i for i in range(3)]
+        for x in xs:
+            assert not client.query({"x": x}, variant=V).cached
+        assert client.query({"x": xs[2]}, variant=V).cached  # the newest stays
+        assert client.query({"x": xs[1]}, variant=V).cached
+        assert not client.query({"x": xs[0]}, variant=V).cached  # the oldest was evicted
+        stats = _cache(client)
+        assert stats["evictions"] >= 1 and stats["bytes"] <= stats["capacity_bytes"] == 1 << 20
+        assert _infers(w) == 4
+
+
+def test_the_prediction_cache_is_invalidated_when_the_models_variants_change(tmp_path, catalog, workers):
+    from infaas_cli.catalog.artifacts import ArtifactStore
+    from infaas_cli.catalog.store import LmdbStore
+
+    with start_master(tmp_path, catalog, prediction_cache_mib=1) as (master, client):
+        workers(master, "fake-a", preload=[V])
+        wait_serving(client, "fake-a", holding=V)
+        x = digits_x(1)
+        client.query({"x": x}, variant=V)
+        assert client.query({"x": x}, variant=V).cached
+        # Another catalog adds a variant of digits-mlp (replicated like any push): the model's answers may change.
+        other = LmdbStore(tmp_path / "other.lmdb")
+        try:
+            base = catalog.store.get(VariantRecord, V)
+            other.put(VariantRecord(**{**base.to_dict(), "name": "digits-mlp/ort-cpu-fp32o2-t3-b8", "threads": 3}))
+            assert client.push(other, ArtifactStore(tmp_path / "other-artifacts"))["applied"] == 1
+        finally:
+            other.close()
+        wait_for(lambda: _cache(client)["invalidations"] == 1, 5.0)
+        assert _cache(client)["entries"] == 0
+        assert not client.query({"x": x}, variant=V).cached

@@ -123,3 +123,20 @@ def test_bad_names_and_accuracy_flags(home, tmp_path):
     with pytest.raises(InfaasError, match="--accuracy is for models without a validation set"):
         register_model(home, path, "two", "toy", "toyset", tmp_path / "val.npz", accuracy=0.9)
     assert home.store.models() == []
+
+
+def test_cache_mib_is_stored_on_the_record_and_bad_values_write_nothing(home, tmp_path):
+    path = make_two_input_model(tmp_path / "two.onnx")
+    before = _snapshot(home)
+    for bad in (-1, 1 << 30):
+        with pytest.raises(InfaasError, match=r"--cache-mib .* out of range; .* 0 \(never cache it\) .*"
+                                              r"master\.prediction_cache_mib"):
+            register_model(home, path, "two", "toy", "toyset", accuracy=0.5, cache_mib=bad)
+    assert _snapshot(home) == before and not (home.path / "artifacts").exists()
+    assert register_model(home, path, "two", "toy", "toyset", accuracy=0.5, cache_mib=64).cache_mib == 64
+    assert home.store.model("two").cache_mib == 64  # through LMDB and back
+    assert [c.value for c in home.store.changes(0) if c.table == "models"][-1]["cache_mib"] == 64  # replicated
+    # --replace without --cache-mib goes back to the master's default
+    assert register_model(home, path, "two", "toy", "toyset", accuracy=0.5, replace=True).cache_mib is None
+    assert home.store.model("two").cache_mib is None
+    assert register_model(home, path, "off", "toy", "toyset", accuracy=0.5, cache_mib=0).cache_mib == 0

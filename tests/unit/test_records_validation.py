@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from infaas_cli.catalog.records import InvalidRecordError, ModelRecord, ProfileRecord, VariantRecord
+from infaas_cli.catalog.records import MAX_CACHE_MIB, InvalidRecordError, ModelRecord, ProfileRecord, VariantRecord
 from infaas_cli.catalog.store import MAX_KEY_BYTES, InvalidChangeError, MemoryStore
 from infaas_cli.errors import wire_error
 
@@ -140,3 +140,23 @@ def test_an_unreadable_stored_record_is_skipped_with_a_log_line(caplog):
         assert [m.name for m in store.models()] == ["good"]
         assert store.get(ModelRecord, "old") is None
     assert "models['old']" in caplog.text and "skipping" in caplog.text
+
+
+def test_cache_mib_is_optional_so_older_records_still_load():
+    old = ModelRecord.from_dict(_model())  # written before the field existed
+    assert old.cache_mib is None
+    assert ModelRecord.from_dict({**_model(), "cache_mib": 64}).cache_mib == 64
+    assert ModelRecord.from_dict(old.to_dict()) == old
+    store = MemoryStore()
+    store.apply_replicated(SOURCE, [_entry(1, _model("old")), _entry(2, {**_model("new"), "cache_mib": 0})])
+    assert (store.model("old").cache_mib, store.model("new").cache_mib) == (None, 0)
+
+
+@pytest.mark.parametrize("value, message", [
+    (-1, r"Expected int >= 0"),
+    (MAX_CACHE_MIB + 1, rf"Expected int <= {MAX_CACHE_MIB}"),
+    ("64", r"Expected int \| null, got str"),
+    (True, r"Expected int \| null, got bool"),
+])
+def test_bad_cache_mib_is_refused_with_its_path(value, message):
+    _refused(MemoryStore(), [_entry(1, {**_model(), "cache_mib": value})], rf"models\['m'\]\.cache_mib: {message}")

@@ -116,6 +116,19 @@ def test_bad_env_and_cli_values_name_their_source(layout):
         load(Path("/nonexistent/infaas.toml"))
 
 
+def test_prediction_cache_default_is_off_and_bounded(layout, tmp_path):
+    _, _, load = layout
+    assert load()[0].master.prediction_cache_mib == 0  # off unless a model is registered with --cache-mib
+    assert load(env={"INFAAS_MASTER_PREDICTION_CACHE_MIB": "64"})[0].master.prediction_cache_mib == 64
+    given = tmp_path / "cache.toml"
+    given.write_text("[master]\nprediction_cache_mib = -1\n")
+    with pytest.raises(SettingsError, match=r"master.prediction_cache_mib must be a size in MiB from 0 .*"
+                                            rf"\(master.prediction_cache_mib set by {re.escape(str(given))}\)"):
+        load(given)
+    with pytest.raises(SettingsError, match=r"master.prediction_cache_mib must be an integer, not '1.5'"):
+        load(overrides={"master.prediction_cache_mib": "1.5"})
+
+
 def test_relative_paths_in_a_file_are_relative_to_it(layout, tmp_path):
     _, _, load = layout
     given = tmp_path / "conf" / "infaas.toml"
