@@ -76,6 +76,7 @@ class MasterSettings:
     pending_timeout_s: float = 60.0  # a query waiting this long for a worker fails
     max_attempts: int = 3  # tries of a query on different workers before it fails
     max_pending_per_client: int = 1000  # queries one client may have in flight
+    max_loop_lag_ms: float = 500.0  # refuse queries (overloaded) while the loop is this far behind its sockets
     max_pending: int = 50000  # queries all clients together may have in flight
     max_waiting_replies_per_client: int = 100000  # replies held for a client that does not read yet
     max_waiting_replies: int = 250000  # replies held for all such clients together (bounds memory)
@@ -95,6 +96,7 @@ class MasterSettings:
         _check(self.pending_timeout_s > 0, "master.pending_timeout_s", "must be > 0 seconds")
         _check(self.max_attempts >= 1, "master.max_attempts", "must be >= 1")
         _check(self.max_pending_per_client >= 1, "master.max_pending_per_client", "must be >= 1")
+        _check(self.max_loop_lag_ms > 0, "master.max_loop_lag_ms", "must be > 0")
         _check(self.max_pending >= self.max_pending_per_client, "master.max_pending",
                f"must be >= master.max_pending_per_client ({self.max_pending_per_client})")
         _check(self.worker_garbage_limit >= 1, "master.worker_garbage_limit", "must be >= 1")

@@ -8,6 +8,7 @@ reply by the door; decisions are the pure policies' (infaas_cli.policy).
 from __future__ import annotations
 
 import collections
+import itertools
 import time
 import uuid
 from pathlib import Path
@@ -49,6 +50,10 @@ class ClientHandlers:
         if not b.inputs:
             raise protocol.ProtocolError("invalid_input", "the query carries no inputs")
         identity = route[0]
+        lag_s = self.loop_lag_s()
+        if lag_s * 1e3 > self.settings.max_loop_lag_ms:
+            raise protocol.ProtocolError("overloaded", f"the master is {lag_s * 1e3:.0f} ms behind its queries; "
+                                         "retry shortly, or spread the load over more masters")
         if self.ledger.load(identity) >= self.settings.max_pending_per_client or \
                 len(self.pending) >= self.settings.max_pending:
             raise protocol.ProtocolError("overloaded", f"too many queries in flight ({self.ledger.load(identity)} "
@@ -178,14 +183,16 @@ class ClientHandlers:
             model=model, cached=True), id=client_id, frames=hit.frames))
 
     def _on_status(self, route: tuple[bytes, ...], msg: protocol.Message) -> None:
-        status = self.status()
+        status = self.status(msg.body.workers_offset, msg.body.workers_limit)
         self._reply(route, protocol.Message("status_reply", m.StatusReplyBody(**status), id=msg.id))
 
-    def status(self) -> dict[str, Any]:
+    def status(self, workers_offset: int = 0, workers_limit: int = 1000) -> dict[str, Any]:
+        """The master's summary, and one page of its workers: a status costs the page, not the cluster."""
         now = time.monotonic()
         dec = np.asarray(self.decision_us) if self.decision_us else np.zeros(0)
         workers = []
-        for w in self.workers.values():
+        page = itertools.islice(self.workers.values(), workers_offset, workers_offset + workers_limit)
+        for w in page:
             mt = w.metrics
             workers.append({
                 "worker_id": w.worker_id, "alive": w.alive, "last_seen_s": round(now - w.last_seen, 3),
@@ -211,6 +218,9 @@ class ClientHandlers:
                 "policy": self.policy, "pins": {"/".join(str(k) for k in key): v for key, v in self.pins.items()},
                 "autoscale_actions": list(self.actions),
                 "cluster_decisions": list(self.cluster_decisions),
+                "workers_total": len(self.workers), "workers_alive": self.workers_alive,
+                "workers_offset": workers_offset, "loop_lag_ms": round(self.loop_lag_s() * 1e3, 1),
+                "false_death_guard": self.deaths_deferred,
                 "pending": len(self.pending), "queries_served": self.queries_served,
                 "queries_failed": self.queries_failed, "queries_refused": self.queries_refused,
                 "prediction_cache": self.cache.stats(),
@@ -357,8 +367,9 @@ class WorkerHandlers:
     def _on_register(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:
         b: m.RegisterBody = msg.body
         old = self.workers.get(worker_id)
-        self.workers[worker_id] = WorkerEntry(worker_id, identity, b.hardware, list(b.backends), time.monotonic(),
-                                              inflight=old.inflight if old else set())
+        self.workers[worker_id] = entry = WorkerEntry(worker_id, identity, b.hardware, list(b.backends),
+                                                      time.monotonic(), inflight=old.inflight if old else set())
+        self.seen(entry)
         self._cluster_changed()
         log.info("worker %s registered (%s cores, backends %s)", worker_id, b.hardware.cores, ",".join(b.backends))
         self._send_worker(identity, protocol.Message(

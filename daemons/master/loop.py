@@ -90,6 +90,10 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         self.endpoints_file = Path(endpoints_file) if endpoints_file else None
         self.stop_event = threading.Event()
         self.workers: dict[str, Any] = {}
+        # Worker ids, least recently heard from first: the liveness check reads only the front (the late ones).
+        self.seen_order: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._behind_since: float | None = None  # since when the loop has had a backlog it could not drain
+        self.deaths_deferred = 0  # liveness checks skipped because the loop itself was behind
         self.pending: dict[str, PendingQuery] = {}
         self.ledger = ClientLedger()
         self.uploads: dict[str, Any] = {}
@@ -123,6 +127,20 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
     @property
     def store(self):
         return self.catalog.store
+
+    @property
+    def workers_alive(self) -> int:
+        return sum(1 for w in self.workers.values() if w.alive)
+
+    def loop_lag_s(self) -> float:
+        """How long the loop has been behind its sockets (a backlog of a whole drain batch and more), or 0."""
+        return 0.0 if self._behind_since is None else time.monotonic() - self._behind_since
+
+    def seen(self, entry) -> None:
+        """A worker was heard from now: it moves to the back of the liveness order."""
+        entry.last_seen = time.monotonic()
+        self.seen_order[entry.worker_id] = None
+        self.seen_order.move_to_end(entry.worker_id)
 
     # -- catalog and cluster views ---------------------------------------------------------------------
     def _catalog_changed(self) -> None:
@@ -234,9 +252,17 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         next_tick = next_autoscale = time.monotonic()
         try:
             while not self.stop_event.is_set():
-                # Waiting replies are retried every few ms until their clients read.
-                for sock, _ in poller.poll(5 if self.ledger.waiting else 50):
-                    self._drain(sock)
+                # Waiting replies are retried every few ms until their clients read. Workers first: their
+                # heartbeats and results must not wait behind a flood of queries.
+                ready = dict(poller.poll(5 if self.ledger.waiting else 50))
+                backlog = False
+                for sock in (self.workers_sock, self.clients):
+                    if sock in ready:
+                        backlog |= not self._drain(sock)
+                if not backlog:
+                    self._behind_since = None
+                elif self._behind_since is None:
+                    self._behind_since = time.monotonic()
                 if self.ledger.waiting:
                     self._step(self._flush_outboxes)
                 if time.monotonic() >= next_tick:
@@ -275,14 +301,16 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
     def _step(self, fn, *args) -> None:
         step("master", fn, *args)
 
-    def _drain(self, sock: zmq.Socket) -> None:
+    def _drain(self, sock: zmq.Socket) -> bool:
+        """Handle up to DRAIN_BATCH messages of one socket; False when more were left waiting (a backlog)."""
         door = self._client_door if sock is self.clients else self._worker_door
         for _ in range(DRAIN_BATCH):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)  # tensor frames are forwarded, never copied
             except zmq.Again:
-                return
+                return True
             self._step(door, frames)
+        return False
 
     # -- sending ---------------------------------------------------------------------------------------
     def _reply(self, route: tuple[bytes, ...], msg: protocol.Message) -> None:
@@ -398,7 +426,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         worker_id = identity.decode(errors="replace")
         entry = self.workers.get(worker_id)
         if entry is not None and entry.identity == identity:
-            entry.last_seen = time.monotonic()
+            self.seen(entry)
         handler = {"register": self._on_register, "heartbeat": self._on_heartbeat, "result": self._on_result,
                    "error": self._on_worker_error, "loaded": self._on_loaded, "fetch": self._on_fetch,
                    "reprofiled": self._on_reprofiled}.get(msg.type)
@@ -435,13 +463,28 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
 
     # -- timers ----------------------------------------------------------------------------------------
     def _check_workers(self) -> None:
+        """Declare late workers dead and forget long-dead ones, reading only the front of the liveness order.
+
+        Skipped while the loop itself is behind: a heartbeat still waiting in the socket is not a dead
+        worker, so query load never turns into false deaths.
+        """
         now = time.monotonic()
         late_s = self.settings.dead_after_missed_heartbeats * self.heartbeat_interval_s
-        for w in list(self.workers.values()):
-            if w.alive and now - w.last_seen > late_s:
+        if self.loop_lag_s() > self.heartbeat_interval_s:
+            self.deaths_deferred += 1
+            return
+        for worker_id in list(self.seen_order):
+            w = self.workers.get(worker_id)
+            if w is None:
+                del self.seen_order[worker_id]
+                continue
+            quiet_s = now - w.last_seen
+            if quiet_s <= late_s:
+                return  # everyone behind it was heard from more recently
+            if w.alive:
                 self._declare_dead(w, f"missed {self.settings.dead_after_missed_heartbeats} heartbeats")
-            elif not w.alive and now - w.last_seen > self.settings.forget_dead_worker_s:
-                log.info("worker %s forgotten (dead for %.0f s)", w.worker_id, now - w.last_seen)
+            elif quiet_s > self.settings.forget_dead_worker_s:
+                log.info("worker %s forgotten (dead for %.0f s)", w.worker_id, quiet_s)
                 self._forget(w.worker_id)
 
     def _declare_dead(self, w, why: str) -> None:
@@ -458,6 +501,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
 
     def _forget(self, worker_id: str) -> None:
         self.workers.pop(worker_id, None)
+        self.seen_order.pop(worker_id, None)
         self.overheads.forget(worker_id)
         self.autoscale_states.pop(worker_id, None)
         self.draining.discard(worker_id)
@@ -476,12 +520,17 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
                                                 f"{wire_error(exc)[1]}")
 
     def _expire_pending(self) -> None:
+        """Answer queries whose worker never did; `pending` is in dispatch order, so only its front is read."""
         now = time.monotonic()
         timeout_s = self.settings.pending_timeout_s
-        for rid, p in list(self.pending.items()):
-            if now - p.started > timeout_s:
-                self._finish(rid)
-                self._reply_error(p, "overloaded", f"no answer from worker {p.worker_id} within {timeout_s:.0f} s")
+        expired = []
+        for rid, p in self.pending.items():
+            if now - p.started <= timeout_s:
+                break
+            expired.append((rid, p))
+        for rid, p in expired:
+            self._finish(rid)
+            self._reply_error(p, "overloaded", f"no answer from worker {p.worker_id} within {timeout_s:.0f} s")
 
 
 def _bind(sock: zmq.Socket, endpoint: str) -> str:

@@ -80,39 +80,55 @@ def slo_class(query: Query) -> str:
 
 
 class SloLedger:
-    """SLO attainment over the last `window_s`, per model and per query class (bounded memory)."""
+    """SLO attainment over the last `window_s`, per model and per query class (bounded memory).
+
+    Counts are kept as entries arrive and leave the window, so a summary costs the number of models
+    and classes, not the number of queries in the window.
+    """
 
     def __init__(self, window_s: float = 60.0, max_entries: int = 200_000) -> None:
         self.window_s = window_s
-        self.entries: collections.deque[tuple[float, str, str, bool]] = collections.deque(maxlen=max_entries)
+        self.max_entries = max_entries
+        self.entries: collections.deque[tuple[float, str, str, bool]] = collections.deque()
+        self.by_model: dict[str, list[int]] = {}
+        self.by_class: dict[str, list[int]] = {}
         self.met_total = 0
         self.missed_total = 0
 
     def record(self, now: float, model: str, klass: str, met: bool) -> None:
+        if len(self.entries) >= self.max_entries:
+            self._drop()
         self.entries.append((now, model, klass, met))
+        for table, key in ((self.by_model, model), (self.by_class, klass)):
+            counts = table.get(key)
+            if counts is None:
+                counts = table[key] = [0, 0]
+            counts[0 if met else 1] += 1
         if met:
             self.met_total += 1
         else:
             self.missed_total += 1
 
+    def _drop(self) -> None:
+        _, model, klass, met = self.entries.popleft()
+        for table, key in ((self.by_model, model), (self.by_class, klass)):
+            counts = table[key]
+            counts[0 if met else 1] -= 1
+            if counts == [0, 0]:
+                del table[key]
+
     def summary(self, now: float) -> dict[str, Any]:
         while self.entries and self.entries[0][0] < now - self.window_s:
-            self.entries.popleft()
-        by_model: dict[str, list[int]] = {}
-        by_class: dict[str, list[int]] = {}
-        for _, model, klass, met in self.entries:
-            for table, key in ((by_model, model), (by_class, klass)):
-                counts = table.setdefault(key, [0, 0])
-                counts[0 if met else 1] += 1
+            self._drop()
 
         def rows(table: dict[str, list[int]]) -> dict[str, Any]:
             return {k: {"met": m, "missed": x, "attainment": m / (m + x)} for k, (m, x) in sorted(table.items())}
 
-        met = sum(1 for e in self.entries if e[3])
+        met = sum(m for m, _ in self.by_model.values())
         n = len(self.entries)
         return {"window_s": self.window_s, "queries": n, "attainment": met / n if n else None,
                 "met_total": self.met_total, "missed_total": self.missed_total,
-                "by_model": rows(by_model), "by_class": rows(by_class)}
+                "by_model": rows(self.by_model), "by_class": rows(self.by_class)}
 
 
 class ClientLedger:

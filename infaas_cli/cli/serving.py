@@ -191,10 +191,13 @@ def push(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     timeout_s: Annotated[float, typer.Option(help="How long to wait for the master.")] = 5.0,
+    workers: Annotated[int, typer.Option("--workers", min=0, max=10_000,
+                                         help="List at most this many workers (0: the summary only).")] = 1000,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="The first worker listed (paging).")] = 0,
 ) -> None:
     """The master's endpoint, workers, loaded variants, queues, QPS, utilisation and decision times."""
     with client(timeout_s) as master:
-        st = master.status()
+        st = master.status(workers_offset=offset, workers_limit=workers)
     fronts = _local_fronts(st)
     if fronts:
         st["fronts"] = fronts
@@ -223,6 +226,10 @@ def status(
                           str(v.get("replicas", "-")), str(v.get("queue", "-")), fmt(v.get("qps"), ".1f"),
                           fmt(v.get("latency_ms"), ".2f"))
     out.print(table)
+    total = m.get("workers_total", len(st["workers"]))
+    if total > len(st["workers"]):
+        out.print(f"{len(st['workers'])} of {total} workers listed ({m.get('workers_alive')} alive); page with "
+                  f"--offset {offset + len(st['workers'])}", highlight=False)
     slo = m.get("slo") or {}
     if slo.get("queries"):
         att = Table(title=f"SLO attainment, last {slo['window_s']:.0f} s: {slo['attainment']:.1%} of "

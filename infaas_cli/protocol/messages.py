@@ -133,8 +133,15 @@ class ReplyBody(Body):
     cached: bool = False  # answered from the master's prediction cache (worker "cache"), no worker ran it
 
 
+#: Most workers one `status_reply` lists (a page; the summary counts them all).
+MAX_STATUS_WORKERS = 10_000
+
+
 class StatusBody(Body):
-    pass
+    """Ask for the cluster view: the master's summary, and one page of its workers (in registration order)."""
+
+    workers_offset: Count = 0
+    workers_limit: Annotated[int, Meta(ge=0, le=MAX_STATUS_WORKERS)] = 1000
 
 
 class StatusReplyBody(Body):

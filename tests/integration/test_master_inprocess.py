@@ -509,3 +509,19 @@ def test_the_prediction_cache_is_invalidated_when_the_models_variants_change(tmp
         wait_for(lambda: _cache(client)["invalidations"] == 1, 5.0)
         assert _cache(client)["entries"] == 0
         assert not client.query({"x": x}, variant=V).cached
+
+
+def test_status_is_a_summary_with_a_page_of_workers(tmp_path, catalog, workers):
+    with start_master(tmp_path, catalog) as (master, client):
+        for i in range(3):
+            workers(master, f"fake-{i}")
+        wait_serving(client, "fake-0", "fake-1", "fake-2")
+        full = client.status()
+        page = client.status(workers_offset=1, workers_limit=1)
+        summary = client.status(workers_limit=0)
+    order = [w["worker_id"] for w in full["workers"]]  # registration order
+    assert sorted(order) == ["fake-0", "fake-1", "fake-2"]
+    assert [w["worker_id"] for w in page["workers"]] == order[1:2] and summary["workers"] == []
+    for st in (full, page, summary):
+        assert (st["master"]["workers_total"], st["master"]["workers_alive"]) == (3, 3)
+    assert page["master"]["workers_offset"] == 1 and summary["master"]["loop_lag_ms"] == 0.0

@@ -116,3 +116,22 @@ def test_the_floor_is_the_least_recent_overhead_or_the_prior():
         o.add("w1", e2e, 1.0)
     o.add("w2", 3.0, 1.0)
     assert o.floor_ms() == pytest.approx(0.3)
+
+
+def test_slo_ledger_counts_leave_the_window_with_their_queries():
+    from infaas_daemons.master.state import SloLedger
+
+    ledger = SloLedger(window_s=10.0, max_entries=3)
+    ledger.record(0.0, "m", "a", True)
+    ledger.record(1.0, "m", "b", False)
+    ledger.record(5.0, "n", "a", True)
+    s = ledger.summary(5.0)
+    assert (s["queries"], s["attainment"]) == (3, 2 / 3)
+    assert s["by_model"]["m"] == {"met": 1, "missed": 1, "attainment": 0.5}
+    ledger.record(6.0, "n", "a", False)  # past max_entries: the oldest leaves, with its counts
+    s = ledger.summary(6.0)
+    assert s["queries"] == 3 and s["by_class"]["a"] == {"met": 1, "missed": 1, "attainment": 0.5}
+    s = ledger.summary(12.0)  # t=1 has left the 10 s window
+    assert s["queries"] == 2 and "m" not in s["by_model"] and s["by_class"]["a"]["missed"] == 1
+    assert (s["met_total"], s["missed_total"]) == (2, 2)
+    assert ledger.summary(100.0)["attainment"] is None
