@@ -1,20 +1,27 @@
 """Fuzz the doors of infaas: the master's client endpoint, the master's worker endpoint, a worker, and a slow reader.
 
 Issue "One house": every door must be guarded. The fuzzer sends garbage and hostile-but-well-formed
-frames (deterministic by seed) and checks invariants:
+messages (deterministic by seed) and checks invariants. It speaks the protocol version of the tree
+(3: a message is a multipart ZeroMQ message, the msgpack envelope and then the raw tensor data frames
+its descriptors name). Valid messages go out with send_multipart; the single-frame garbage (random
+bytes, truncated or non-map envelopes, ...) stays single-frame; the ``frames_*`` mutations send a body
+that decodes with data frames that break the frame rules (see ``mutate_frames``):
 
-* master client door — every frame gets exactly one reply (by request id; a frame whose id cannot
+* master client door — every message gets exactly one reply (by request id; a message whose id cannot
   be read is sent alone on its own socket, so its one reply is countable), no ``internal`` error for
-  a user mistake, the daemons stay alive, valid queries mixed in (every 50th frame) are answered
-  with the outputs ONNX Runtime gives on the original model, and afterwards the catalog is
-  readable (``status`` lists the models, a fresh query works);
+  a user mistake, the daemons stay alive, valid queries mixed in (every 50th message) are answered
+  with the outputs ONNX Runtime gives on the original model, every ``frames_*`` query is answered
+  ``malformed``, and afterwards the catalog is readable (``status`` lists the models, a fresh query
+  works);
 * master worker door — DEALERs with fresh identities send garbage, bad registrations, garbage
-  heartbeats, results/errors for unknown ids and bad fetches; the master stays alive, a normal
-  client's queries keep being answered correctly throughout, and ``status`` does not list a garbage
-  worker as serving;
+  heartbeats, results/errors for unknown ids, bad fetches and ``result``s with broken data frames; the
+  master stays alive, a normal client's queries keep being answered correctly throughout, ``status``
+  does not list a garbage worker as serving, and a registered worker sending broken results gets one
+  ``malformed`` per result until ``master.worker_garbage_limit``, then is cut off;
 * a worker — this process plays the master (a ROUTER), a real worker process registers with it and
-  is sent garbage and hostile infer/load frames; it keeps heartbeating, every ``infer`` gets exactly
-  one reply, a failed load answers its held queries and does not wedge the variant;
+  is sent garbage and hostile infer/load messages (infers with broken data frames among them); it
+  keeps heartbeating, every ``infer`` gets exactly one reply, a failed load answers its held queries
+  and does not wedge the variant;
 * slow reader — a client sends a burst of queries without reading (small RCVHWM), then reads:
   every query is answered or refused explicitly (``overloaded``), none silently lost.
 
@@ -51,7 +58,7 @@ if str(REPO / "tests") not in sys.path:
 
 from infaas_cli import protocol  # noqa: E402
 from infaas_cli.client import Client, QueryFailed  # noqa: E402
-from infaas_cli.client.client import query_body  # noqa: E402
+from infaas_cli.client.client import query_message  # noqa: E402
 from infaas_cli.cluster import embedded  # noqa: E402
 
 VALID_EVERY = 50  # a valid query every this many frames
@@ -68,6 +75,7 @@ def V() -> int:
 
 
 _CURRENT = object()
+Frames = list  # one message: the envelope frame, then its tensor data frames (protocol 3), all bytes
 
 
 def raw_frame(type_: Any, body: Any, rid: Any, v: Any = _CURRENT, **extra: Any) -> bytes:
@@ -76,22 +84,34 @@ def raw_frame(type_: Any, body: Any, rid: Any, v: Any = _CURRENT, **extra: Any) 
     return msgpack.packb(env, use_bin_type=True)
 
 
-def valid_frame(type_: str, body: dict[str, Any], rid: str) -> bytes:
-    return protocol.encode(protocol.Message(type_, body, id=rid))
+def raw_msg(type_: Any, body: Any, rid: Any, data: Any = (), v: Any = _CURRENT) -> Frames:
+    """A hand-built message: the envelope, then the given data frames."""
+    return [raw_frame(type_, body, rid, v), *[bytes(d) for d in data]]
+
+
+def valid_frame(type_: str, body: dict[str, Any], rid: str, data: Any = ()) -> Frames:
+    """A message as the typed encoder makes it (its frames, as bytes)."""
+    return [bytes(f) for f in protocol.encode(protocol.Message(type_, body, id=rid, frames=list(data)))]
+
+
+def as_frames(msg: bytes | Frames) -> Frames:
+    """One frame (the single-frame garbage) or a message's frames, as a list of frames."""
+    return [msg] if isinstance(msg, (bytes, bytearray)) else list(msg)
 
 
 def max_id() -> int:
-    """Longest request id a daemon echoes (protocol 2 bounds ids; read at run time)."""
+    """Longest request id a daemon echoes (read at run time)."""
     from infaas_cli.protocol import envelope
 
     return int(getattr(envelope, "MAX_ID", 1 << 30))
 
 
-def readable_id(frame: bytes) -> str | None:
-    """The request id a peer can read from this frame (a string of at most max_id() characters under
-    "id" in a msgpack map), else None: such a frame's error reply cannot echo an id."""
+def readable_id(msg: bytes | Frames) -> str | None:
+    """The request id a peer can read from this message's envelope frame (a string of at most max_id()
+    characters under "id" in a msgpack map), else None: such a message's error reply cannot echo an id."""
+    frames = as_frames(msg)
     try:
-        raw = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+        raw = msgpack.unpackb(frames[0], raw=False, strict_map_key=False)
     except Exception:
         return None
     if isinstance(raw, dict) and isinstance(raw.get("id"), str) and len(raw["id"]) <= max_id():
@@ -99,8 +119,10 @@ def readable_id(frame: bytes) -> str | None:
     return None
 
 
-def preview(frame: bytes, n: int = 160) -> str:
-    """A short readable form of a frame, for evidence."""
+def preview(msg: bytes | Frames, n: int = 160) -> str:
+    """A short readable form of a message (its envelope, and the sizes of its data frames), for evidence."""
+    frames = as_frames(msg) or [b""]
+    frame = frames[0]
     try:
         obj = msgpack.unpackb(frame, raw=False, strict_map_key=False)
     except Exception:
@@ -111,46 +133,103 @@ def preview(frame: bytes, n: int = 160) -> str:
             text = repr(obj)
         except RecursionError:  # the 1000-deep shape: readable by msgpack, too deep for repr
             text = f"<deeply nested frame, id {readable_id(frame)!r}>"
-    return text if len(text) <= n else text[:n] + "..."
+    if len(text) > n:
+        text = text[:n] + "..."
+    if len(frames) > 1:
+        sizes = [len(f) for f in frames[1:9]]
+        text += f" + {len(frames) - 1} data frame(s) of {sizes}{'...' if len(frames) > 9 else ''} bytes"
+    return text
 
 
-def ptensor(arr: np.ndarray) -> dict[str, Any]:
-    """A tensor as a plain map (hostile frames are packed with msgpack, not the typed encoder)."""
+def ptensor(arr: np.ndarray, data: list) -> dict[str, Any]:
+    """A tensor descriptor as a plain map (hostile messages are packed with msgpack, not the typed encoder);
+    its bytes are appended to `data`, the message's data frames."""
     arr = np.ascontiguousarray(arr)
-    return {"dtype": arr.dtype.name, "shape": list(arr.shape), "data": arr.tobytes()}
+    data.append(arr.tobytes())
+    return {"dtype": arr.dtype.name, "shape": list(arr.shape), "frame": len(data) - 1}
 
 
-def raw_outputs(raw: dict[str, Any]) -> list[Any]:
-    """The outputs of a reply/result as numpy arrays (or lists), from the plain msgpack map."""
-    outs = []
-    for o in raw["body"]["outputs"]:
-        if o.get("tensor") is not None:
-            t = o["tensor"]
-            outs.append(np.frombuffer(t["data"], dtype=t["dtype"]).reshape(t["shape"]))
-        else:
-            outs.append(o.get("list"))
-    return outs
-
-
-def parse_reply(frame: bytes) -> dict[str, Any] | None:
+def _descriptor_bytes(t: Any) -> int | None:
+    """The bytes a well-formed descriptor's frame must hold, or None when the descriptor is not well-formed."""
+    if not isinstance(t, dict) or not isinstance(t.get("frame"), int) or isinstance(t.get("frame"), bool) \
+            or not 0 <= t["frame"] < 64:
+        return None
+    shape = t.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2 ** 31
+                                              for d in shape):
+        return None
     try:
-        raw = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+        item = np.dtype(t.get("dtype")).itemsize if t.get("dtype") in protocol.messages.DTYPES else None
+    except TypeError:
+        item = None
+    n = int(np.prod(shape, dtype=object)) if shape else 1
+    return None if item is None or n * item > 1 << 24 else n * item
+
+
+def body_tensors(type_: Any, body: Any) -> list[dict[str, Any]]:
+    """The tensor descriptors (plain maps) a hand-built body carries, as the typed decoder will find them."""
+    if not isinstance(body, dict):
+        return []
+    if type_ in ("query", "infer"):
+        inputs = body.get("inputs")
+        return [t for t in inputs.values() if isinstance(t, dict)] if isinstance(inputs, dict) else []
+    if type_ in ("result", "reply"):
+        outs = body.get("outputs")
+        return [o["tensor"] for o in outs if isinstance(o, dict) and isinstance(o.get("tensor"), dict)] \
+            if isinstance(outs, list) else []
+    return []
+
+
+def data_for(type_: Any, body: Any) -> list[bytes]:
+    """Data frames that fit a hand-built body: zeros of the right length at each well-formed descriptor's
+    frame, so that a body's other mistakes, not a missing frame, decide its answer."""
+    frames: dict[int, bytes] = {}
+    for t in body_tensors(type_, body):
+        n = _descriptor_bytes(t)
+        if n is not None:
+            frames.setdefault(t["frame"], bytes(n))
+    return [frames.get(i, b"") for i in range(max(frames) + 1)] if frames else []
+
+
+def auto_msg(type_: Any, body: Any, rid: Any, v: Any = _CURRENT) -> Frames:
+    """A hand-built message with the data frames its body's descriptors ask for."""
+    return raw_msg(type_, body, rid, data_for(type_, body), v=v)
+
+
+def _strip_route(frames: list) -> list:
+    """A message as a DEALER receives it: an empty delimiter in front (when the master took the message
+    for a REQ's) is dropped."""
+    return frames[1:] if len(frames) > 1 and not len(frames[0]) else frames
+
+
+def parse_reply(msg: bytes | Frames) -> dict[str, Any] | None:
+    """The envelope of a received message, as a plain map (None when it is not a msgpack map)."""
+    frames = _strip_route(as_frames(msg))
+    try:
+        raw = msgpack.unpackb(frames[0], raw=False, strict_map_key=False)
     except Exception:
         return None
     return raw if isinstance(raw, dict) else None
 
 
+def decoded_outputs(frames: Frames) -> tuple[protocol.Message, list[Any]]:
+    """A received reply/result decoded as protocol (its frames checked against its descriptors), and its
+    outputs as numpy arrays (or lists). Raises when the message itself is broken."""
+    msg = protocol.decode(_strip_route(list(frames)))
+    return msg, [protocol.unpack_output(o, msg.frames) for o in msg.body.outputs]
+
+
 NEST_MARKER = "__NEST_MARKER__"
 
 
-def nested_shape_frame(rid: str, depth: int, type_: str = "query", body: dict[str, Any] | None = None) -> bytes:
-    """A frame whose tensor shape is a `depth`-deep nested list (spliced by hand: msgpack's packer stops
-    at 511 levels). `body` holds NEST_MARKER where the shape goes."""
+def nested_shape_frame(rid: str, depth: int, type_: str = "query", body: dict[str, Any] | None = None) -> Frames:
+    """A message whose tensor shape is a `depth`-deep nested list (spliced by hand: msgpack's packer stops
+    at 511 levels). `body` holds NEST_MARKER where the shape goes; one empty data frame follows."""
     if body is None:
         body = {"kind": "model", "model": MLP,
-                "inputs": {"x": {"dtype": "float32", "shape": NEST_MARKER, "data": b""}}}
+                "inputs": {"x": {"dtype": "float32", "shape": NEST_MARKER, "frame": 0}}}
     frame = raw_frame(type_, body, rid)
-    return frame.replace(msgpack.packb(NEST_MARKER), b"\x91" * depth + b"\x01", 1)
+    return [frame.replace(msgpack.packb(NEST_MARKER), b"\x91" * depth + b"\x01", 1), b""]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -260,32 +339,37 @@ class Reference:
             return f"{variant}: quantised outputs too far from onnxruntime"
         return None
 
-    def check_reply(self, raw: dict[str, Any], start: int, n: int) -> str | None:
+    def check_reply(self, frames: Frames, start: int, n: int) -> str | None:
+        """None when a received message is a valid `reply` whose outputs match rows start..start+n."""
+        raw = parse_reply(frames) or {}
         if raw.get("type") != "reply":
             body = raw.get("body") if isinstance(raw.get("body"), dict) else {}
             return f"valid query answered {raw.get('type')} {body.get('code')}: {str(body.get('reason'))[:150]}"
         try:
-            protocol.decode(msgpack.packb(raw, use_bin_type=True))  # the reply must be valid protocol
-            outputs = raw_outputs(raw)
+            msg, outputs = decoded_outputs(frames)  # the reply must be valid protocol, frames and all
         except Exception as exc:  # the reply itself is broken
             return f"reply does not decode: {type(exc).__name__}: {exc}"
-        return self.compare(str(raw["body"].get("variant")), start, n, outputs)
+        return self.compare(str(msg.body.variant), start, n, outputs)
 
 
 # ---------------------------------------------------------------------------------------------------
-# generators: (rng, rid) -> (frame, expected codes or None). A frame's id is readable iff readable_id().
+# generators: (rng, rid) -> (message, expected codes or None). The message is one frame (bytes: the
+# single-frame garbage) or a list of frames (the envelope, then data frames). Its id is readable iff
+# readable_id().
 # ---------------------------------------------------------------------------------------------------
 
-Gen = Callable[[random.Random, str], tuple[bytes, "set[str] | None"]]
+Gen = Callable[[random.Random, str], tuple["bytes | Frames", "set[str] | None"]]
 USER_ERRORS = None  # any code except internal
 
 
-def _tensor(shape: Any, data: Any, dtype: Any = "float32") -> dict[str, Any]:
-    return {"dtype": dtype, "shape": shape, "data": data}
+def _tensor(shape: Any, dtype: Any = "float32", frame: Any = 0) -> dict[str, Any]:
+    """A descriptor as a plain map; its data frame travels separately."""
+    return {"dtype": dtype, "shape": shape, "frame": frame}
 
 
-def _x(n: int = 1) -> dict[str, Any]:
-    return _tensor([n, 64], np.zeros((n, 64), np.float32).tobytes())
+def _x(n: int = 1, frame: int = 0) -> dict[str, Any]:
+    """The digits input [n, 64] float32 naming data frame `frame` (data_for() makes the frame)."""
+    return _tensor([n, 64], frame=frame)
 
 
 def _query(inputs: Any, **kw: Any) -> dict[str, Any]:
@@ -301,7 +385,7 @@ def gen_random_bytes(rng: random.Random, rid: str):
 
 
 def gen_truncated(rng: random.Random, rid: str):
-    base = rng.choice([valid_frame("status", {}, rid), raw_frame("query", _query({"x": _x(1)}), rid)])
+    base = rng.choice([valid_frame("status", {}, rid)[0], raw_frame("query", _query({"x": _x(1)}), rid)])
     return base[:rng.randrange(0, len(base))], {"malformed"}
 
 
@@ -334,7 +418,7 @@ def gen_envelope(rng: random.Random, rid: str):
 
 
 def gen_wrong_version(rng: random.Random, rid: str):
-    v = rng.choice([0, V() + 1, V() + 100, -1, 2 ** 63, -(2 ** 63), str(V()), [V()], {"v": V()}, None, "x" * 3000,
+    v = rng.choice([0, V() - 1, V() + 1, V() + 100, -1, 2 ** 63, -(2 ** 63), str(V()), [V()], {"v": V()}, None, "x" * 3000,
                     float(V()) + 0.5, b"\x01"])
     return raw_frame("status", {}, rid, v=v), {"unsupported_version", "malformed", "bad_request"}
 
@@ -382,7 +466,7 @@ def gen_field_types(rng: random.Random, rid: str):
     fields = sorted(body) or ["anything"]
     f = rng.choice(fields)
     body[f] = rng.choice(WRONG_VALUES)
-    return raw_frame(t, body, rid), USER_ERRORS
+    return auto_msg(t, body, rid), USER_ERRORS
 
 
 def gen_query_fields(rng: random.Random, rid: str):
@@ -397,7 +481,7 @@ def gen_query_fields(rng: random.Random, rid: str):
         ("max_cost_usd", -1.0), ("max_cost_usd", [0]), ("batch_size", "x"), ("batch_size", -3),
         ("batch_size", 2 ** 64 - 1), ("dataset", 5), ("task", ["t"]), ("inputs", None), ("inputs", []),
         ("inputs", "x"), ("inputs", {}), ("inputs", {"x": 5}), ("inputs", {"x": None}), ("inputs", {"x": [1, 2]}),
-        ("inputs", {1: _x(1)}), ("inputs", {"wrong": _x(1)}), ("inputs", {"x": _x(1), "extra": _x(1)}),
+        ("inputs", {1: _x(1)}), ("inputs", {"wrong": _x(1)}), ("inputs", {"x": _x(1), "extra": _x(1, frame=1)}),
     ])
     kw = {f: value}
     if f in ("variant",):
@@ -405,65 +489,71 @@ def gen_query_fields(rng: random.Random, rid: str):
     if f in ("task", "dataset"):
         kw.update(kind="task", task="digit-classification", dataset="digits")
         kw[f] = value
-    return raw_frame("query", _query(kw.pop("inputs", {"x": _x(1)}), **kw), rid), USER_ERRORS
+    return auto_msg("query", _query(kw.pop("inputs", {"x": _x(1)}), **kw), rid), USER_ERRORS
 
 
 def gen_tensor_shapes(rng: random.Random, rid: str):
-    """Hostile tensors: dtype as a list, giant/negative/bool/deep/100-dim shapes, size mismatches."""
+    """Hostile descriptors: dtype as a list, giant/negative/bool/deep/100-dim shapes, bad frame indexes, a
+    protocol-2 `data` field, frames that do not fit. Each carries one data frame (`blob`)."""
     f32 = lambda n: b"\x00" * (4 * n)  # noqa: E731
-    choice = rng.randrange(22)
-    expect: set[str] | None = {"invalid_input", "bad_request"}
+    choice = rng.randrange(24)
+    expect: set[str] | None = {"invalid_input", "bad_request", "malformed"}
+    blob = f32(64)
     if choice == 0:
-        t = _tensor([1, 64], f32(64), dtype=["float32"])
+        t = _tensor([1, 64], dtype=["float32"])
     elif choice == 1:
-        t = _tensor([2 ** 32, 2 ** 32], b"")
+        t, blob = _tensor([2 ** 32, 2 ** 32]), b""
     elif choice == 2:
-        t = _tensor([True, 64], f32(64))
+        t = _tensor([True, 64])
         expect = USER_ERRORS  # True == 1 to Python; answered or refused, never internal
     elif choice == 3:
-        t = _tensor([-1, 64], f32(64))
+        t = _tensor([-1, 64])
     elif choice == 4:
-        t = _tensor([1, -64], b"")
+        t, blob = _tensor([1, -64]), b""
     elif choice == 5:
-        return nested_shape_frame(rid, 1000), expect | {"malformed"}
+        return nested_shape_frame(rid, 1000), expect
     elif choice == 6:
-        t = _tensor([1] * 100, f32(1))
+        t, blob = _tensor([1] * 100), f32(1)
     elif choice == 7:
-        t = _tensor([2] * 100, b"")
+        t, blob = _tensor([2] * 100), b""
     elif choice == 8:
-        t = _tensor([1, 64], b"\x00" * 5)
+        t, blob = _tensor([1, 64]), b"\x00" * 5
     elif choice == 9:
-        t = _tensor([1, 64], f32(64) + b"\x00")
+        t, blob = _tensor([1, 64]), f32(64) + b"\x00"
     elif choice == 10:  # 1-D input for a model that wants [N, 64]: invalid_input, not no_variant
-        t, expect = _tensor([64], f32(64)), {"invalid_input"}
+        t, expect = _tensor([64]), {"invalid_input"}
     elif choice == 11:
-        t = _tensor([0, 64], b"")
+        t, blob = _tensor([0, 64]), b""
     elif choice == 12:
-        t = _tensor([33, 64], f32(33 * 64))  # over max_batch 32: no variant takes it
+        t, blob = _tensor([33, 64]), f32(33 * 64)  # over max_batch 32: no variant takes it
         expect = {"invalid_input", "bad_request", "no_variant"}
     elif choice == 13:
-        t = _tensor([1, 64], b"\x00" * 512, dtype="float64")
-        expect = USER_ERRORS  # may be coerced
+        t, blob = _tensor([1, 64], dtype="float64"), b"\x00" * 512
+        expect = USER_ERRORS  # cast by the worker
     elif choice == 14:
-        t = _tensor([1, 64], f32(64), dtype=rng.choice(["object", "float128", "", "x" * 3000, None, 5, "<f4"]))
+        t = _tensor([1, 64], dtype=rng.choice(["object", "float128", "", "x" * 3000, None, 5, "<f4"]))
     elif choice == 15:
-        t = _tensor(rng.choice([{"a": 1}, "1,64", None, 64, 1.5, b"\x01"]), f32(64))
-    elif choice == 16:
-        t = _tensor([1, 64], rng.choice(["x" * 256, [0.0] * 64, None, 5, {"d": 1}]))
+        t = _tensor(rng.choice([{"a": 1}, "1,64", None, 64, 1.5, b"\x01"]))
+    elif choice == 16:  # the frame index of a wrong type or out of bounds (0 ... 63)
+        t = _tensor([1, 64], frame=rng.choice(["0", None, 1.5, [0], {"f": 0}, True, -1, 64, 2 ** 64 - 1]))
     elif choice == 17:
-        t = _tensor([1.0, 64.0], f32(64))
+        t = _tensor([1.0, 64.0])
     elif choice == 18:
-        t = _tensor([1, 2 ** 63 - 1], b"")
+        t, blob = _tensor([1, 2 ** 63 - 1]), b""
     elif choice == 19:
-        t = _tensor([2 ** 64 - 1, 64], b"")
+        t, blob = _tensor([2 ** 64 - 1, 64]), b""
     elif choice == 20:
-        t = _tensor([1, 64, 1], f32(64))
+        t = _tensor([1, 64, 1])
+    elif choice == 21:  # a protocol-2 tensor: the bytes inside the descriptor (an unknown field now)
+        t = {"dtype": "float32", "shape": [1, 64], "data": blob, "frame": 0}
+    elif choice == 22:
+        t = {"dtype": "float32", "shape": [1, 64]}  # no frame
     else:
-        t = {"dtype": "float32", "shape": [1, 64]}  # no data
+        t = {"dtype": "float32", "frame": 0}  # no shape
     kind = rng.choice(["model", "variant", "task"])
     kw = {"model": MLP} if kind == "model" else {"variant": MLP_VARIANT, "model": None} if kind == "variant" else \
         {"task": "digit-classification", "dataset": "digits", "model": None}
-    return raw_frame("query", _query({"x": t}, kind=kind, **kw), rid), expect
+    return raw_msg("query", _query({"x": t}, kind=kind, **kw), rid, [blob]), expect
 
 
 def gen_unknown_model(rng: random.Random, rid: str):
@@ -474,8 +564,8 @@ def gen_unknown_model(rng: random.Random, rid: str):
                      {"kind": "task", "task": f"nope-{tag}", "dataset": "digits", "model": None},
                      {"kind": "task", "task": "digit-classification", "dataset": f"nope-{tag}", "model": None},
                      {"kind": "model", "model": "x" * 3000}])
-    # A 3000-character name may be refused as too long instead (protocol 2 bounds names).
-    return raw_frame("query", _query({"x": _x(1)}, **kw), rid), {"unknown_model", "bad_request"}
+    # A 3000-character name may be refused as too long instead (names are bounded).
+    return auto_msg("query", _query({"x": _x(1)}, **kw), rid), {"unknown_model", "bad_request"}
 
 
 def gen_impossible_slo(rng: random.Random, rid: str):
@@ -489,7 +579,7 @@ def gen_impossible_slo(rng: random.Random, rid: str):
     ])
     if rng.random() < 0.5:
         kw = {**kw, "kind": "task", "task": "digit-classification", "dataset": "digits", "model": None}
-    return raw_frame("query", _query({"x": _x(1)}, **kw), rid), expect
+    return auto_msg("query", _query({"x": _x(1)}, **kw), rid), expect
 
 
 def gen_status(rng: random.Random, rid: str):
@@ -573,11 +663,109 @@ def gen_artifact_chunk(rng: random.Random, rid: str):
     return raw_frame("artifact_chunk", body, rid), expect
 
 
+# -- multi-frame mutations (protocol 3): a body that decodes, with data frames that break the frame rules.
+# Every one is `malformed`, answered exactly once, with the message's id.
+
+FRAME_MUTATIONS = ("past_end", "short", "long", "extra", "missing", "shared", "tensorless", "empty")
+
+
+def mutate_frames(rng: random.Random, kind: str, type_: str, body: dict[str, Any], data: list[bytes],
+                  tensorless: list[tuple[str, dict[str, Any]]]) -> tuple[str, dict[str, Any], list[bytes]]:
+    """Break a valid message with tensors (query/infer inputs, result outputs; every descriptor well-formed
+    and every frame non-empty) in one way of `kind`:
+
+    * past_end — a descriptor names a frame past the last one (the frame count still matches);
+    * short / long — a data frame holds fewer / more bytes than its shape needs;
+    * extra — data frames beyond the descriptors (1 … 70 more);
+    * missing — a data frame left out (with one tensor: no data frame at all);
+    * shared — two descriptors name the same frame (the count matching, mostly);
+    * tensorless — data frames on a message type without tensors (one of `tensorless`);
+    * empty — a data frame of 0 bytes where its shape needs some.
+    """
+    body = json_copy(body)
+    data = list(data)
+    descs = body_tensors(type_, body)
+    assert descs and len(descs) == len(data) and all(data), "mutate a valid message with tensors"
+    if kind == "past_end":
+        t = rng.choice(descs)
+        t["frame"] = min(63, rng.choice([len(data), len(data) + 1, len(data) + 7, 63]))
+    elif kind in ("short", "empty"):
+        i = rng.randrange(len(data))
+        n = len(data[i])
+        data[i] = b"" if kind == "empty" else data[i][:rng.choice([n - 1, n // 2, max(1, n // 4), 1])]
+    elif kind == "long":
+        i = rng.randrange(len(data))
+        data[i] = data[i] + rng.randbytes(rng.choice([1, 3, 4, 64, 4096]))
+    elif kind == "extra":
+        data += [rng.randbytes(rng.choice([0, 1, 4, 256])) for _ in range(rng.choice([1, 1, 2, 5, 70]))]
+    elif kind == "missing":
+        if rng.random() < 0.5:
+            data = []
+        else:
+            data.pop(rng.randrange(len(data)))
+    elif kind == "shared":
+        t = dict(rng.choice(descs))
+        if type_ in ("query", "infer"):
+            body["inputs"]["fz_twin"] = t
+        else:
+            body["outputs"].append({"tensor": t})
+        if rng.random() < 0.75:  # as many frames as descriptors: the duplicate itself is the fault
+            data.append(data[t["frame"]])
+    elif kind == "tensorless":
+        type_, body = rng.choice(tensorless)
+        body = json_copy(body)
+        data = [rng.randbytes(rng.choice([0, 1, 4, 256])) for _ in range(rng.choice([1, 1, 2, 3]))]
+    else:
+        raise ValueError(kind)
+    return type_, body, data
+
+
+def json_copy(obj: Any) -> Any:
+    """A deep copy of a plain body (maps, lists, scalars, bytes)."""
+    if isinstance(obj, dict):
+        return {k: json_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [json_copy(v) for v in obj]
+    return obj
+
+
+def valid_query_parts(rng: random.Random) -> tuple[dict[str, Any], list[bytes]]:
+    """A query body that decodes, and its data frames (non-zero bytes): one input, sometimes two."""
+    n = rng.choice([1, 3, 8])
+    kind = rng.choice(["model", "variant", "task"])
+    kw = {"model": MLP} if kind == "model" else {"variant": MLP_VARIANT, "model": None} if kind == "variant" else \
+        {"task": "digit-classification", "dataset": "digits", "model": None}
+    data: list[bytes] = []
+    inputs = {"x": ptensor(np.full((n, 64), 0.5, np.float32), data)}
+    if rng.random() < 0.3:
+        inputs["mask"] = ptensor(np.ones((n, 64), bool), data)
+    return _query(inputs, kind=kind, **kw), data
+
+
+def client_tensorless(rng: random.Random) -> list[tuple[str, dict[str, Any]]]:
+    """Client messages without tensors, each valid on its own."""
+    return [("status", {}), ("catalog", {}), ("catalog", {"model": MLP}),
+            ("changes", {"source": f"fz-src-{rng.getrandbits(32):08x}", "entries": []}),
+            ("artifact_chunk", {"sha256": "%064x" % rng.getrandbits(256), "offset": 0, "data": b"abc",
+                                "total_bytes": 3})]
+
+
+def gen_frames(kind: str) -> Gen:
+    def gen(rng: random.Random, rid: str):
+        body, data = valid_query_parts(rng)
+        type_, body, data = mutate_frames(rng, kind, "query", body, data, client_tensorless(rng))
+        return raw_msg(type_, body, rid, data), {"malformed"}
+
+    gen.__name__ = f"gen_frames_{kind}"
+    return gen
+
+
 CLIENT_PHASE_A: dict[str, Gen] = {
     "random_bytes": gen_random_bytes, "truncated": gen_truncated, "non_map": gen_non_map,
     "envelope_keys": gen_envelope, "wrong_version": gen_wrong_version, "unknown_type": gen_unknown_type,
     "field_types": gen_field_types, "query_fields": gen_query_fields, "tensor_shapes": gen_tensor_shapes,
     "unknown_model": gen_unknown_model, "impossible_slo": gen_impossible_slo, "status": gen_status,
+    **{f"frames_{kind}": gen_frames(kind) for kind in FRAME_MUTATIONS},
 }
 # Replication frames go last: if the master accepts a junk record the catalog breaks, and that must
 # not hide what the other categories found. Valid queries and the final checks still run after them.
@@ -585,7 +773,7 @@ CLIENT_PHASE_B: dict[str, Gen] = {"changes_garbage": gen_changes, "artifact_chun
 
 
 # ---------------------------------------------------------------------------------------------------
-# the client door driver: id-bearing frames in a window, id-less frames one per socket
+# the client door driver: id-bearing messages in a window, id-less ones one per socket
 # ---------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -593,8 +781,8 @@ class Outstanding:
     cat: str
     sent: float
     expect: set[str] | None
-    check: Callable[[dict[str, Any]], str | None] | None = None
-    frame: bytes = b""
+    check: Callable[[Frames], str | None] | None = None  # given the reply's frames
+    frame: Frames = field(default_factory=list)  # the message sent, for evidence
 
 
 class ClientDoor:
@@ -629,7 +817,8 @@ class ClientDoor:
             s.close(0)
 
     # -- receiving ---------------------------------------------------------------------------------
-    def _record(self, cat: str, out: Outstanding, raw: dict[str, Any] | None, anon: bool) -> None:
+    def _record(self, cat: str, out: Outstanding, frames: Frames, anon: bool) -> None:
+        raw = parse_reply(frames)
         s = self.report.cats[cat]
         s.replies += 1
         if raw is None:
@@ -646,14 +835,14 @@ class ClientDoor:
             s.internal += 1
             s.note(f"internal: {str(body.get('reason'))[:200]}")
         if out.check is not None:
-            problem = out.check(raw)
+            problem = out.check(frames)
             if problem:
                 s.bad_answer += 1
                 s.note(problem)
         elif out.expect is not None and code not in out.expect:
             s.wrong_code += 1
             s.note(f"got {code} ({str(body.get('reason'))[:100]}), expected one of {sorted(out.expect)}; "
-                   f"frame {preview(out.frame, 120)}")
+                   f"message {preview(out.frame, 120)}")
 
     def pump(self, timeout_ms: int) -> None:
         socks = [self.main, *self.anon]
@@ -663,17 +852,17 @@ class ClientDoor:
         for sock, _ in poller.poll(timeout_ms):
             while True:
                 try:
-                    frame = sock.recv(zmq.NOBLOCK)
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                raw = parse_reply(frame)
+                raw = parse_reply(frames)
                 if sock is self.main:
                     rid = raw.get("id") if raw else None
                     entry = self.ids.get(rid) if isinstance(rid, str) else None
                     if entry is None:
                         self.unattributed += 1
                         if len(self.unattributed_examples) < MAX_DETAILS:
-                            self.unattributed_examples.append(preview(frame, 200))
+                            self.unattributed_examples.append(preview(frames, 200))
                         continue
                     entry[1] += 1
                     if entry[1] > 1:
@@ -686,7 +875,7 @@ class ClientDoor:
                         self.report.cats[entry[0]].replies += 1
                         continue
                     self.consecutive_timeouts = 0
-                    self._record(entry[0], out, raw, anon=False)
+                    self._record(entry[0], out, frames, anon=False)
                 else:
                     i = self.anon.index(sock)
                     out = self.anon_out[i]
@@ -695,7 +884,7 @@ class ClientDoor:
                         continue
                     self.anon_out[i] = None
                     self.consecutive_timeouts = 0
-                    self._record(out.cat, out, raw, anon=True)
+                    self._record(out.cat, out, frames, anon=True)
         self._expire()
 
     def _expire(self) -> None:
@@ -704,31 +893,33 @@ class ClientDoor:
             out = self.inflight.pop(rid)
             self.report.cats[out.cat].unanswered += 1
             self.report.cats[out.cat].note(f"no reply to id {rid[:40]} within {self.timeout_s:g} s; "
-                                           f"frame {preview(out.frame)}")
+                                           f"message {preview(out.frame)}")
             self.consecutive_timeouts += 1
         for i, out in enumerate(self.anon_out):
             if out is not None and now - out.sent > self.timeout_s:
                 self.report.cats[out.cat].unanswered += 1
-                self.report.cats[out.cat].note(f"no reply to an id-less frame within {self.timeout_s:g} s; "
-                                               f"frame {preview(out.frame)}")
+                self.report.cats[out.cat].note(f"no reply to an id-less message within {self.timeout_s:g} s; "
+                                               f"message {preview(out.frame)}")
                 self.anon_out[i] = None
                 self.consecutive_timeouts += 1
                 self.anon[i].close(0)  # a late reply must not be taken for the next frame's
                 self.anon[i] = self._socket()
 
     # -- sending -----------------------------------------------------------------------------------
-    def _send_on(self, sock: zmq.Socket, frame: bytes) -> bool:
+    def _send_on(self, sock: zmq.Socket, frames: Frames) -> bool:
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             try:
-                sock.send(frame, zmq.NOBLOCK)
+                sock.send_multipart(frames, zmq.NOBLOCK)  # one message, atomically: envelope + data frames
                 return True
             except zmq.Again:
                 self.pump(10)
         return False
 
-    def send(self, cat: str, frame: bytes, expect: set[str] | None,
-             check: Callable[[dict[str, Any]], str | None] | None = None) -> None:
+    def send(self, cat: str, msg: bytes | Frames, expect: set[str] | None,
+             check: Callable[[Frames], str | None] | None = None) -> None:
+        """Send one message (one frame, or the envelope and its data frames); its one reply is awaited."""
+        frame = as_frames(msg)
         rid = readable_id(frame)
         stats = self.report.cats[cat]
         if rid is not None and rid in self.ids:
@@ -801,8 +992,12 @@ def valid_query_frame(ref: Reference, rng: random.Random, rid: str):
     start, x = ref.rows(rng)
     kind = rng.choice(["variant", "model"])
     kw = {"variant": MLP_VARIANT} if kind == "variant" else {"model": MLP, "latency_ms": 1000.0}
-    frame = valid_frame("query", query_body({"x": x}, **kw), rid)
-    return frame, (lambda raw: ref.check_reply(raw, start, len(x)))
+    return query_frames(rid, {"x": x}, **kw), (lambda frames: ref.check_reply(frames, start, len(x)))
+
+
+def query_frames(rid: str, inputs: dict[str, np.ndarray], **slo: Any) -> Frames:
+    """A valid query as the client library builds it: the envelope, then one data frame per input."""
+    return [bytes(f) for f in protocol.encode(query_message(inputs, request_id=rid, **slo))]
 
 
 def catalog_counts(catalog) -> tuple[int, int]:
@@ -969,6 +1164,119 @@ def _garbage_metrics(rng: random.Random) -> Any:
     ])
 
 
+def valid_result_parts(rng: random.Random) -> tuple[dict[str, Any], list[bytes]]:
+    """A `result` body that decodes, and its data frames (non-empty): labels and probabilities, sometimes
+    with a list output between them."""
+    n = rng.choice([1, 3, 8])
+    data: list[bytes] = []
+    outputs: list[dict[str, Any]] = [{"tensor": ptensor(np.arange(n, dtype=np.int64), data)},
+                                     {"tensor": ptensor(np.full((n, 10), 0.1, np.float32), data)}]
+    if rng.random() < 0.3:
+        outputs.insert(1, {"list": [{"0": 0.5, "1": 0.5}] * n})
+    return {"outputs": outputs, "timing": {"inference_ms": 1.0, "queue_ms": 0.1}}, data
+
+
+def worker_tensorless(name: str) -> list[tuple[str, dict[str, Any]]]:
+    """Worker messages without tensors, each valid on its own (results without a tensor output first)."""
+    return [("result", {"outputs": [], "timing": {}}),
+            ("result", {"outputs": [{"list": [{"0": 1.0}]}], "timing": {"inference_ms": 1.0}}),
+            ("heartbeat", {"worker_id": name, "metrics": {"cores": 1, "free_cores": 1}}),
+            ("loaded", {"variant": "fz/none", "load_time_ms": 1.0}),
+            ("fetch", {"sha256": "a" * 64, "offset": 0}),
+            ("error", {"code": "internal", "reason": "fz"})]
+
+
+def result_frames_msg(rng: random.Random, kind: str, name: str, rid: str) -> Frames:
+    """A `result` from worker `name` whose data frames break the frame rules in one way of `kind`."""
+    body, data = valid_result_parts(rng)
+    type_, body, data = mutate_frames(rng, kind, "result", body, data, worker_tensorless(name))
+    return raw_msg(type_, body, rid, data)
+
+
+def garbage_limit(cluster: Cluster) -> int:
+    """master.worker_garbage_limit as the cluster's master reads it (its generated config), else the default."""
+    from infaas_cli.settings import MasterSettings, load_settings
+
+    try:
+        cfg = cluster.home / "run" / "infaas.toml"
+        return int(load_settings(cfg if cfg.is_file() else None, env={}, home=cluster.home)[0]
+                   .master.worker_garbage_limit)
+    except Exception:
+        return MasterSettings.worker_garbage_limit
+
+
+def probe_worker_garbage_limit(cluster: Cluster, sock: zmq.Socket, name: str, report: Report, rng: random.Random,
+                               extra: int = 5, timeout_s: float = 3.0) -> None:
+    """A registered worker (`sock`, identity `name`, heartbeating) sends `result`s with broken data frames,
+    one at a time: each is answered `malformed` with its id until master.worker_garbage_limit of them, then
+    the worker is cut off: no more answers, and it leaves `status` at once (a worker that merely stopped
+    heartbeating would stay listed, dead, for master.forget_dead_worker_s)."""
+    cat = "result_frames_probe"
+    st = report.cats[cat]
+    limit = garbage_limit(cluster)
+    heartbeat = valid_frame("heartbeat", {"worker_id": name, "metrics": {"cores": 1, "free_cores": 1}}, "hb")
+    kinds = [FRAME_MUTATIONS[i % len(FRAME_MUTATIONS)] for i in range(limit + extra)]
+    rng.shuffle(kinds)
+    answered: list[tuple[str, Any, bool]] = []  # (kind, code, id echoed)
+    per_kind: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    late = other = 0
+
+    def listed_alive() -> bool | None:
+        stat = probe_status(cluster.client_endpoint, 10.0)
+        if stat is None:
+            return None
+        return any(w.get("worker_id") == name and w.get("alive") for w in stat.get("workers", []))
+
+    sock.send_multipart(heartbeat)
+    time.sleep(0.05)
+    alive_before = listed_alive()
+    for i, kind in enumerate(kinds):
+        rid = f"fzf-{i}"
+        sock.send_multipart(heartbeat)  # keeps it alive: gone from status afterwards means cut off
+        sock.send_multipart(result_frames_msg(rng, kind, name, rid))
+        st.frames += 1
+        if i >= limit:
+            continue
+        end = time.monotonic() + timeout_s
+        got = False
+        while not got and sock.poll(max(1, int((end - time.monotonic()) * 1000))):
+            raw = parse_reply(sock.recv_multipart()) or {}
+            if raw.get("id") != rid:
+                other += 1
+                continue
+            got = True
+            body = raw.get("body") if isinstance(raw.get("body"), dict) else {}
+            code = body.get("code") if raw.get("type") == "error" else raw.get("type")
+            answered.append((kind, code, True))
+            per_kind[kind][str(code)] += 1
+            st.replies += 1
+            st.codes[str(code)] += 1
+            if code == "internal":
+                st.internal += 1
+            if code != "malformed":
+                st.wrong_code += 1
+                st.note(f"{kind}: got {code} ({str(body.get('reason'))[:120]}), expected malformed")
+        if not got:
+            st.unanswered += 1
+            st.note(f"{kind}: no reply to {rid} within {timeout_s:g} s (frame {i + 1} of the limit {limit})")
+    end = time.monotonic() + 1.0  # past the limit: silence
+    while sock.poll(max(1, int((end - time.monotonic()) * 1000))):
+        raw = parse_reply(sock.recv_multipart()) or {}
+        late += 1
+        st.note(f"a reply after the cut-off: {raw.get('type')} {raw.get('id')!r}")
+    alive_after = listed_alive()
+    report.info["result_frames_probe"] = {
+        "garbage_limit": limit, "sent": len(kinds), "answered": len(answered), "after_cutoff_replies": late,
+        "other_replies": other, "listed_alive_before": alive_before, "listed_alive_after": alive_after,
+        "codes_per_kind": {k: dict(v) for k, v in sorted(per_kind.items())}}
+    report.check("multi-frame results: one `malformed` reply each, id echoed, up to the garbage limit",
+                 len(answered) == limit and st.wrong_code == 0 and st.unanswered == 0,
+                 f"{len(answered)} of {limit} answered; codes {dict(st.codes)}; e.g. {st.details[:3]}")
+    report.check("past the garbage limit the worker is cut off (no reply, gone from status)",
+                 late == 0 and alive_before is True and alive_after is False,
+                 f"{late} replies after the cut-off; listed alive before {alive_before}, after {alive_after}")
+
+
 def fuzz_master_worker_endpoint(catalog, workdir: Path, frames: int, seed: int, ref: Reference,
                                 query_every: int = 25, max_wall_s: float = 600.0) -> Report:
     report = Report("master worker endpoint")
@@ -994,21 +1302,29 @@ def fuzz_master_worker_endpoint(catalog, workdir: Path, frames: int, seed: int, 
         garbage = [fresh() for _ in range(16)]
         # Registered impostors (a backend no query can use), then sent garbage heartbeats.
         registered: list[tuple[str, zmq.Socket]] = []
-        for k in range(3):
-            name = f"fzr-{seed}-{k}"
+        for k in range(4):
+            name = f"fzr-{seed}-{k}" if k < 3 else f"fzf-{seed}"
             s = dealer(name)
-            s.send(valid_frame("register", {"worker_id": name, "hardware": {"cores": 1, "memory_bytes": 1 << 30},
-                                            "backends": ["fz-none"]}, f"reg-{k}"))
+            s.send_multipart(valid_frame("register", {"worker_id": name, "hardware": {"cores": 1,
+                                                                                      "memory_bytes": 1 << 30},
+                                                      "backends": ["fz-none"]}, f"reg-{k}"))
             registered.append((name, s))
         for name, s in registered:
             if s.poll(5000):
-                s.recv()
+                s.recv_multipart()
+        # First, on a fresh master: the garbage counter against multi-frame results from a registered worker.
+        probe_name, probe_sock = registered.pop()
+        try:
+            probe_worker_garbage_limit(cluster, probe_sock, probe_name, report, rng)
+        finally:
+            probe_sock.close(0)
         client = Client(cluster.client_endpoint, timeout_s=5.0)
         queries_ok = queries_bad = timeouts_in_row = 0
         deadline = time.monotonic() + max_wall_s
         cats = ["random_bytes", "truncated", "non_map", "envelope_keys", "wrong_version", "unknown_type",
                 "register_bad", "heartbeat_unregistered", "heartbeat_garbage", "result_unknown_id",
-                "error_unknown_id", "fetch_bad", "loaded_unknown", "field_types"]
+                "error_unknown_id", "fetch_bad", "loaded_unknown", "field_types",
+                *(f"result_frames_{kind}" for kind in FRAME_MUTATIONS)]
         sent_ids: dict[str, str] = {}
         try:
             for i in range(frames):
@@ -1055,6 +1371,10 @@ def fuzz_master_worker_endpoint(catalog, workdir: Path, frames: int, seed: int, 
                         name, sock = rng.choice(registered)
                     frame = raw_frame("loaded", {"variant": rng.choice(["fz/none", 5, None, ["v"], MLP_VARIANT]),
                                                  "load_time_ms": rng.choice([1.0, "x", None])}, rid)
+                elif cat.startswith("result_frames_"):  # a valid result body, broken data frames
+                    if rng.random() < 0.5:
+                        name, sock = rng.choice(registered)
+                    frame = result_frames_msg(rng, cat[len("result_frames_"):], name, rid)
                 else:
                     t = rng.choice(["register", "heartbeat", "result", "error", "loaded", "fetch"])
                     body = dict(_base_bodies(rng)[t])
@@ -1063,11 +1383,11 @@ def fuzz_master_worker_endpoint(catalog, workdir: Path, frames: int, seed: int, 
                     body[f] = rng.choice(WRONG_VALUES)
                     if t == "register" and f not in ("hardware", "backends", "worker_id"):
                         body["hardware"] = {"cores": "x"}  # never a valid registration from a garbage identity
-                    frame = raw_frame(t, body, rid)
+                    frame = auto_msg(t, body, rid)
                 report.cats[cat].frames += 1
                 sent_ids[rid] = cat
                 try:
-                    sock.send(frame, zmq.NOBLOCK)
+                    sock.send_multipart(as_frames(frame), zmq.NOBLOCK)
                 except zmq.Again:
                     report.cats[cat].note("send would block")
                 if i % 8 == 0:
@@ -1121,6 +1441,11 @@ def fuzz_master_worker_endpoint(catalog, workdir: Path, frames: int, seed: int, 
                          f"local-0: {real[0].get('state') if real else 'not listed'}")
         report.check("catalog intact", st is not None and st.get("master", {}).get("models") ==
                      catalog_counts(catalog)[0], "")
+        bad = {k: (s.wrong_code, s.internal) for k, s in report.cats.items()
+               if k.startswith("result_frames_") and (s.wrong_code or s.internal)}
+        report.check("multi-frame results answered `malformed` (or not at all, once cut off)", not bad,
+                     "(wrong code, internal) per category: " + "; ".join(
+                         f"{k}: {v} e.g. {report.cats[k].details[:1]}" for k, v in bad.items()))
         if report.failures():
             report.info["master_log_tail"] = cluster.log_tail(n=2500)
     return report.finish()
@@ -1130,10 +1455,10 @@ def _drain_sockets(socks: list[zmq.Socket], report: Report, sent_ids: dict[str, 
     for s in socks:
         while True:
             try:
-                frame = s.recv(zmq.NOBLOCK)
+                frames = s.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            raw = parse_reply(frame) or {}
+            raw = parse_reply(frames) or {}
             cat = sent_ids.get(raw.get("id")) if isinstance(raw.get("id"), str) else None
             body = raw.get("body") if isinstance(raw.get("body"), dict) else {}
             code = body.get("code") if raw.get("type") == "error" else raw.get("type")
@@ -1142,6 +1467,9 @@ def _drain_sockets(socks: list[zmq.Socket], report: Report, sent_ids: dict[str, 
             st.codes[str(code)] += 1
             if code == "internal":
                 st.internal += 1
+            if cat is not None and cat.startswith("result_frames_") and code != "malformed":
+                st.wrong_code += 1
+                st.note(f"got {code} ({str(body.get('reason'))[:120]}), expected malformed")
 
 
 def _one_query(client: Client, ref: Reference, rng: random.Random) -> str | None:
@@ -1249,11 +1577,12 @@ class FakeMaster:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def send(self, frame: bytes, timeout_s: float = 5.0) -> bool:
+    def send(self, msg: bytes | Frames, timeout_s: float = 5.0) -> bool:
+        """One message to the worker: its identity, then the envelope and the data frames."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                self.sock.send_multipart([self.identity, frame], zmq.NOBLOCK)
+                self.sock.send_multipart([self.identity, *as_frames(msg)], zmq.NOBLOCK)
                 return True
             except zmq.Again:
                 self.pump(10)
@@ -1269,10 +1598,11 @@ class FakeMaster:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._on_frame(frames[0], frames[-1])
+            self._on_frame(frames[0], frames[1:])
 
-    def _on_frame(self, identity: bytes, frame: bytes) -> None:
-        raw = parse_reply(frame)
+    def _on_frame(self, identity: bytes, message: Frames) -> None:
+        """One message from the worker (after its identity): the envelope, then the data frames."""
+        raw = parse_reply(message) if message else None
         if raw is None:
             self.report.cats["worker_sent_garbage"].frames += 1
             return
@@ -1280,7 +1610,7 @@ class FakeMaster:
         if t == "register":
             self.identity = identity
             self.registers += 1
-            self.sock.send_multipart([identity, valid_frame("registered", {"heartbeat_interval_s": self.hb}, rid)])
+            self.sock.send_multipart([identity, *valid_frame("registered", {"heartbeat_interval_s": self.hb}, rid)])
             return
         if t == "heartbeat":
             self.heartbeats.append(time.monotonic())
@@ -1322,13 +1652,14 @@ class FakeMaster:
             st.internal += 1
             st.note(f"internal: {str(body.get('reason'))[:200]}")
         if check is not None:
-            problem = check(raw)
+            problem = check(message)
             if problem:
                 st.bad_answer += 1
                 st.note(problem)
         elif expect is not None and code not in expect:
             st.wrong_code += 1
-            st.note(f"got {code} ({str(body.get('reason'))[:120]}), expected {sorted(expect)}")
+            st.note(f"got {code} ({str(body.get('reason'))[:120]}), expected {sorted(expect)}; "
+                    f"message {preview(entry[6], 120)}")
 
     def _serve_fetch(self, identity: bytes, rid: Any, body: dict[str, Any]) -> None:
         sha, offset = body.get("sha256"), body.get("offset", 0)
@@ -1339,8 +1670,8 @@ class FakeMaster:
         if path is None or not isinstance(offset, int) or offset < 0:
             # As helpful as a master can be: the sha is echoed so the worker can fail what waits on it.
             extra = {"sha256": sha} if isinstance(sha, str) and len(sha) <= 128 else {}
-            reply = protocol.encode(protocol.error("not_found", f"artifact {str(sha)[:16]} is not here",
-                                                   rid if isinstance(rid, str) else "", **extra))
+            reply = [bytes(f) for f in protocol.encode(protocol.error(
+                "not_found", f"artifact {str(sha)[:16]} is not here", rid if isinstance(rid, str) else "", **extra))]
         else:
             with open(path, "rb") as fh:
                 fh.seek(offset)
@@ -1348,11 +1679,13 @@ class FakeMaster:
             reply = valid_frame("artifact_chunk", {"sha256": sha, "offset": offset, "data": data,
                                                    "total_bytes": path.stat().st_size}, rid)
         try:
-            self.sock.send_multipart([identity, reply], zmq.NOBLOCK)
+            self.sock.send_multipart([identity, *reply], zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
 
-    def send_infer(self, cat: str, frame: bytes, expect: set[str] | None, check=None) -> None:
+    def send_infer(self, cat: str, msg: bytes | Frames, expect: set[str] | None, check=None) -> None:
+        """A message that must get exactly one reply (an infer, or any message a worker must answer)."""
+        frame = as_frames(msg)
         rid = readable_id(frame)
         self.report.cats[cat].frames += 1
         if rid is None:
@@ -1362,7 +1695,8 @@ class FakeMaster:
         if not self.send(frame):
             self.report.cats[cat].note("could not send")
 
-    def send_other(self, cat: str, frame: bytes) -> None:
+    def send_other(self, cat: str, msg: bytes | Frames) -> None:
+        frame = as_frames(msg)
         rid = readable_id(frame)
         self.report.cats[cat].frames += 1
         if rid is not None:
@@ -1425,8 +1759,8 @@ def fuzz_worker(catalog, workdir: Path, frames: int, seed: int, ref: Reference, 
 
         def valid_infer(rid: str, spec: dict[str, Any], cat: str) -> None:
             start, x = ref.rows(rng)
-            fm.send_infer(cat, valid_frame("infer", _infer_body(spec, {"x": ptensor(x)}), rid), None,
-                          lambda raw, s=start, n=len(x), name=spec["name"]: _check_result(raw, ref, name, s, n))
+            fm.send_infer(cat, infer_msg(spec, x, rid), None,
+                          lambda frames, s=start, n=len(x), name=spec["name"]: _check_result(frames, ref, name, s, n))
 
         def wait_all(limit_s: float) -> None:
             end = time.monotonic() + limit_s
@@ -1438,8 +1772,7 @@ def fuzz_worker(catalog, workdir: Path, frames: int, seed: int, ref: Reference, 
         for k, bad_sha in enumerate(["%064x" % rng.getrandbits(256), "zz-not-hex", 12345]):
             spec = {**victim_good, "artifact_sha256": bad_sha}
             x = ref.x[:1]
-            fm.send_infer("victim_failed_load", raw_frame("infer", _infer_body(spec, {"x": ptensor(x)}),
-                                                          f"victim-bad-{k}"),
+            fm.send_infer("victim_failed_load", infer_msg(spec, x, f"victim-bad-{k}", valid=False),
                 {"not_found", "bad_request", "checksum", "unavailable", "invalid_input", "internal"})
             wait_all(timeout_s + 1)
         fm.send_other("victim_failed_load", raw_frame("load", {"variant": victim, "spec": {
@@ -1449,7 +1782,7 @@ def fuzz_worker(catalog, workdir: Path, frames: int, seed: int, ref: Reference, 
         # 2. the fuzz proper, valid infers of the mlp mixed in
         cats = ["random_bytes", "truncated", "non_map", "envelope_keys", "wrong_version", "unknown_type",
                 "infer_bad_spec", "infer_bad_tensors", "infer_fields", "load_bad", "unload_garbage",
-                "chunk_garbage", "error_garbage", "field_types"]
+                "chunk_garbage", "error_garbage", "field_types", *(f"infer_frames_{k}" for k in FRAME_MUTATIONS)]
         deadline = time.monotonic() + max_wall_s
         for i in range(frames):
             rid = f"fzk-{seed}-{i}"
@@ -1473,9 +1806,8 @@ def fuzz_worker(catalog, workdir: Path, frames: int, seed: int, ref: Reference, 
         fm.send_other("victim_recovers", valid_frame("load", {"variant": victim, "spec": victim_good}, "victim-load"))
         for k in range(3):
             start, x = ref.rows(rng)
-            fm.send_infer("victim_recovers", valid_frame(
-                "infer", _infer_body(victim_good, {"x": ptensor(x)}), f"victim-ok-{k}"), None,
-                lambda raw, s=start, n=len(x): _check_result(raw, ref, victim, s, n))
+            fm.send_infer("victim_recovers", infer_msg(victim_good, x, f"victim-ok-{k}"), None,
+                          lambda frames, s=start, n=len(x): _check_result(frames, ref, victim, s, n))
         valid_infer(f"fzk-{seed}-final", good, "valid_infer")
         wait_all(timeout_s + 1)
         end = time.monotonic() + 1.0  # late duplicates and a last heartbeat
@@ -1515,21 +1847,35 @@ def fuzz_worker(catalog, workdir: Path, frames: int, seed: int, ref: Reference, 
     return report.finish()
 
 
-def _check_result(raw: dict[str, Any], ref: Reference, variant: str, start: int, n: int) -> str | None:
+def _check_result(frames: Frames, ref: Reference, variant: str, start: int, n: int) -> str | None:
+    raw = parse_reply(frames) or {}
     if raw.get("type") != "result":
         body = raw.get("body") if isinstance(raw.get("body"), dict) else {}
         return f"{variant}: answered {raw.get('type')} {body.get('code')}: {str(body.get('reason'))[:150]}"
     try:
-        protocol.decode(msgpack.packb(raw, use_bin_type=True))
-        outputs = raw_outputs(raw)
+        _, outputs = decoded_outputs(frames)  # valid protocol: frames checked against the descriptors
     except Exception as exc:
         return f"result does not decode: {type(exc).__name__}: {exc}"
     return ref.compare(variant, start, n, outputs)
 
 
+def infer_msg(spec: Any, x: np.ndarray, rid: str, valid: bool = True) -> Frames:
+    """An infer of `x` (input "x", one data frame); `valid` False packs it by hand (a spec the encoder refuses)."""
+    data: list[bytes] = []
+    body = _infer_body(spec, {"x": ptensor(x, data)})
+    return valid_frame("infer", body, rid, data) if valid else raw_msg("infer", body, rid, data)
+
+
+def master_tensorless() -> list[tuple[str, dict[str, Any]]]:
+    """Master -> worker messages without tensors, each valid on its own and harmless if it were taken."""
+    return [("unload", {"variant": "fz/none"}), ("registered", {"heartbeat_interval_s": 0.25}),
+            ("artifact_chunk", {"sha256": "a" * 64, "offset": 0, "data": b"", "total_bytes": 0})]
+
+
 def _worker_frame(fm: FakeMaster, rng: random.Random, cat: str, rid: str, good: dict[str, Any],
                   ref: Reference) -> None:
-    x1 = {"x": ptensor(ref.x[:1])}
+    data1: list[bytes] = []
+    x1 = {"x": ptensor(ref.x[:1], data1)}  # its one data frame: data1
     anyerr = USER_ERRORS
     if cat in ("random_bytes", "truncated", "non_map", "envelope_keys", "wrong_version"):
         gen = {"random_bytes": gen_random_bytes, "truncated": gen_truncated, "non_map": gen_non_map,
@@ -1540,15 +1886,22 @@ def _worker_frame(fm: FakeMaster, rng: random.Random, cat: str, rid: str, good: 
                                                  "fetch", "reply"]), {}, rid))
     elif cat == "infer_bad_spec":
         spec, _ = _bad_spec(rng, good)
-        fm.send_infer(cat, raw_frame("infer", _infer_body(spec, x1), rid), anyerr)
+        fm.send_infer(cat, raw_msg("infer", _infer_body(spec, x1), rid, data1), anyerr)
     elif cat == "infer_bad_tensors":
-        frame, _ = gen_tensor_shapes(rng, rid)
-        if b"\x91" * 1000 in frame:  # the 1000-deep shape, spliced into an infer
-            body = _infer_body(good, {"x": {"dtype": "float32", "shape": NEST_MARKER, "data": b""}})
+        frames, _ = gen_tensor_shapes(rng, rid)
+        if b"\x91" * 1000 in frames[0]:  # the 1000-deep shape, spliced into an infer
+            body = _infer_body(good, {"x": {"dtype": "float32", "shape": NEST_MARKER, "frame": 0}})
             fm.send_infer(cat, nested_shape_frame(rid, 1000, "infer", body), anyerr)
             return
-        inputs = parse_reply(frame)["body"]["inputs"]
-        fm.send_infer(cat, raw_frame("infer", _infer_body(good, inputs), rid), anyerr)
+        inputs = parse_reply(frames)["body"]["inputs"]
+        fm.send_infer(cat, raw_msg("infer", _infer_body(good, inputs), rid, frames[1:]), anyerr)
+    elif cat.startswith("infer_frames_"):  # a valid infer, broken data frames: one `malformed` reply
+        data: list[bytes] = []
+        body = _infer_body(good, {"x": ptensor(ref.x[:rng.choice([1, 3, 8])], data)})
+        if rng.random() < 0.3:
+            body["inputs"]["mask"] = ptensor(np.ones((1, 64), bool), data)
+        t, body, data = mutate_frames(rng, cat[len("infer_frames_"):], "infer", body, data, master_tensorless())
+        fm.send_infer(cat, raw_msg(t, body, rid, data), {"malformed"})
     elif cat == "infer_fields":
         f, value = rng.choice([("deadline_ms", "soon"), ("deadline_ms", -5), ("deadline_ms", [1]),
                                ("deadline_ms", 2 ** 64 - 1), ("deadline_ms", float("nan")), ("deadline_ms", 1e-9),
@@ -1560,7 +1913,7 @@ def _worker_frame(fm: FakeMaster, rng: random.Random, cat: str, rid: str, good: 
         expect = anyerr
         if f == "deadline_ms" and value == 1e-9:
             expect = {"overloaded", "result"}
-        fm.send_infer(cat, raw_frame("infer", body, rid), expect)
+        fm.send_infer(cat, auto_msg("infer", body, rid), expect)
     elif cat == "load_bad":
         spec, _ = _bad_spec(rng, good)
         body: dict[str, Any] = {"variant": spec.get("name") if isinstance(spec, dict) else "fz/none", "spec": spec}
@@ -1595,7 +1948,7 @@ def _worker_frame(fm: FakeMaster, rng: random.Random, cat: str, rid: str, good: 
             body["variant"] = "fz/none" if f != "variant" else body["variant"]
             if t == "load":
                 body["spec"] = {**good, "name": "fz/none-load", "artifact_sha256": "%064x" % rng.getrandbits(256)}
-        frame = raw_frame(t, body, rid)
+        frame = auto_msg(t, body, rid)
         if t == "infer":
             fm.send_infer("field_types", frame, anyerr)
         else:
@@ -1626,10 +1979,10 @@ def slow_reader(catalog, workdir: Path, queries: int, seed: int, ref: Reference,
             for i in range(queries):
                 start = i % (len(ref.x) - 1)
                 rid = f"sr-{seed}-{i}"
-                frame = valid_frame("query", query_body({"x": ref.x[start:start + 1]}, variant=LOGREG_VARIANT,
-                                                        latency_ms=rng.choice([None, 50.0, 1000.0])), rid)
+                frames = query_frames(rid, {"x": ref.x[start:start + 1]}, variant=LOGREG_VARIANT,
+                                      latency_ms=rng.choice([None, 50.0, 1000.0]))
                 try:
-                    sock.send(frame)
+                    sock.send_multipart(frames)
                 except zmq.Again:
                     report.info["send_blocked_at"] = i
                     break
@@ -1645,11 +1998,11 @@ def slow_reader(catalog, workdir: Path, queries: int, seed: int, ref: Reference,
                     continue
                 while True:
                     try:
-                        frame = sock.recv(zmq.NOBLOCK)
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
                     last = time.monotonic()
-                    raw = parse_reply(frame) or {}
+                    raw = parse_reply(frames) or {}
                     rid = raw.get("id")
                     if rid not in sent:
                         codes["unattributed"] += 1
@@ -1662,7 +2015,7 @@ def slow_reader(catalog, workdir: Path, queries: int, seed: int, ref: Reference,
                     codes[str(code)] += 1
                     if raw.get("type") == "reply" and (len(answers) % 97 == 0):
                         s = sent[rid]
-                        p = ref.check_reply(raw, s, 1)
+                        p = ref.check_reply(frames, s, 1)
                         if p:
                             wrong += 1
                             report.cats["burst"].note(p)

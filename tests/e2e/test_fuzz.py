@@ -1,12 +1,17 @@
 """Issue "One house": every door is guarded. A bounded run of benchmarks/fuzz.py (the same generators and
-drivers, a few thousand frames per door, deterministic by seed) whose invariants must all hold:
+drivers, a few thousand messages per door, deterministic by seed) whose invariants must all hold. Protocol 3:
+valid messages are multipart (envelope, then tensor data frames); the garbage includes single frames and
+messages whose data frames break the rules (a descriptor past the frames, a frame too short or too long,
+extra / missing / empty / shared frames, frames on a message without tensors):
 
-* the master's client endpoint: exactly one reply per frame, no `internal` for a user mistake, documented
-  error codes, valid queries mixed in answered like onnxruntime, the catalog readable afterwards;
-* the master's worker endpoint: garbage from fresh identities leaves the master serving correctly and
-  lists no garbage worker as serving;
-* a worker driven by a fake master: it keeps heartbeating, every infer gets exactly one reply, a failed
-  load answers its held queries and does not wedge the variant;
+* the master's client endpoint: exactly one reply per message, no `internal` for a user mistake, documented
+  error codes (`malformed` for every broken-frame query), valid queries mixed in answered like onnxruntime,
+  the catalog readable afterwards;
+* the master's worker endpoint: garbage from fresh identities (results with broken frames among it) leaves
+  the master serving correctly and lists no garbage worker as serving; a registered worker's broken results
+  are answered `malformed` until the garbage limit, then it is cut off;
+* a worker driven by a fake master: it keeps heartbeating, every infer gets exactly one reply (`malformed`
+  for broken frames), a failed load answers its held queries and does not wedge the variant;
 * a slow reader's burst: every query answered or refused explicitly.
 """
 
