@@ -1,34 +1,46 @@
-"""Benchmark: decision time of the selection policy on a synthetic 10,000-variant catalog.
+"""Benchmark: decision time of the selection policy, on a synthetic 10,000-variant catalog and up to 10,000 workers.
 
 Catalog: 10 tasks x 10 models x 100 variants (threads, max batch, recipe, CPU/GPU), built from
-records through `build_index`. Cluster: 8 workers (2 with a GPU) with a few hundred variants loaded.
-Each `select` call is timed with time.perf_counter_ns over mixed queries (model-less and per-model,
-by variant, varied SLOs and objectives, some impossible); also the worst case of one task holding
-all 10,000 variants, and the master's pattern of a fresh cluster snapshot per query.
-Target: p99 <= 50 us on the 10 x 10 catalog.
+records through `build_index`. Each `select` call is timed with time.perf_counter_ns over mixed queries
+(model-less and per-model, by variant, varied SLOs and objectives, some impossible).
 
-    python benchmarks/selection.py [--queries 20000] [--seed 0] [--output benchmarks/results/selection.json]
+* catalog cases: 8 workers (2 with a GPU) with a few hundred variants loaded; also the worst case of one
+  task holding all 10,000 variants. "static": one unchanging ClusterView; "events": the master's pattern,
+  each decision followed by its dispatch (`set_queue`), results finishing earlier queries and heartbeats.
+* scaling: the same queries on 10, 1,000 and 10,000 workers (20% with a GPU, 20 variants loaded each),
+  with events between queries, once with one serving overhead for all workers and once with a learned
+  overhead per worker (a reply teaching one every query); then the cost of each ClusterView event.
+
+Target: select p99 <= 50 us, whatever the number of workers; events a few us. `--clock cpu` times the
+thread's CPU time instead of the wall clock: on a shared machine, preemption then stays out of the tails.
+
+    python benchmarks/selection.py [--queries 20000] [--workers 10,1000,10000] [--clock wall|cpu] [--seed 0]
+                                   [--output FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import gc
 import json
 import platform
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from infaas_cli.errors import InfaasError
 from infaas_cli.catalog.records import ModelRecord, ProfileRecord, VariantRecord
-from infaas_cli.policy.selection import (CatalogIndex, ClusterSnapshot, Query, WorkerState, build_index, load_prices,
-                                  select)
+from infaas_cli.policy.cluster_view import ClusterView
+from infaas_cli.policy.selection import CatalogIndex, Decision, Query, WorkerState, build_index, load_prices, select
 
 GIB = 1 << 30
+CLOCKS = {"wall": time.perf_counter_ns, "cpu": time.thread_time_ns}
+clock_ns = CLOCKS["wall"]  # what every timing reads; main() sets it from --clock
 RECIPES = {  # recipe -> (latency factor, accuracy drop)
     "fp32o1": (1.0, 0.0), "fp32o3": (0.85, 0.0), "fp16": (0.6, 0.002), "int8d": (0.55, 0.01), "int8s": (0.45, 0.015),
 }
@@ -78,19 +90,61 @@ def synthetic_catalog(rng: random.Random, tasks: int, models_per_task: int, vari
     return models, variants, profiles
 
 
-def synthetic_cluster(rng: random.Random, variants: list[VariantRecord], workers: int, loaded: int) -> ClusterSnapshot:
-    states = []
+def synthetic_workers(rng: random.Random, variants: list[VariantRecord], workers: int, loaded_per_worker: int,
+                      gpu_share: float) -> list[WorkerState]:
+    """Workers as heartbeats describe them: whole free cores (-2..16), free memory in GiB, a few dead."""
     cpu = [v.name for v in variants if v.backend == "ort-cpu"]
     gpu = [v.name for v in variants if v.backend == "ort-gpu"]
+    states = []
     for i in range(workers):
-        has_gpu = i < 2
-        pool = cpu + gpu if has_gpu else cpu
-        held = rng.sample(pool, loaded // workers)
+        has_gpu = i < max(1, int(workers * gpu_share))
+        held = rng.sample(cpu + gpu if has_gpu else cpu, loaded_per_worker)
         states.append(WorkerState(
             worker_id=f"worker-{i}", backends=frozenset({"ort-cpu", "ort-gpu"} if has_gpu else {"ort-cpu"}),
-            cores=16, free_cores=rng.uniform(0, 16), free_memory_bytes=rng.randint(1, 64) * GIB,
-            loaded={name: rng.randint(0, 20) for name in held}, alive=i != workers - 1))  # one dead worker
-    return ClusterSnapshot(tuple(states))
+            cores=16, free_cores=rng.randint(-2, 16), free_memory_bytes=rng.randint(1, 64) * GIB,
+            loaded={name: rng.randint(0, 20) for name in held}, alive=i % 50 != 49))  # 2% dead
+    return states
+
+
+def build_view(states: list[WorkerState], overhead_ms: dict[str, float] | None = None) -> ClusterView:
+    view = ClusterView()
+    for worker_id, ms in (overhead_ms or {}).items():
+        view.set_overhead(worker_id, ms)
+    for state in states:
+        view.put(state)
+    return view
+
+
+class MasterEvents:
+    """What the master tells the view between two decisions: the dispatch of the last one, the result of the
+    oldest query in flight, now and then a heartbeat and (when overheads are learned) a reply's overhead."""
+
+    def __init__(self, rng: random.Random, view: ClusterView, states: list[WorkerState], learned: bool) -> None:
+        self.rng, self.view, self.learned = rng, view, learned
+        self.states = {s.worker_id: s for s in states}
+        self.ids = sorted(self.states)
+        self.queues = {(s.worker_id, v): q for s in states for v, q in s.loaded.items()}
+        self.inflight: collections.deque[tuple[str, str]] = collections.deque()
+        self.count = 0
+
+    def __call__(self, decision: Decision | None) -> None:
+        view, rng = self.view, self.rng
+        if decision is not None:
+            key = (decision.worker_id, decision.variant)
+            self.queues[key] = self.queues.get(key, 0) + 1
+            view.set_queue(*key, self.queues[key])
+            self.inflight.append(key)
+        if len(self.inflight) > 64:
+            key = self.inflight.popleft()
+            self.queues[key] = max(0, self.queues[key] - 1)
+            view.set_queue(*key, self.queues[key])
+            if self.learned:
+                view.set_overhead(key[0], rng.choice((0.4, 0.5, 0.6, 0.8, 1.2)))
+        self.count += 1
+        if self.count % 10 == 0:
+            s = self.states[rng.choice(self.ids)]
+            view.upsert_worker(s.worker_id, s.backends, s.cores, rng.randint(-2, 16), rng.randint(1, 64) * GIB,
+                               s.alive)
 
 
 def synthetic_queries(rng: random.Random, index: CatalogIndex, count: int, task_only: bool = False) -> list[Query]:
@@ -120,26 +174,31 @@ def synthetic_queries(rng: random.Random, index: CatalogIndex, count: int, task_
     return queries
 
 
-def time_queries(queries: list[Query], index: CatalogIndex, snapshot: ClusterSnapshot,
-                 fresh_snapshot: bool = False) -> dict:
-    """Time each select; with fresh_snapshot, each query sees a new snapshot (as the master builds them)."""
+def time_queries(queries: list[Query], index: CatalogIndex, view: ClusterView,
+                 events: Callable[[Decision | None], None] | None = None) -> dict:
+    """Time each select; `events`, when given, runs (untimed) after each one with its decision."""
     times_ns = np.empty(len(queries), dtype=np.int64)
     outcomes: dict[str, int] = {}
     by_kind: dict[str, list[int]] = {}
     by_outcome: dict[str, list[int]] = {}
-    workers = snapshot.workers
-    select(queries[0], index, snapshot) if not fresh_snapshot else None  # warm the cached snapshot view
+    for q in queries[:200]:  # warm the index's per-slice caches and the view's projection
+        try:
+            select(q, index, view)
+        except InfaasError:
+            pass
     gc.collect()
-    clock = time.perf_counter_ns
+    clock = clock_ns
     for i, q in enumerate(queries):
-        snap = ClusterSnapshot(workers) if fresh_snapshot else snapshot
+        decision = None
         t0 = clock()
         try:
-            select(q, index, snap)
+            decision = select(q, index, view)
             outcome = "ok"
         except InfaasError as exc:
             outcome = exc.code
         t = clock() - t0
+        if events is not None:
+            events(decision)
         times_ns[i] = t
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         by_kind.setdefault(q.kind, []).append(t)
@@ -155,27 +214,115 @@ def _stats(times_ns: np.ndarray) -> dict:
             "p99_us": round(float(np.percentile(us, 99)), 2), "max_us": round(float(us.max()), 2)}
 
 
+def _print_timing(label: str, timing: dict) -> None:
+    s = timing["all"]
+    print(f"  {label:22s} p50 {s['p50_us']:7.1f} us  p99 {s['p99_us']:7.1f} us  max {s['max_us']:8.1f} us  "
+          f"({s['count']} queries; outcomes {timing['outcomes']})")
+    for kind, s in [*timing["by_kind"].items(), *timing["by_outcome"].items()]:
+        print(f"    {kind:8s} p50 {s['p50_us']:7.1f} us  p99 {s['p99_us']:7.1f} us  max {s['max_us']:8.1f} us")
+
+
 def run_case(label: str, rng: random.Random, prices, queries: int, one_task: bool) -> dict:
     models, variants, profiles = synthetic_catalog(rng, 10, 10, 100, one_task=one_task)
     t0 = time.perf_counter()
     index = build_index(models, variants, profiles, prices)
     build_s = time.perf_counter() - t0
-    snapshot = synthetic_cluster(rng, variants, workers=8, loaded=320)
+    states = synthetic_workers(rng, variants, workers=8, loaded_per_worker=40, gpu_share=0.25)
+    view = build_view(states)
     qs = synthetic_queries(rng, index, queries, task_only=one_task)
     result = {"variants": len(variants), "profiled": len(index), "models": len(models),
-              "task_groups": len(index.task_spans), "loaded": len(snapshot.holders()),
-              "index_build_s": round(build_s, 3), "cached_snapshot": time_queries(qs, index, snapshot),
-              "fresh_snapshot": time_queries(qs[: max(1, queries // 4)], index, snapshot, fresh_snapshot=True)}
-    cached, fresh = result["cached_snapshot"], result["fresh_snapshot"]
+              "task_groups": len(index.task_spans), "loaded": sum(1 for n in index.infos if view.holders(n)),
+              "index_build_s": round(build_s, 3), "static": time_queries(qs, index, view),
+              "events": time_queries(qs, index, view, MasterEvents(rng, view, states, learned=False))}
     print(f"{label}: {len(variants)} variants, {len(index.task_spans)} task group(s), {result['loaded']} loaded, "
           f"index built in {build_s:.2f} s")
-    print(f"  cached snapshot  p50 {cached['all']['p50_us']:7.1f} us  p99 {cached['all']['p99_us']:7.1f} us  "
-          f"max {cached['all']['max_us']:8.1f} us  ({cached['all']['count']} queries; outcomes {cached['outcomes']})")
-    for kind, s in [*cached["by_kind"].items(), *cached["by_outcome"].items()]:
-        print(f"    {kind:8s} p50 {s['p50_us']:7.1f} us  p99 {s['p99_us']:7.1f} us  max {s['max_us']:8.1f} us")
-    print(f"  fresh snapshot   p50 {fresh['all']['p50_us']:7.1f} us  p99 {fresh['all']['p99_us']:7.1f} us  "
-          f"max {fresh['all']['max_us']:8.1f} us  ({fresh['all']['count']} queries)")
+    _print_timing("static view", result["static"])
+    _print_timing("events between queries", result["events"])
     return result
+
+
+def time_events(rng: random.Random, view: ClusterView, states: list[WorkerState], names: list[str],
+                count: int) -> dict:
+    """The cost of each event method on `view`, `count` calls each on random workers (p50 / p99 us)."""
+    alive = [s for s in states if s.alive]
+    clock = clock_ns
+
+    def timed(call: Callable[[WorkerState], None]) -> dict:
+        picks = [rng.choice(alive) for _ in range(count)]
+        times_ns = np.empty(count, dtype=np.int64)
+        for i, s in enumerate(picks):
+            t0 = clock()
+            call(s)
+            times_ns[i] = clock() - t0
+        return _stats(times_ns)
+
+    def heartbeat(s: WorkerState) -> None:  # new free cores and memory
+        view.upsert_worker(s.worker_id, s.backends, s.cores, rng.randint(-2, 16), rng.randint(1, 64) * GIB)
+
+    def same_heartbeat(s: WorkerState) -> None:  # nothing the ranking sees changed
+        view.upsert_worker(s.worker_id, s.backends, s.cores, s.free_cores, s.free_memory_bytes)
+
+    def dispatch(s: WorkerState) -> None:  # a queue of a variant it holds
+        variant = next(iter(s.loaded))
+        view.set_queue(s.worker_id, variant, rng.randint(0, 20))
+
+    def load_and_unload(s: WorkerState) -> None:  # two events
+        variant = rng.choice(names)
+        if variant not in s.loaded:
+            view.set_queue(s.worker_id, variant, 1)
+            view.drop_variant(s.worker_id, variant)
+
+    def heartbeat_map(s: WorkerState) -> None:  # the loaded map of a heartbeat, one queue changed
+        loaded = dict(s.loaded)
+        loaded[next(iter(loaded))] = rng.randint(0, 20)
+        view.set_loaded(s.worker_id, loaded)
+
+    def learned_overhead(s: WorkerState) -> None:
+        view.set_overhead(s.worker_id, rng.choice((0.4, 0.5, 0.6, 0.8, 1.2)))
+
+    def drain_and_back(s: WorkerState) -> None:  # two events: it leaves and comes back with its variants
+        view.upsert_worker(s.worker_id, s.backends, s.cores, s.free_cores, s.free_memory_bytes, alive=False)
+        view.upsert_worker(s.worker_id, s.backends, s.cores, s.free_cores, s.free_memory_bytes, alive=True)
+
+    def remove_and_register(s: WorkerState) -> None:  # two events, the second with its loaded map (put)
+        view.remove_worker(s.worker_id)
+        view.put(s)
+
+    return {"upsert_worker (heartbeat, moved)": timed(heartbeat),
+            "upsert_worker (heartbeat, unchanged)": timed(same_heartbeat),
+            "set_queue (dispatch / result)": timed(dispatch),
+            "set_queue + drop_variant (load, unload)": timed(load_and_unload),
+            "set_loaded (heartbeat map, 20 variants)": timed(heartbeat_map),
+            "set_overhead": timed(learned_overhead),
+            "upsert_worker x2 (drain, back)": timed(drain_and_back),
+            "remove_worker + put (re-register)": timed(remove_and_register)}
+
+
+def run_scaling(rng: random.Random, prices, queries: int, worker_counts: list[int]) -> dict:
+    models, variants, profiles = synthetic_catalog(rng, 10, 10, 100)
+    index = build_index(models, variants, profiles, prices)
+    qs = synthetic_queries(rng, index, queries)
+    names = sorted(index.infos)
+    out = {}
+    for n in worker_counts:
+        states = synthetic_workers(rng, variants, workers=n, loaded_per_worker=20, gpu_share=0.2)
+        t0 = time.perf_counter()
+        view = build_view(states)
+        build_s = time.perf_counter() - t0
+        learned = {s.worker_id: rng.choice((0.4, 0.5, 0.6, 0.8, 1.2)) for s in states}
+        learned_view = build_view(states, learned)
+        result = {"workers": n, "view_build_s": round(build_s, 3),
+                  "one_overhead": time_queries(qs, index, view, MasterEvents(rng, view, states, learned=False)),
+                  "learned_overheads": time_queries(qs, index, learned_view,
+                                                    MasterEvents(rng, learned_view, states, learned=True)),
+                  "events": time_events(rng, learned_view, states, names, min(queries, 5000))}
+        print(f"{n} workers: view built in {build_s:.2f} s (put of each worker with 20 variants)")
+        _print_timing("one overhead", result["one_overhead"])
+        _print_timing("learned overheads", result["learned_overheads"])
+        for event, s in result["events"].items():
+            print(f"    {event:42s} p50 {s['p50_us']:6.2f} us  p99 {s['p99_us']:6.2f} us")
+        out[str(n)] = result
+    return out
 
 
 def _cpu_model() -> str:
@@ -191,12 +338,17 @@ def _cpu_model() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=20_000, help="queries per case")
+    parser.add_argument("--workers", default="10,1000,10000", help="worker counts of the scaling case")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall: perf_counter; cpu: the thread's CPU time (a shared machine's preemption left out)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "selection.json")
     args = parser.parse_args()
+    global clock_ns
+    clock_ns = CLOCKS[args.clock]
     prices = load_prices()
     results = {
-        "benchmark": "selection", "queries": args.queries, "seed": args.seed, "target_p99_us": 50,
+        "benchmark": "selection", "queries": args.queries, "seed": args.seed, "target_p99_us": 50, "clock": args.clock,
         "python": sys.version.split()[0], "numpy": np.__version__, "machine": platform.machine(),
         "cpu": _cpu_model(),
         "cases": {
@@ -205,6 +357,8 @@ def main() -> None:
             "one_task_10000_variants": run_case("worst case: one task holding all 10,000 variants",
                                                 random.Random(args.seed + 1), prices, args.queries, one_task=True),
         },
+        "scaling": run_scaling(random.Random(args.seed + 2), prices, args.queries,
+                               [int(n) for n in args.workers.split(",")]),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")

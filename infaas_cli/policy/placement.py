@@ -11,12 +11,18 @@ They are ranked best first by most free cores, then most free memory, then worke
 What "fits" differs, on purpose: a query's load is bounded by memory only (cores may be oversubscribed:
 the worker then evicts idle variants or waits for busy ones), while fixed and extra replicas are meant
 to run beside what is there, so they need the cores and (as the master has always done) ignore memory.
+
+`place` scans every worker, which suits the control path. For the query path, `LoadRanking` keeps the
+``"query"`` answer of one backend up to date one worker at a time (`cluster_view.ClusterView` holds one
+per backend), so that finding where a load goes does not grow with the cluster.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from heapq import heapify, heappop, heappush
 
 PURPOSES = ("query", "static", "replica")
 
@@ -88,3 +94,119 @@ def place(workers: Iterable[WorkerState], need: VariantNeed, purpose: str = "que
     if any(need.variant in w.loaded for w in candidates):
         return ()  # already placed somewhere: a fixed replica is not moved or duplicated onto a full worker
     return (min(candidates, key=rank_key).worker_id,)
+
+
+class LazyHeap:
+    """A min-heap holding one live entry per key (a worker id), each entry a tuple whose second item is the key.
+
+    A replaced or discarded entry stays in the heap until it surfaces (then it is dropped) or until the dead
+    outnumber the live (then the heap is rebuilt from the live), so every operation is O(log n) amortised.
+    """
+
+    __slots__ = ("_heap", "_live")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple] = []
+        self._live: dict[str, tuple] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._live)
+
+    def push(self, key: str, entry: tuple) -> None:
+        self._live[key] = entry
+        heappush(self._heap, entry)
+        if len(self._heap) > 2 * len(self._live) + 16:
+            self._heap = list(self._live.values())
+            heapify(self._heap)
+
+    def discard(self, key: str) -> None:
+        self._live.pop(key, None)
+
+    def top(self) -> tuple:
+        """The least live entry; the heap must not be empty."""
+        heap, live = self._heap, self._live
+        while live.get(heap[0][1]) is not heap[0]:  # identity: an equal entry pushed later is another object
+            heappop(heap)
+        return heap[0]
+
+
+class LoadRanking:
+    """One backend's candidates for a query's load, answering `place(..., "query")` without a scan.
+
+    Workers are grouped by free cores (whole numbers on the wire, so a few groups however many workers);
+    within a group, rank order is most free memory first, so the group's best-ranked worker with m bytes
+    free is its roomiest whenever that one has them. `place(m)` walks the groups from the most free cores
+    down and stops at the first whose roomiest worker has m bytes: O(groups + log n), not O(n).
+    """
+
+    __slots__ = ("_groups", "_free_cores", "_roomiest", "_group_of", "version")
+
+    def __init__(self) -> None:
+        self._groups: dict[float, LazyHeap] = {}  # free cores -> (-free memory, worker id) of its workers
+        self._free_cores: list[float] = []  # the groups' keys, ascending
+        self._roomiest = LazyHeap()  # (-free memory, worker id) of every worker: the answer when nobody fits
+        self._group_of: dict[str, float] = {}
+        #: Bumped on every change, so that what a caller derives from the ranking can be cached against it.
+        self.version = 0
+
+    def __len__(self) -> int:
+        return len(self._group_of)
+
+    def put(self, worker_id: str, free_cores: float, free_memory_bytes: int) -> None:
+        """Add a worker, or move it to its new free cores and memory."""
+        self.discard(worker_id)
+        entry = (-free_memory_bytes, worker_id)
+        group = self._groups.get(free_cores)
+        if group is None:
+            group = self._groups[free_cores] = LazyHeap()
+            insort(self._free_cores, free_cores)
+        group.push(worker_id, entry)
+        self._roomiest.push(worker_id, entry)
+        self._group_of[worker_id] = free_cores
+        self.version += 1
+
+    def discard(self, worker_id: str) -> None:
+        free_cores = self._group_of.pop(worker_id, None)
+        if free_cores is None:
+            return
+        group = self._groups[free_cores]
+        group.discard(worker_id)
+        if not group:  # dropping an emptied group drops its dead entries with it
+            del self._groups[free_cores]
+            del self._free_cores[bisect_left(self._free_cores, free_cores)]
+        self._roomiest.discard(worker_id)
+        self.version += 1
+
+    def place(self, memory_bytes: int) -> str | None:
+        """The worker `place(workers, need, "query")` picks for a need of `memory_bytes`; None without workers."""
+        for free_cores in reversed(self._free_cores):
+            neg_memory, worker_id = self._groups[free_cores].top()
+            if -neg_memory >= memory_bytes:
+                return worker_id
+        return self.roomiest()
+
+    def best(self) -> tuple[int, str] | None:
+        """(free memory, worker id) of the best-ranked worker; None without workers."""
+        if not self._free_cores:
+            return None
+        neg_memory, worker_id = self._groups[self._free_cores[-1]].top()
+        return -neg_memory, worker_id
+
+    def roomiest(self) -> str | None:
+        """The worker with the most free memory (then the least id): where a load nobody has room for goes."""
+        return self._roomiest.top()[1] if self._group_of else None
+
+    def roomier(self) -> list[tuple[int, str]]:
+        """(free memory, worker id), best-ranked first, of each worker with more free memory than every
+        better-ranked one: the first of them with m bytes free is where `place(m)` goes (m up to the last's)."""
+        out: list[tuple[int, str]] = []
+        if not self._group_of:
+            return out
+        most = -self._roomiest.top()[0]
+        for free_cores in reversed(self._free_cores):
+            neg_memory, worker_id = self._groups[free_cores].top()
+            if not out or -neg_memory > out[-1][0]:
+                out.append((-neg_memory, worker_id))
+                if -neg_memory >= most:
+                    break
+        return out

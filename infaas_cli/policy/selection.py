@@ -1,16 +1,17 @@
-"""The variant selection policy: a pure function of a query, a precomputed catalog index and a cluster snapshot.
+"""The variant selection policy: a pure function of a query, a precomputed catalog index and a view of the cluster.
 
 `select(query, index, cluster) -> Decision` does no I/O and reads no clock; the master times it.
 The index is built once per catalog change (`build_index`); it lays every profiled variant out in
 one order sorted by (task, dataset, model, name), so that both a model's variants and a
 (task, dataset)'s variants are a contiguous slice of flat numpy arrays (latency and cost per batch
 bucket, accuracy, load time). A model-less query is then a dict lookup for the slice and a handful
-of vectorised operations over it; only the few variants loaded on workers are looked at one by one,
-and even that is cached per cluster snapshot.
+of vectorised operations over it. The cluster side is a `ClusterView` (cluster_view.py) the master keeps
+up to date event by event; it carries, per index position, the shortest queue of each loaded variant,
+so that a decision costs the same however many workers there are.
 
 Predictions are end to end, as the SLO is: the time from the query's arrival at the master to its reply
 leaving it = the serving overhead of the path to the worker (learned online by the master, see
-`policy/latency.py`, and handed in through `ClusterSnapshot(overhead_ms=...)`) + queueing behind the
+`policy/latency.py`, and handed in through `ClusterView.set_overhead`) + queueing behind the
 worker's queue + the profiled model time at the batch size + the load time when the variant must load.
 A query that carries its input signature only reaches models whose inputs accept it.
 """
@@ -22,7 +23,6 @@ import tomllib
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,8 @@ import numpy as np
 from infaas_cli.errors import InfaasError, InvalidInputError
 from infaas_cli.catalog.records import ModelRecord, ProfileRecord, TensorSpec, VariantRecord
 from infaas_cli.policy.latency import PRIOR_OVERHEAD_MS
-from infaas_cli.policy.placement import VariantNeed, WorkerState, place, rank_key
+from infaas_cli.policy.cluster_view import ClusterView, GroupView, check_overhead_default
+from infaas_cli.policy.placement import WorkerState
 from infaas_cli.policy.profiles import applicable_profiles
 
 #: The bundled price table, found relative to the package like the zoo manifest (a checkout layout).
@@ -614,276 +615,45 @@ def build_index(models: Sequence[ModelRecord], variants: Sequence[VariantRecord]
 
 # -- cluster -----------------------------------------------------------------------------------------
 
-# WorkerState (one worker as the master sees it) lives in placement.py, with the rule that places loads on it.
-
-
-class _GroupView:
-    """One index slice as this cluster sees it: extra latency (overhead + queue or load) and masks."""
-
-    __slots__ = ("extra_ms", "loaded_local", "wait_ms", "load_overhead_ms", "held_overhead_ms", "loaded",
-                 "runnable", "any_runnable")
-
-    def __init__(self, extra_ms: np.ndarray, loaded_local: np.ndarray | None, wait_ms: np.ndarray | None,
-                 load_overhead_ms: float | np.ndarray, held_overhead_ms: float | np.ndarray | None,
-                 loaded: np.ndarray | None, runnable: np.ndarray | None, any_runnable: bool) -> None:
-        self.extra_ms = extra_ms  # serving overhead + (queue wait if loaded, else load time)
-        # The loaded variants' positions in the slice, their queue wait (the part of extra_ms an idle
-        # cluster would not pay) and their holder's overhead; None: nothing in the slice is loaded.
-        self.loaded_local = loaded_local
-        self.wait_ms = wait_ms
-        self.held_overhead_ms = held_overhead_ms
-        self.load_overhead_ms = load_overhead_ms  # per slice position (or one scalar): the load target's
-        self.loaded = loaded  # None: nothing in the slice is loaded
-        self.runnable = runnable  # None: every variant's backend has a live worker
-        self.any_runnable = any_runnable
-
-    def overhead_at(self, i: int) -> float:
-        """The serving overhead counted in the prediction of the slice's variant `i` (the slow path)."""
-        if self.loaded is not None and self.loaded[i]:
-            held = self.held_overhead_ms
-            if isinstance(held, np.ndarray):
-                held = held[int(np.searchsorted(self.loaded_local, i))]
-            return float(held)
-        load = self.load_overhead_ms
-        return float(load[i] if isinstance(load, np.ndarray) else load)
-
-
-class _IndexView:
-    """A cluster snapshot projected onto one index; group views are computed on first use.
-
-    Each variant's overhead is that of the worker the query would go to: a loaded variant's least-loaded
-    holder (shortest queue, then worker id: `least_loaded_holder`), else the worker `place` would load it on
-    (the best-ranked live worker of its backend with its memory free, else the one with the most free memory).
-    When every live worker has the same overhead (no estimates yet, one worker, ...) that is one scalar.
-    """
-
-    __slots__ = ("index", "snapshot", "loaded_pos", "loaded_queue", "loaded_overhead", "backend_ok",
-                 "uniform_overhead", "groups", "load_targets")
-
-    def __init__(self, index: CatalogIndex, snapshot: ClusterSnapshot) -> None:
-        self.index = index
-        self.snapshot = snapshot
-        uniform = self.uniform_overhead = snapshot.uniform_overhead_ms()
-        # One pass over the loaded maps with C-level iteration (map/extend): the master builds a fresh
-        # snapshot after every dispatch, so this cost is paid on most queries.
-        pos_get = index.pos.get
-        positions: list[int] = []
-        queues: list[int] = []
-        holders: list[int] = []  # index of the holding worker in `by_id`, only when overheads differ
-        if uniform is None:
-            by_id = sorted(snapshot.workers, key=lambda w: w.worker_id)
-            for i, w in enumerate(by_id):
-                if w.alive and w.loaded:
-                    positions.extend(map(pos_get, w.loaded, repeat(-1)))
-                    queues.extend(w.loaded.values())
-                    holders.extend(repeat(i, len(w.loaded)))
-        else:
-            for w in snapshot.workers:
-                if w.alive and w.loaded:
-                    positions.extend(map(pos_get, w.loaded, repeat(-1)))
-                    queues.extend(w.loaded.values())
-        pos = np.asarray(positions, dtype=np.intp)
-        queue = np.asarray(queues, dtype=np.float64)
-        keep = pos >= 0  # unprofiled variants are not in the arrays
-        pos, queue = pos[keep], queue[keep]
-        if uniform is None:
-            holder = np.asarray(holders, dtype=np.intp)[keep]
-            # Shortest queue, then the worker id: the holder least_loaded_holder names.
-            order = np.lexsort((queue * len(by_id) + holder, pos))
-        else:
-            order = np.lexsort((queue, pos))  # by position, shortest queue first
-        pos, queue = pos[order], queue[order]
-        first = np.ones(pos.size, dtype=bool)
-        first[1:] = pos[1:] != pos[:-1]
-        self.loaded_pos = pos[first]  # sorted, unique
-        self.loaded_queue = queue[first]  # the shortest queue of each
-        if uniform is None:
-            ov_by_worker = np.asarray([snapshot.overhead_of(w.worker_id) for w in by_id], dtype=np.float64)
-            self.loaded_overhead = ov_by_worker[holder[order][first]]
-        else:
-            self.loaded_overhead = uniform
-        self.load_targets: dict[int, tuple] = {}
-        live = snapshot.live_backends()
-        ok = np.asarray([b in live for b in index.backend_names], dtype=bool)
-        self.backend_ok = None if ok.all() else ok
-        self.groups: dict[tuple[int, int], _GroupView] = {}
-
-    def group(self, start: int, end: int) -> _GroupView:
-        view = self.groups.get((start, end))
-        if view is None:
-            view = self.groups[(start, end)] = self._group(start, end)
-        return view
-
-    def _load_overhead(self, start: int, end: int) -> float | np.ndarray:
-        """Per variant of the slice, the overhead of the worker `place(..., "query")` would load it on.
-
-        One scalar in the common case: the slice's variants all go to the best-ranked worker of their one
-        backend (it has the memory of the largest free), or the backends' targets share an overhead.
-        """
-        index, snapshot = self.index, self.snapshot
-        parts = []  # (mask over the slice or None for all of it, overhead: scalar or per masked variant)
-        for code, mask, max_memory in index.span_backends(start, end):
-            target = self._load_target(code)
-            if target is None:
-                continue  # no live worker runs it: not runnable, masked out anyway
-            first_free, first_ov, ov, roomiest, fallback_ov = target
-            if ov is None or first_free >= max_memory:
-                parts.append((mask, first_ov))  # one overhead, or all go to the best-ranked worker
-                continue
-            # The first ranked worker with the memory free is the first whose running max of free memory is.
-            memory = index.peak_memory_bytes[start:end]
-            at = np.searchsorted(roomiest, memory if mask is None else memory[mask], side="left")
-            parts.append((mask, np.where(at < ov.size, ov[np.minimum(at, ov.size - 1)], fallback_ov)))
-        if not parts:
-            return snapshot.overhead_ms_default
-        scalars = {value for _, value in parts if not isinstance(value, np.ndarray)}
-        if len(scalars) == 1 and len(parts) == sum(1 for _, v in parts if not isinstance(v, np.ndarray)):
-            return scalars.pop()
-        out = np.full(end - start, snapshot.overhead_ms_default, dtype=np.float64)
-        for mask, value in parts:
-            if mask is None:
-                out[:] = value
-            else:
-                out[mask] = value
-        return out
-
-    def _load_target(self, code: int) -> tuple | None:
-        """For one backend: (free memory and overhead of the best-ranked worker, the ranked overheads or None
-        when they are all one, the running max of free memory, the overhead of the roomiest); cached."""
-        if code in self.load_targets:
-            return self.load_targets[code]
-        snapshot = self.snapshot
-        workers = snapshot.load_order(self.index.backend_names[code])  # ranked as `place` ranks them
-        target = None
-        if workers:
-            ov = np.asarray([snapshot.overhead_of(w.worker_id) for w in workers], dtype=np.float64)
-            roomiest = np.maximum.accumulate(np.asarray([w.free_memory_bytes for w in workers], dtype=np.float64))
-            fallback = min(workers, key=lambda w: (-w.free_memory_bytes, w.worker_id))
-            target = (float(workers[0].free_memory_bytes), float(ov[0]), None if (ov == ov[0]).all() else ov,
-                      roomiest, snapshot.overhead_of(fallback.worker_id))
-        self.load_targets[code] = target
-        return target
-
-    def _group(self, start: int, end: int) -> _GroupView:
-        index = self.index
-        uniform = self.uniform_overhead
-        # Not loaded anywhere: pay the load first, on the worker it would be placed on.
-        load_overhead = uniform if uniform is not None else self._load_overhead(start, end)
-        extra = index.load_time_ms[start:end] + load_overhead
-        lo, hi = self.loaded_pos.searchsorted((start, end))
-        loaded = local = wait = held_overhead = None
-        if hi > lo:
-            local = self.loaded_pos[lo:hi] - start
-            # Loaded: wait behind the shortest queue, each queued query taking about a batch-1 run.
-            wait = self.loaded_queue[lo:hi] * index.lat1_ms[start:end][local]
-            held_overhead = uniform if uniform is not None else self.loaded_overhead[lo:hi]
-            extra[local] = wait + held_overhead
-            loaded = np.zeros(end - start, dtype=bool)
-            loaded[local] = True
-        runnable = None
-        any_runnable = True
-        if self.backend_ok is not None:
-            runnable = self.backend_ok[index.backend_code[start:end]]
-            if loaded is not None:
-                runnable |= loaded
-            any_runnable = bool(runnable.any())
-        return _GroupView(extra, local, wait, load_overhead, held_overhead, loaded, runnable, any_runnable)
+# WorkerState (one worker as the master sees it) lives in placement.py, with the rule that places loads on it;
+# ClusterView (the cluster kept up to date event by event, what select reads) in cluster_view.py.
 
 
 class ClusterSnapshot:
-    """The workers as the master last saw them, with the learned serving overhead of each worker's path.
+    """The workers as the master last saw them, frozen: for the control path, tests and one-off decisions.
 
     `overhead_ms` maps a worker id to its learned overhead (ms, `policy.latency.WorkerOverheads.snapshot()`);
     a worker without an entry — and any worker when the map is absent — counts `overhead_ms_default`
-    (the estimator's prior, `PRIOR_OVERHEAD_MS`, unless the caller knows better). Derived lookups are
-    computed lazily and cached.
+    (the estimator's prior, `PRIOR_OVERHEAD_MS`, unless the caller knows better). `overhead_floor_ms`: see
+    ClusterView. `select` reads the ClusterView of these workers, built on first use (O(workers)); the
+    master keeps a ClusterView up to date instead, so that no query pays for the whole cluster.
     """
 
-    __slots__ = ("workers", "overhead_ms", "overhead_ms_default", "overhead_floor_ms", "_holders", "_live_backends", "_load_order",
-                 "_view", "_uniform")
+    __slots__ = ("workers", "overhead_ms", "overhead_ms_default", "overhead_floor_ms", "_view")
 
     def __init__(self, workers: Sequence[WorkerState] = (), overhead_ms: Mapping[str, float] | None = None,
                  overhead_ms_default: float = PRIOR_OVERHEAD_MS, overhead_floor_ms: float | None = None) -> None:
-        if not _is_number(overhead_ms_default) or overhead_ms_default < 0:
-            raise InfaasError(f"overhead_ms_default must be a non-negative number of ms, not "
-                              f"{overhead_ms_default!r}")
         self.workers: tuple[WorkerState, ...] = tuple(workers)
         self.overhead_ms: Mapping[str, float] = overhead_ms or {}
-        self.overhead_ms_default = float(overhead_ms_default)
-        # What the path adds with nothing queued in front of the worker: decides "out of reach" (no_variant)
-        # versus "the cluster is busy now" (late, or overloaded in strict mode). The learned overheads are
-        # high quantiles and grow with load, so they must not turn a busy cluster into an impossible SLO.
-        if overhead_floor_ms is None:  # without a measured floor: the least of the figures given
-            overhead_floor_ms = min(self.overhead_ms.values()) if self.overhead_ms else self.overhead_ms_default
-        floor = overhead_floor_ms
-        self.overhead_floor_ms = max(0.0, float(floor))
-        self._holders: dict[str, list[tuple[int, str]]] | None = None
-        self._live_backends: frozenset[str] | None = None
-        self._load_order: dict[str, list[WorkerState]] = {}
-        self._view: _IndexView | None = None
-        self._uniform: tuple[float | None] | None = None
+        self.overhead_ms_default = check_overhead_default(overhead_ms_default)
+        self.overhead_floor_ms = overhead_floor_ms
+        self._view: ClusterView | None = None
 
     def overhead_of(self, worker_id: str) -> float:
         """The serving overhead (ms) of the path to `worker_id`: its estimate, else the default."""
-        value = self.overhead_ms.get(worker_id) if self.overhead_ms else None
+        value = self.overhead_ms.get(worker_id)
         return self.overhead_ms_default if value is None else float(value)
 
-    def uniform_overhead_ms(self) -> float | None:
-        """The overhead shared by every alive worker, or None when they differ."""
-        if self._uniform is None:
-            if not self.overhead_ms:
-                value: float | None = self.overhead_ms_default
-            else:
-                values = {self.overhead_of(w.worker_id) for w in self.workers if w.alive}
-                value = values.pop() if len(values) == 1 else (self.overhead_ms_default if not values else None)
-            self._uniform = (value,)
-        return self._uniform[0]
-
-    def holders(self) -> dict[str, list[tuple[int, str]]]:
-        """variant -> [(queue length, worker_id)] over alive workers holding it, shortest queue first."""
-        if self._holders is None:
-            holders: dict[str, list[tuple[int, str]]] = {}
-            for w in self.workers:
-                if w.alive:
-                    for name, queued in w.loaded.items():
-                        holders.setdefault(name, []).append((queued, w.worker_id))
-            for entries in holders.values():
-                entries.sort()
-            self._holders = holders
-        return self._holders
-
-    def least_loaded_holder(self, variant: str) -> tuple[int, str] | None:
-        """(queue length, worker_id) of the alive worker holding `variant` with the shortest queue, or None."""
-        if self._holders is not None:
-            entries = self._holders.get(variant)
-            return entries[0] if entries else None
-        # Scanning the few workers beats building the whole holders map for one answer.
-        best = None
-        for w in self.workers:
-            if w.alive:
-                queued = w.loaded.get(variant)
-                if queued is not None and (best is None or (queued, w.worker_id) < best):
-                    best = (queued, w.worker_id)
-        return best
-
-    def live_backends(self) -> frozenset[str]:
-        if self._live_backends is None:
-            self._live_backends = frozenset(b for w in self.workers if w.alive for b in w.backends)
-        return self._live_backends
-
-    def load_order(self, backend: str) -> list[WorkerState]:
-        """Alive workers that run `backend`, best place for a load first: most free cores, then memory."""
-        order = self._load_order.get(backend)
-        if order is None:
-            order = sorted((w for w in self.workers if w.alive and backend in w.backends), key=rank_key)
-            self._load_order[backend] = order
-        return order
-
-    def _index_view(self, index: CatalogIndex) -> _IndexView:
-        view = self._view
-        if view is None or view.index is not index:
-            view = self._view = _IndexView(index, self)
-        return view
+    def view(self) -> ClusterView:
+        """These workers as a ClusterView (built once)."""
+        if self._view is None:
+            view = ClusterView(self.overhead_ms_default, self.overhead_floor_ms)
+            for worker_id, overhead_ms in self.overhead_ms.items():
+                view.set_overhead(worker_id, overhead_ms)
+            for state in self.workers:
+                view.put(state)
+            self._view = view
+        return self._view
 
 
 # -- decision ----------------------------------------------------------------------------------------
@@ -904,13 +674,18 @@ class Decision:
     slo_met_predicted: bool = True
 
 
-def select(query: Query, index: CatalogIndex, cluster: ClusterSnapshot) -> Decision:
+def select(query: Query, index: CatalogIndex, cluster: ClusterView | ClusterSnapshot) -> Decision:
     """Pick the variant and the worker for one query. Raises an InfaasError subclass when none fits.
+
+    Reads O(the query's candidate variants) of a ClusterView, plus O(log workers); a ClusterSnapshot is read
+    through its view.
 
     NoVariantError: no variant meets the bounds even on an idle cluster (it names the best achievable
     end-to-end figure); OverloadedError: a strict query whose latency bound only the queues make
     unreachable; InvalidInputError: no candidate model takes the query's tensors.
     """
+    if not isinstance(cluster, ClusterView):
+        cluster = cluster.view()
     if query.kind == "variant":
         return _select_variant(query, index, cluster)
     if query.kind == "model":
@@ -927,7 +702,7 @@ def select(query: Query, index: CatalogIndex, cluster: ClusterSnapshot) -> Decis
         accept = index.accepts(start, end, query.inputs)
         if accept is not None and not accept.any():
             raise _refused_inputs(query, index)
-    group = cluster._index_view(index).group(start, end)
+    group = cluster.group(index, start, end)
     if not group.any_runnable:
         raise _unavailable(sorted({v.backend for v in index.order[start:end]}))
     b = query.batch_size
@@ -983,7 +758,7 @@ def select(query: Query, index: CatalogIndex, cluster: ClusterSnapshot) -> Decis
 
 
 def _queued_out(query: Query, index: CatalogIndex, start: int, end: int, pred: np.ndarray, cost: np.ndarray,
-                group: _GroupView, accept: np.ndarray | None, floor_ms: float = 0.0) -> int | None:
+                group: GroupView, accept: np.ndarray | None, floor_ms: float = 0.0) -> int | None:
     """When only the current queues keep every admissible variant from the latency bound, the fastest one.
 
     Admissible: takes the batch and the inputs, meets the accuracy and cost bounds, runnable. If one of them
@@ -1043,7 +818,7 @@ def _break_tie(tied: np.ndarray, secondary: np.ndarray, name_rank: np.ndarray) -
     return int(tied[0])
 
 
-def _select_variant(query: Query, index: CatalogIndex, cluster: ClusterSnapshot) -> Decision:
+def _select_variant(query: Query, index: CatalogIndex, cluster: ClusterView) -> Decision:
     info = index.infos.get(query.variant)
     if info is None:
         raise _unknown(query, index)
@@ -1099,13 +874,12 @@ def _select_variant(query: Query, index: CatalogIndex, cluster: ClusterSnapshot)
     return Decision(info.name, worker_id, needs_load, pred, cost, info.model, info.accuracy, slo_met)
 
 
-def _place(cluster: ClusterSnapshot, info: VariantInfo) -> str:
+def _place(cluster: ClusterView, info: VariantInfo) -> str:
     """The worker to load `info` on (`placement.place`, purpose "query")."""
-    where = place(cluster.load_order(info.backend),
-                  VariantNeed(info.name, info.backend, info.threads, info.peak_memory_bytes), "query")
-    if not where:
+    worker_id = cluster.place_query(info.backend, info.peak_memory_bytes)
+    if worker_id is None:
         raise _unavailable([info.backend])
-    return where[0]
+    return worker_id
 
 
 # -- error messages (the slow path: vectorised where it is cheap, plain otherwise) -------------------
@@ -1182,7 +956,7 @@ def _join(parts: list[str]) -> str:
 
 
 def _no_variant(query: Query, label: str, index: CatalogIndex, start: int, end: int, pred: np.ndarray,
-                cost: np.ndarray, group: _GroupView, accept: np.ndarray | None = None) -> NoVariantError:
+                cost: np.ndarray, group: GroupView, accept: np.ndarray | None = None) -> NoVariantError:
     b = query.batch_size
     usable = np.isfinite(pred)
     if group.runnable is not None:

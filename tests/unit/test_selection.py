@@ -355,8 +355,10 @@ def test_load_skips_workers_without_room():
 
 def test_snapshot_holders_are_sorted_and_skip_dead_workers():
     snap = cluster(worker("w1", {"a": 3, "b": 1}), worker("w2", {"a": 1}), worker("w3", {"a": 0}, alive=False))
-    assert snap.holders() == {"a": [(1, "w2"), (3, "w1")], "b": [(1, "w1")]}
-    assert snap.holders() is snap.holders()  # cached
+    view = snap.view()
+    assert (view.holders("a"), view.holders("b"), view.holders("c")) == (((1, "w2"), (3, "w1")), ((1, "w1"),), ())
+    assert view.least_loaded_holder("a") == (1, "w2")
+    assert snap.view() is view  # built once
 
 
 # -- records -----------------------------------------------------------------------------------------
@@ -698,7 +700,7 @@ def test_the_vectorised_prediction_is_the_exact_figure_of_the_chosen_worker():
         snap = cluster(*workers, overhead_ms={f"w{j}": rng.choice((0.5, 1.0, 2.0)) for j in range(3)},
                        default_ms=1.5)
         start, end = idx.task_spans[("digits-cls", "digits")]
-        group = snap._index_view(idx).group(start, end)
+        group = snap.view().group(idx, start, end)
         vectorised = idx.lat_ms[0, start:end] + group.extra_ms
         for i, info in enumerate(idx.order[start:end]):
             exact = select(Query(kind="variant", variant=info.name), idx, snap)
