@@ -43,8 +43,8 @@ class Actions:
         for w in (self.workers[i] for i in ids):
             if self._send_worker(w.identity, protocol.Message("load", m.LoadBody(variant=variant, spec=spec))):
                 w.loaded[variant] = 0
+                self._cluster_changed(w)
                 self.metrics.on_action("load")
-        self._cluster_changed()
 
     # -- horizontal autoscaling ---------------------------------------------------------------------------
     def _autoscale_cluster(self) -> None:
@@ -64,7 +64,8 @@ class Actions:
             command = self.scale_out_command if a.kind == "scale_out" else self.scale_in_command
             if a.kind == "scale_in" and a.worker_id and command:
                 self.draining.add(a.worker_id)  # no new queries; it unloads and leaves once idle
-                self._cluster_changed()
+                if a.worker_id in self.workers:
+                    self._cluster_changed(self.workers[a.worker_id])
             ran = None
             if command:
                 env = {**os.environ, "INFAAS_HARDWARE": a.hardware, "INFAAS_WORKER_ID": a.worker_id or ""}
@@ -127,7 +128,7 @@ class Actions:
                 where = self.workers[ids[0]]
                 body = m.LoadBody(variant=action.variant, spec=spec)
                 where.loaded.setdefault(action.variant, 0)
-                self._cluster_changed()
+                self._cluster_changed(where)
             msg = protocol.Message("load", body)
         elif action.kind == "remove_replica":
             msg = protocol.Message("load", m.LoadBody(variant=action.variant, spec=spec, replicas=max(1, replicas - 1)))
@@ -141,10 +142,10 @@ class Actions:
                                                       spec=self.catalog.variant_spec(action.target)))
             w.loaded.pop(action.variant, None)
             w.loaded.setdefault(action.target, 0)
-            self._cluster_changed()
+            self._cluster_changed(w)
         else:  # unload: stop routing there first
             w.loaded.pop(action.variant, None)
-            self._cluster_changed()
+            self._cluster_changed(w)
             msg = protocol.Message("unload", m.UnloadBody(variant=action.variant))
         if self._send_worker(where.identity, msg):
             record = {"at": round(time.time(), 3), "worker": where.worker_id, "kind": action.kind,

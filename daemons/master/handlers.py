@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import itertools
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from infaas_cli.catalog.records import ReplicationRecord, VariantRecord
 from infaas_cli.errors import InfaasError, InvalidInputError
 from infaas_cli.policy.baselines import pin_variant, query_class
 from infaas_cli.policy.placement import VariantNeed, place
-from infaas_cli.policy.selection import ClusterSnapshot, Query, select
+from infaas_cli.policy.selection import Query, select
 from infaas_cli.protocol import messages as m
 from infaas_daemons.common import log
 from infaas_daemons.master.cache import PredictionCache
@@ -94,21 +93,21 @@ class ClientHandlers:
                   t0: int | None = None) -> None:
         t0 = time.perf_counter_ns() if t0 is None else t0
         index = self.catalog.index()
-        snapshot = self.snapshot()
-        if exclude:
-            snapshot = ClusterSnapshot(tuple(w for w in snapshot.workers if w.worker_id not in exclude),
-                                       overhead_ms=self.overheads.snapshot(),
-                                       overhead_floor_ms=self.overheads.floor_ms())
-        if self.policy == "infaas" or query.kind == "variant":
-            decision = select(query, index, snapshot)
-        else:  # a baseline: the class's fixed variant, placed like a by-name query
-            key = query_class(query)
+        if self.policy != "infaas" and query.kind != "variant":  # a baseline: the class's fixed variant,
+            key = query_class(query)                                # placed like a by-name query
             pinned = self.pins.get(key)
             if pinned is None:
                 pinned = self.pins[key] = pin_variant(query, index)
                 if self.policy == "fixed-peak":
                     self._provision_static(pinned)
-            decision = select(Query("variant", variant=pinned, batch_size=query.batch_size), index, snapshot)
+            query_ = Query("variant", variant=pinned, batch_size=query.batch_size)
+        else:
+            query_ = query
+        if exclude:  # a retry: the workers that failed it count as gone, for this decision only
+            with self.view.excluding(exclude) as view:
+                decision = select(query_, index, view)
+        else:
+            decision = select(query_, index, self.view)
         try:
             batch = self.catalog.check_inputs(decision.model, query.inputs)
         except InfaasError as exc:
@@ -135,7 +134,7 @@ class ClientHandlers:
                 self._answer_from_cache(route, client_id, query, decision.model, hit, decision_us, arrived)
                 return
         worker = self.workers[decision.worker_id]
-        internal_id = uuid.uuid4().hex
+        internal_id = f"{self.id_prefix}{next(self.id_counter):x}"  # unique per master run, cheaper than uuid4
         # The data frames go on untouched: the worker views them as its inputs (and casts what needs a cast).
         infer = protocol.Message("infer", m.InferBody(variant=decision.variant, inputs=inputs, spec=spec,
                                                       deadline_ms=query.latency_ms), id=internal_id, frames=frames)
@@ -153,10 +152,10 @@ class ClientHandlers:
         worker.inflight.add(internal_id)
         if decision.variant in worker.loaded:
             worker.loaded[decision.variant] += batch
-            self._queues_changed()
-        else:  # a load on this worker: the next query must see it as held there
+            self._queue_changed(worker, decision.variant)
+        else:  # a load on this worker: the next query must see it as held there (and its cores as taken)
             worker.loaded[decision.variant] = batch
-            self._cluster_changed()
+            self._cluster_changed(worker)
 
     @staticmethod
     def _cache_key(model: str, inputs: dict[str, m.Tensor], frames: list, query: Query):
@@ -295,7 +294,7 @@ class ClientHandlers:
             if not self._send_worker(w.identity, protocol.Message("load", m.LoadBody(variant=name, spec=spec))):
                 raise protocol.ProtocolError("unavailable", f"worker {w.worker_id} cannot be reached")
             w.loaded.setdefault(name, 0)
-            self._cluster_changed()
+            self._cluster_changed(w)
             log.info("preload %s on %s (asked by a client)", name, w.worker_id)
         self.named_variants[name] = time.monotonic()  # asked for by name: autoscaling does not switch it away
         model = self.store.get(VariantRecord, name).model
@@ -305,13 +304,13 @@ class ClientHandlers:
         """Unload a variant from every live worker holding it; answered with the model's catalog entry."""
         name = msg.body.variant
         self.catalog.variant_spec(name)  # unknown_model when the catalog lacks it
-        for w in self.workers.values():
+        for w in list(self.workers.values()):
             if w.alive and (name in w.loaded or name in w.variant_metrics):
                 w.loaded.pop(name, None)
+                self._cluster_changed(w)
                 self._send_worker(w.identity, protocol.Message("unload", m.UnloadBody(variant=name)))
                 log.info("unload %s on %s (asked by a client)", name, w.worker_id)
         self.named_variants.pop(name, None)
-        self._cluster_changed()
         model = self.store.get(VariantRecord, name).model
         self._reply(route, protocol.Message("catalog_reply", self.catalog_reply(model), id=msg.id))
 
@@ -370,7 +369,7 @@ class WorkerHandlers:
         self.workers[worker_id] = entry = WorkerEntry(worker_id, identity, b.hardware, list(b.backends),
                                                       time.monotonic(), inflight=old.inflight if old else set())
         self.seen(entry)
-        self._cluster_changed()
+        self._cluster_changed(entry)
         log.info("worker %s registered (%s cores, backends %s)", worker_id, b.hardware.cores, ",".join(b.backends))
         self._send_worker(identity, protocol.Message(
             "registered", m.RegisteredBody(heartbeat_interval_s=self.heartbeat_interval_s), id=msg.id))
@@ -387,7 +386,8 @@ class WorkerHandlers:
         if entry is None:
             return
         metrics: m.WorkerMetrics = msg.body.metrics
-        if not entry.alive:
+        was_alive, before = entry.alive, entry.metrics
+        if not was_alive:
             log.info("worker %s is back", worker_id)
         entry.alive = True
         entry.metrics = metrics
@@ -397,17 +397,23 @@ class WorkerHandlers:
             if p is not None:
                 in_flight[p.variant] += p.batch
         # A retiring variant (being switched out) takes no new queries.
-        entry.loaded = {name: int(in_flight.get(name, 0)) for name, vm in metrics.variants.items()
-                        if vm.state != "retiring"}
+        loaded = {name: int(in_flight.get(name, 0)) for name, vm in metrics.variants.items()
+                  if vm.state != "retiring"}
         for name, n in in_flight.items():  # dispatched but not yet seen by the worker's heartbeat
-            entry.loaded.setdefault(name, n)
-        self._cluster_changed()
+            loaded.setdefault(name, n)
+        # Most heartbeats repeat the last one as selection sees it: then the view has nothing to learn.
+        if was_alive and before is not None and loaded == entry.loaded and \
+                (metrics.cores, metrics.free_cores, metrics.free_memory_bytes) == \
+                (before.cores, before.free_cores, before.free_memory_bytes):
+            return
+        entry.loaded = loaded
+        self._cluster_changed(entry)
 
     def _on_loaded(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:
         entry = self._known(identity, worker_id, msg)
         if entry is not None:
             entry.loaded.setdefault(msg.body.variant, 0)
-            self._cluster_changed()
+            self._cluster_changed(entry)
 
     def _on_result(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:
         p = self._finish(msg.id, worker_id)
@@ -443,8 +449,11 @@ class WorkerHandlers:
         worker's own queue and inference time), which selection adds to its predictions."""
         worker_ms = timing.get("worker_ms")
         if worker_ms is not None and not p.needs_load and p.attempts == 1:
+            first = p.worker_id not in self.overheads
             self.overheads.add(p.worker_id, latency_ms, worker_ms)
-            self._queues_changed()
+            self._overheads_dirty.add(p.worker_id)
+            if first:  # a worker's first sample counts at once; later ones on the next tick
+                self._sync_overheads()
 
     def _on_worker_error(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:
         b: m.ErrorBody = msg.body
@@ -468,7 +477,7 @@ class WorkerHandlers:
             w.inflight.discard(internal_id)
             if p.variant in w.loaded:
                 w.loaded[p.variant] = max(0, w.loaded[p.variant] - p.batch)
-            self._queues_changed()
+                self._queue_changed(w, p.variant)
         return p
 
     def _reply_error(self, p: PendingQuery, code: str, reason: str) -> None:

@@ -9,10 +9,12 @@ by a full socket. A worker that keeps sending garbage is cut off; dead workers l
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from infaas_cli.policy.cluster_autoscale import ClusterState
 from infaas_cli.policy.drift import DriftConfig
 from infaas_cli.policy.latency import WorkerOverheads
 from infaas_cli.policy.cores import dispatched_threads, known_free_cores, worker_cores
+from infaas_cli.policy.cluster_view import ClusterView
 from infaas_cli.policy.selection import ClusterSnapshot, WorkerState, load_prices
 from infaas_cli.protocol.messages import MAX_FRAME_BYTES
 from infaas_cli.settings import ClusterSettings, MasterSettings, SecuritySettings, Settings
@@ -39,10 +42,10 @@ from infaas_daemons.master.handlers import ClientHandlers, WorkerHandlers
 from infaas_daemons.master.metrics import MasterMetrics, metrics_host, start_server
 from infaas_daemons.master.state import CatalogView, ClientLedger, PendingQuery, SloLedger
 
-#: How stale the queue lengths in the selection's cluster snapshot may get.
-SNAPSHOT_QUEUE_REFRESH_S = 0.005
-#: Client frames handled per socket per loop turn (bounded, so timers still run under a flood).
+#: Messages handled per socket per loop turn, and the time a turn may spend on one socket (bounded, so the
+#: other socket and the timers still run under a flood).
 DRAIN_BATCH = 1000
+DRAIN_BUDGET_S = 0.02
 #: Identities of refused (garbage-sending) workers remembered.
 MAX_REFUSED = 10_000
 
@@ -109,9 +112,16 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         self.started = time.time()
         self.pid = os.getpid()
         self.queries_served = self.queries_failed = self.queries_refused = self.replies_dropped = 0
-        self._snapshot: ClusterSnapshot | None = None
-        self._snapshot_at = 0.0
-        self._snapshot_stale = False
+        # The cluster as selection reads it, updated event by event (policy/cluster_view.py).
+        self.view = ClusterView(overhead_ms_default=self.overheads.prior_ms)
+        self._client_handlers = {"query": self._on_query, "status": self._on_status, "changes": self._on_changes,
+                                 "artifact_chunk": self._on_upload, "catalog": self._on_catalog,
+                                 "preload": self._on_preload, "unload": self._on_client_unload}
+        self._worker_handlers = {"register": self._on_register, "heartbeat": self._on_heartbeat,
+                                 "result": self._on_result, "error": self._on_worker_error, "loaded": self._on_loaded,
+                                 "fetch": self._on_fetch, "reprofiled": self._on_reprofiled}
+        self._overheads_dirty: set[str] = set()
+        self.id_prefix, self.id_counter = f"{uuid.uuid4().hex[:12]}-", itertools.count()  # queries sent to workers
         self.cache = PredictionCache()  # opt-in per model (its record's cache_mib, else the master's default)
         self.cache_stats = self.cache.stats()  # a copy the metrics thread may read; refreshed by the control tick
         self._cached_variants: dict[str, tuple] = {}  # model -> its variants when its cache was last valid
@@ -175,42 +185,46 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         self.cache_stats = self.cache.stats()
 
     def snapshot(self) -> ClusterSnapshot:
-        """The cluster as the selection policy sees it.
+        """The cluster as a frozen list of workers, for the control path (autoscaling, preloads, placement of
+        replicas): O(workers), built on demand. Queries read the incremental `self.view` instead."""
+        return ClusterSnapshot(self.view.workers(), overhead_ms=self.overheads.snapshot(),
+                               overhead_floor_ms=self.overheads.floor_ms())
 
-        Rebuilt at once when membership, liveness or the set of loaded variants changes; queue
-        lengths alone (every dispatch and result changes them) refresh it at most every
-        SNAPSHOT_QUEUE_REFRESH_S, so a burst does not pay a rebuild per query.
-        """
-        if self._snapshot is not None and self._snapshot_stale \
-                and time.monotonic() - self._snapshot_at > SNAPSHOT_QUEUE_REFRESH_S:
-            self._snapshot = None
-        if self._snapshot is None:
-            states = []
-            for w in self.workers.values():
-                mt = w.metrics
-                cores = worker_cores(mt.cores if mt is not None else None, w.hardware.cores)
-                # Free cores as the master knows them: it sees loads it dispatched before the
-                # worker's next heartbeat does.
-                free = known_free_cores(cores, mt.free_cores if mt is not None else None,
-                                        dispatched_threads(w.loaded, self.catalog.threads_of))
-                # A worker whose variants run slower than profiled (interference) looks that much more queued.
-                s = self.worker_slowdown.get(w.worker_id, 1.0)
-                loaded = dict(w.loaded) if s == 1.0 else {v: q * s + (s - 1.0) for v, q in w.loaded.items()}
-                states.append(WorkerState(
-                    worker_id=w.worker_id, backends=frozenset(w.backends), cores=cores, free_cores=free,
-                    free_memory_bytes=mt.free_memory_bytes if mt is not None else w.hardware.memory_bytes,
-                    loaded=loaded, alive=w.alive and w.worker_id not in self.draining))
-            self._snapshot = ClusterSnapshot(tuple(states), overhead_ms=self.overheads.snapshot(),
-                                             overhead_floor_ms=self.overheads.floor_ms())
-            self._snapshot_at = time.monotonic()
-            self._snapshot_stale = False
-        return self._snapshot
+    def _worker_state(self, w) -> WorkerState:
+        """One worker as selection sees it: free cores as the master knows them (it sees loads it dispatched
+        before the worker's next heartbeat does), queues stretched by its slowdown, draining as not alive."""
+        mt = w.metrics
+        cores = worker_cores(mt.cores if mt is not None else None, w.hardware.cores)
+        free = known_free_cores(cores, mt.free_cores if mt is not None else None,
+                                dispatched_threads(w.loaded, self.catalog.threads_of))
+        s = self.worker_slowdown.get(w.worker_id, 1.0)
+        loaded = dict(w.loaded) if s == 1.0 else {v: q * s + (s - 1.0) for v, q in w.loaded.items()}
+        return WorkerState(worker_id=w.worker_id, backends=frozenset(w.backends), cores=cores, free_cores=free,
+                           free_memory_bytes=mt.free_memory_bytes if mt is not None else w.hardware.memory_bytes,
+                           loaded=loaded, alive=w.alive and w.worker_id not in self.draining)
 
-    def _cluster_changed(self) -> None:
-        self._snapshot = None
+    def _cluster_changed(self, *workers) -> None:
+        """Workers changed (membership, liveness, draining, loads, free cores): the view takes their new state.
+        Without arguments every worker is refreshed (a slowdown change: rare, on the control tick)."""
+        for w in workers or list(self.workers.values()):
+            self.view.put(self._worker_state(w))
 
-    def _queues_changed(self) -> None:
-        self._snapshot_stale = True
+    def _queue_changed(self, w, variant: str) -> None:
+        """A dispatch or a result moved one queue: O(log holders) in the view."""
+        queued = w.loaded.get(variant)
+        if queued is None:
+            return
+        s = self.worker_slowdown.get(w.worker_id, 1.0)
+        self.view.set_queue(w.worker_id, variant, queued if s == 1.0 else queued * s + (s - 1.0))
+
+    def _sync_overheads(self) -> None:
+        """Learned serving overheads into the view: the workers whose estimate took samples since the last tick
+        (an estimate moves slowly; re-reading it per reply would sort its window per reply)."""
+        for worker_id in self._overheads_dirty:
+            if worker_id in self.workers:
+                self.view.set_overhead(worker_id, self.overheads.value_ms(worker_id))
+        self._overheads_dirty.clear()
+        self.view.set_overhead_floor(self.overheads.floor_ms())
 
     # -- loop ------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -255,6 +269,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
                 # Waiting replies are retried every few ms until their clients read. Workers first: their
                 # heartbeats and results must not wait behind a flood of queries.
                 ready = dict(poller.poll(5 if self.ledger.waiting else 50))
+                turn = time.monotonic()
                 backlog = False
                 for sock in (self.workers_sock, self.clients):
                     if sock in ready:
@@ -262,10 +277,11 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
                 if not backlog:
                     self._behind_since = None
                 elif self._behind_since is None:
-                    self._behind_since = time.monotonic()
+                    self._behind_since = turn
                 if self.ledger.waiting:
                     self._step(self._flush_outboxes)
                 if time.monotonic() >= next_tick:
+                    self._step(self._sync_overheads)
                     self._step(self._check_workers)
                     self._step(self._expire_pending)
                     next_tick = time.monotonic() + min(0.25, self.heartbeat_interval_s / 2)
@@ -304,12 +320,15 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
     def _drain(self, sock: zmq.Socket) -> bool:
         """Handle up to DRAIN_BATCH messages of one socket; False when more were left waiting (a backlog)."""
         door = self._client_door if sock is self.clients else self._worker_door
+        until = time.monotonic() + DRAIN_BUDGET_S
         for _ in range(DRAIN_BATCH):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)  # tensor frames are forwarded, never copied
             except zmq.Again:
                 return True
             self._step(door, frames)
+            if time.monotonic() > until:
+                break
         return False
 
     # -- sending ---------------------------------------------------------------------------------------
@@ -390,9 +409,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
             self.metrics.on_error(exc.code)  # unreadable: perhaps a query; its model is unknown
             self._refuse(route, exc.code, exc.reason, protocol.peek_id(message))
             return
-        handler = {"query": self._on_query, "status": self._on_status, "changes": self._on_changes,
-                   "artifact_chunk": self._on_upload, "catalog": self._on_catalog, "preload": self._on_preload,
-                   "unload": self._on_client_unload}.get(msg.type)
+        handler = self._client_handlers.get(msg.type)
         if handler is None:
             self._refuse(route, "unknown_type", f"the master does not take {msg.type} from clients", msg.id)
             return
@@ -427,9 +444,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         entry = self.workers.get(worker_id)
         if entry is not None and entry.identity == identity:
             self.seen(entry)
-        handler = {"register": self._on_register, "heartbeat": self._on_heartbeat, "result": self._on_result,
-                   "error": self._on_worker_error, "loaded": self._on_loaded, "fetch": self._on_fetch,
-                   "reprofiled": self._on_reprofiled}.get(msg.type)
+        handler = self._worker_handlers.get(msg.type)
         if handler is None:
             self._worker_garbage(identity, f"a worker sent {msg.type}")
             self._send_worker(identity, protocol.error("unknown_type", f"the master does not take {msg.type} "
@@ -490,7 +505,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
     def _declare_dead(self, w, why: str) -> None:
         w.alive = False
         w.loaded = {}
-        self._cluster_changed()
+        self._cluster_changed(w)
         lost = [rid for rid in w.inflight if rid in self.pending]
         log.warning("worker %s %s: dead; re-routing %d queries", w.worker_id, why, len(lost))
         w.inflight = set()
@@ -505,7 +520,8 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         self.overheads.forget(worker_id)
         self.autoscale_states.pop(worker_id, None)
         self.draining.discard(worker_id)
-        self._cluster_changed()
+        self.view.remove_worker(worker_id)
+        self.view.set_overhead(worker_id, None)
 
     def _reroute(self, p: PendingQuery, dead_worker: str) -> None:
         if p.attempts >= self.settings.max_attempts:

@@ -187,6 +187,11 @@ def input_signature(feeds: Mapping[str, Any]) -> InputSignature:
                         for name, arr in feeds.items()))
 
 
+#: Signatures already checked, by the value given (hashable ones only reach it): bounded, cleared when full.
+_CHECKED: dict[Any, InputSignature] = {}
+_CHECKED_MAX = 4096
+
+
 def _check_signature(inputs: Any) -> InputSignature:
     if isinstance(inputs, (str, bytes)) or not isinstance(inputs, (tuple, list)) or not inputs:
         raise InvalidQueryError("inputs must be a non-empty sequence of (name, dtype, shape), not "
@@ -275,7 +280,16 @@ class Query:
         if self.slo_mode not in SLO_MODES:
             raise InvalidQueryError(f"slo_mode must be 'best_effort' or 'strict', not {self.slo_mode!r}")
         if self.inputs is not None:
-            object.__setattr__(self, "inputs", _check_signature(self.inputs))
+            try:  # the master sees the same few signatures again and again
+                checked = _CHECKED.get(self.inputs)
+            except TypeError:  # a list: not hashable, checked every time
+                checked = _check_signature(self.inputs)
+            if checked is None:
+                checked = _check_signature(self.inputs)
+                if len(_CHECKED) >= _CHECKED_MAX:
+                    _CHECKED.clear()
+                _CHECKED[self.inputs] = checked
+            object.__setattr__(self, "inputs", checked)
 
     @classmethod
     def from_body(cls, body: Any) -> Query:
