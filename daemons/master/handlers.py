@@ -138,12 +138,11 @@ class ClientHandlers:
         # The data frames go on untouched: the worker views them as its inputs (and casts what needs a cast).
         infer = protocol.Message("infer", m.InferBody(variant=decision.variant, inputs=inputs, spec=spec,
                                                       deadline_ms=query.latency_ms), id=internal_id, frames=frames)
-        if not self._send_worker(worker.identity, infer):
-            if attempts < self.settings.max_attempts:  # another worker may take it
-                self._dispatch(route, client_id, inputs, frames, query, attempts + 1, exclude + (worker.worker_id,),
-                               arrived)
-                return
-            raise protocol.ProtocolError("unavailable", f"worker {worker.worker_id} cannot be reached")
+        try:
+            encoded = protocol.encode(infer)
+        except protocol.ProtocolError as exc:  # our own bug: the door answers it
+            raise protocol.ProtocolError("internal", f"the infer could not be encoded: {exc.reason}") from None
+        self._out_infers.append((worker.identity, encoded, internal_id))  # sent by the loop's next flush
         self.pending[internal_id] = PendingQuery(route, client_id, inputs, frames, query, decision.variant,
                                                  worker.worker_id, batch, decision_us, time.monotonic(), decision.needs_load, attempts,
                                                  [o["name"] for o in model.outputs], arrived,

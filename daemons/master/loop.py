@@ -46,6 +46,8 @@ from infaas_daemons.master.state import CatalogView, ClientLedger, PendingQuery,
 #: other socket and the timers still run under a flood).
 DRAIN_BATCH = 1000
 DRAIN_BUDGET_S = 0.02
+#: Queued replies or infers that are sent at once, without waiting for the end of the drain.
+FLUSH_AT = 32
 #: Identities of refused (garbage-sending) workers remembered.
 MAX_REFUSED = 10_000
 
@@ -121,6 +123,8 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
                                  "result": self._on_result, "error": self._on_worker_error, "loaded": self._on_loaded,
                                  "fetch": self._on_fetch, "reprofiled": self._on_reprofiled}
         self._overheads_dirty: set[str] = set()
+        self._out_replies: list[tuple] = []  # (route, type, id, frames) for the next _flush()
+        self._out_infers: list[tuple] = []  # (worker identity, frames, internal id) for the next _flush()
         self.id_prefix, self.id_counter = f"{uuid.uuid4().hex[:12]}-", itertools.count()  # queries sent to workers
         self.cache = PredictionCache()  # opt-in per model (its record's cache_mib, else the master's default)
         self.cache_stats = self.cache.stats()  # a copy the metrics thread may read; refreshed by the control tick
@@ -274,6 +278,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
                 for sock in (self.workers_sock, self.clients):
                     if sock in ready:
                         backlog |= not self._drain(sock)
+                        self._flush()
                 if not backlog:
                     self._behind_since = None
                 elif self._behind_since is None:
@@ -291,9 +296,11 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
                     self._step(self._autoscale_cluster)
                     self._step(self._check_drift)
                     next_autoscale = time.monotonic() + self.heartbeat_interval_s
+                self._flush()
         finally:
             for p in list(self.pending.values()):
                 self._reply_error(p, "unavailable", "the master is shutting down; retry against the restarted master")
+            self._flush()
             self._flush_outboxes()
             self.clients.close(linger=200)
             self.workers_sock.close(linger=0)
@@ -333,22 +340,61 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
 
     # -- sending ---------------------------------------------------------------------------------------
     def _reply(self, route: tuple[bytes, ...], msg: protocol.Message) -> None:
-        """Send to a client; a reply its socket cannot take now waits, in order, in its outbox."""
+        """Queue a reply to a client for the next flush (the loop sends what one drain produced in one burst)."""
         try:
             frames = [*route, *protocol.encode(msg)]
         except protocol.ProtocolError as exc:  # our own bug: still answer the request
             log.error("cannot encode %s %s: %s", msg.type, msg.id, exc.reason)
             frames = [*route, *protocol.encode(protocol.error("internal", "the reply could not be encoded (logged)",
                                                               msg.id))]
+        self._out_replies.append((route, msg.type, msg.id, frames))
+        if len(self._out_replies) >= FLUSH_AT:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send the queued infers and replies: ZeroMQ's I/O thread is woken once per burst, not per message."""
+        if self._out_infers:
+            infers, self._out_infers = self._out_infers, []
+            for identity, frames, internal_id in infers:
+                self._send_infer(identity, frames, internal_id)
+        if self._out_replies:
+            replies, self._out_replies = self._out_replies, []
+            for route, type_, msg_id, frames in replies:
+                self._send_reply(route, type_, msg_id, frames)
+
+    def _send_infer(self, identity: bytes, frames: list, internal_id: str) -> None:
+        """Send one queued infer; a worker that cannot take it has the query re-routed (or, when it is gone,
+        declared dead with all its queries)."""
+        try:
+            self.workers_sock.send_multipart([identity, *frames], zmq.NOBLOCK,
+                                             copy=not protocol.zero_copy(frames))
+            return
+        except zmq.Again:
+            why = "its queue is full"
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the connection is gone
+            why = f"it is unreachable ({exc})"
+        p = self.pending.get(internal_id)
+        if p is None:
+            return
+        log.warning("worker %s cannot take query %s now: %s", p.worker_id, internal_id, why)
+        entry = self.workers.get(p.worker_id)
+        if why.startswith("it is unreachable") and entry is not None and entry.alive:
+            self._declare_dead(entry, why)  # re-routes this query with the others
+            return
+        self._finish(internal_id, p.worker_id)
+        self._reroute(p, p.worker_id)
+
+    def _send_reply(self, route: tuple[bytes, ...], type_: str, msg_id: str, frames: list) -> None:
+        """Send one reply; one its client's socket cannot take now waits, in order, in the client's outbox."""
         box = self.ledger.outbox.get(route[0])
         if box is None:
             try:
-                self.clients.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                self.clients.send_multipart(frames, zmq.NOBLOCK, copy=not protocol.zero_copy(frames))
                 return
             except zmq.Again:
                 box = self.ledger.outbox[route[0]] = collections.deque()
             except zmq.ZMQError as exc:  # EHOSTUNREACH: the client is gone; nobody is left to tell
-                log.info("client %r left before its reply %s: %s", route[0][:16], msg.id, exc)
+                log.info("client %r left before its reply %s: %s", route[0][:16], msg_id, exc)
                 return
         if len(box) >= self.settings.max_waiting_replies_per_client or \
                 self.ledger.waiting >= self.settings.max_waiting_replies:
@@ -366,7 +412,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
             box = self.ledger.outbox[identity]
             while box:
                 try:
-                    self.clients.send_multipart(box[0], zmq.NOBLOCK, copy=False)
+                    self.clients.send_multipart(box[0], zmq.NOBLOCK, copy=not protocol.zero_copy(box[0]))
                 except zmq.Again:
                     break
                 except zmq.ZMQError:  # the client left: its waiting replies have no reader

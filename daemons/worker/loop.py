@@ -35,6 +35,10 @@ from infaas_daemons.worker.loading import Loading
 from infaas_daemons.worker.reprofile import Reprofiling
 
 
+#: Queued messages that are sent at once, without waiting for the end of the drain.
+FLUSH_AT = 16
+
+
 class Worker(Loading, Reprofiling):
     """The worker daemon. `run()` blocks until `stop_event` is set (SIGTERM in the CLI)."""
 
@@ -54,6 +58,7 @@ class Worker(Loading, Reprofiling):
         self.heartbeat_interval_s = settings.heartbeat_interval_s
         self.cores = settings.cores or host_cores()
         self.stop_event = threading.Event()
+        self._out: list[list] = []  # messages to the master, sent by _flush() after each drain
         self.variants: dict[str, LoadedVariant] = {}
         self.loading: dict[str, m.VariantSpec] = {}
         self.parked: dict[str, list[QueuedQuery]] = {}  # variant -> queries waiting for its load
@@ -102,6 +107,7 @@ class Worker(Loading, Reprofiling):
                  self.cores, ",".join(self.backends))
         try:
             while not self.stop_event.is_set():
+                self._flush()  # what the last turn produced, in one burst, before waiting again
                 timeout_ms = max(0, int((next_beat - time.monotonic()) * 1e3))
                 for sock, _ in poller.poll(min(timeout_ms, 100)):
                     if sock is self.sock:
@@ -147,11 +153,20 @@ class Worker(Loading, Reprofiling):
                 self._step(self._retire_idle)
 
     def _send_frames(self, frames: list) -> None:
-        """One message's frames (envelope, then tensor data), zero-copy above ZeroMQ's copy threshold."""
-        try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
-        except zmq.ZMQError as exc:
-            log.warning("could not send to master: %s", exc)
+        """Queue one message's frames (envelope, then tensor data) for the next flush: the loop sends what a
+        drain produced in one burst, so ZeroMQ's I/O thread is woken once per burst, not once per reply."""
+        self._out.append(frames)
+        if len(self._out) >= FLUSH_AT:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send the queued messages, zero-copy above ZeroMQ's copy threshold."""
+        out, self._out = self._out, []
+        for frames in out:
+            try:
+                self.sock.send_multipart(frames, zmq.NOBLOCK, copy=not protocol.zero_copy(frames))
+            except zmq.ZMQError as exc:
+                log.warning("could not send to master: %s", exc)
 
     def _send(self, msg: protocol.Message) -> None:
         try:

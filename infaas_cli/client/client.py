@@ -161,7 +161,8 @@ class Client:
     # -- low level -------------------------------------------------------------------------------------
     def _send(self, msg: protocol.Message) -> str:
         # Zero-copy above ZeroMQ's copy threshold: the arrays must not change until the reply arrives.
-        self._sock.send_multipart(protocol.encode(msg), copy=False)
+        frames = protocol.encode(msg)
+        self._sock.send_multipart(frames, copy=not protocol.zero_copy(frames))
         self._sent_at[msg.id] = time.monotonic()
         return msg.id
 

@@ -17,6 +17,19 @@ from infaas_cli.protocol.messages import DTYPES, Output, Tensor
 _ALLOWED_DTYPES = frozenset(DTYPES)
 
 
+#: Frames from this size up are sent from their own memory (ZeroMQ's copy threshold, zmq.COPY_THRESHOLD);
+#: a message whose frames are all smaller is sent copying, which costs less than wrapping each frame.
+ZERO_COPY_BYTES = 65536
+
+
+def zero_copy(frames: list) -> bool:
+    """Whether a message should be sent without copying (`copy=False`): one of its frames is large."""
+    for f in frames:
+        if len(f) >= ZERO_COPY_BYTES:
+            return True
+    return False
+
+
 def frame_buffer(frame: Any) -> Any:
     """The memory of a data frame: a zmq.Frame's buffer, else the object itself (bytes, memoryview, array)."""
     return getattr(frame, "buffer", frame)
