@@ -79,34 +79,40 @@ class Actions:
                      f"running {command}" if command else "no command configured")
 
     # -- model-level autoscaling -----------------------------------------------------------------------
-    def _autoscale(self) -> None:
-        """Snapshot each worker's measured load, ask the pure policy, apply what it allows under this policy."""
-        if self.policy == "fixed-peak" or not self.workers:
+    def _autoscale(self, w: WorkerEntry) -> None:
+        """One worker's measured load through the pure policy; apply what it allows under this policy.
+
+        Run as the worker's heartbeat arrives (at most once per heartbeat interval), so the work of a large
+        cluster is spread over the interval rather than done in one O(workers) pass that queries wait behind.
+        """
+        if self.policy == "fixed-peak" or not w.alive or w.metrics is None:
             return
-        index = self.catalog.index()
-        if self._options is None:
-            self._options = options_from_index(index)
         now = time.monotonic()
-        for w in list(self.workers.values()):
-            if not w.alive or w.metrics is None:
+        if now - self.autoscaled_at.get(w.worker_id, -1e18) < 0.9 * self.heartbeat_interval_s:
+            return
+        self.autoscaled_at[w.worker_id] = now
+        if self._options is None:
+            self._options = options_from_index(self.catalog.index())
+        loads = []
+        for name, vm in w.metrics.variants.items():
+            if vm.state != "loaded" or name not in self._options:
                 continue
-            loads = []
-            for name, vm in w.metrics.variants.items():
-                if vm.state != "loaded" or name not in self._options:
-                    continue
-                slo = self.variant_slo.get(name)
-                loads.append(VariantLoad(
-                    variant=name, replicas=vm.replicas, queue_samples=vm.queue,
-                    # Capacity is profiled in samples per second, so load is measured in samples too.
-                    qps=vm.samples_per_s or vm.qps, latency_ms=vm.latency_ms,
-                    slo_ms=slo[0] if slo and now - slo[1] <= 3 * self.autoscale_config.window_s else None,
-                    idle_s=vm.idle_s, slowdown=self._variant_slowdown(name, w.worker_id, now)))
-            view = WorkerView(cores=_cores(w), free_cores=_free_cores(w),
-                              free_memory_bytes=w.metrics.free_memory_bytes, variants=tuple(loads))
-            actions, self.autoscale_states[w.worker_id] = autoscale_worker(
-                self.autoscale_states.get(w.worker_id, {}), view, self._options, now, self.autoscale_config)
-            for action in actions:
-                self._step(self._apply, w, action)
+            slo = self.variant_slo.get(name)
+            loads.append(VariantLoad(
+                variant=name, replicas=vm.replicas, queue_samples=vm.queue,
+                # Capacity is profiled in samples per second, so load is measured in samples too.
+                qps=vm.samples_per_s or vm.qps, latency_ms=vm.latency_ms,
+                slo_ms=slo[0] if slo and now - slo[1] <= 3 * self.autoscale_config.window_s else None,
+                idle_s=vm.idle_s, slowdown=self._variant_slowdown(name, w.worker_id, now)))
+        states = self.autoscale_states.get(w.worker_id)
+        if not loads and not states:
+            return  # nothing loaded, nothing remembered: the policy has nothing to decide
+        view = WorkerView(cores=_cores(w), free_cores=_free_cores(w),
+                          free_memory_bytes=w.metrics.free_memory_bytes, variants=tuple(loads))
+        actions, self.autoscale_states[w.worker_id] = autoscale_worker(
+            states or {}, view, self._options, now, self.autoscale_config)
+        for action in actions:
+            self._step(self._apply, w, action)
 
     def _apply(self, w: WorkerEntry, action) -> None:
         allowed = {"infaas": ("replicate", "remove_replica", "upgrade", "downgrade", "unload"),

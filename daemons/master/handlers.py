@@ -401,12 +401,12 @@ class WorkerHandlers:
         for name, n in in_flight.items():  # dispatched but not yet seen by the worker's heartbeat
             loaded.setdefault(name, n)
         # Most heartbeats repeat the last one as selection sees it: then the view has nothing to learn.
-        if was_alive and before is not None and loaded == entry.loaded and \
-                (metrics.cores, metrics.free_cores, metrics.free_memory_bytes) == \
-                (before.cores, before.free_cores, before.free_memory_bytes):
-            return
-        entry.loaded = loaded
-        self._cluster_changed(entry)
+        if not (was_alive and before is not None and loaded == entry.loaded and
+                (metrics.cores, metrics.free_cores, metrics.free_memory_bytes) ==
+                (before.cores, before.free_cores, before.free_memory_bytes)):
+            entry.loaded = loaded
+            self._cluster_changed(entry)
+        self._step(self._autoscale, entry)  # the worker's new load through the policy (spread over the interval)
 
     def _on_loaded(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:
         entry = self._known(identity, worker_id, msg)

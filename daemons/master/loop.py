@@ -81,6 +81,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         self._scaling: list = []
         self.pins: dict[tuple, str] = {}  # baselines: the fixed variant of each query class
         self.autoscale_states: dict[str, dict] = {}  # worker -> variant -> state
+        self.autoscaled_at: dict[str, float] = {}  # worker -> when its load last went through the policy
         self.variant_slo: dict[str, tuple[float, float]] = {}  # variant -> (tightest recent SLO ms, when)
         self.named_variants: dict[str, float] = {}  # variant -> when a query last named it
         self.actions: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
@@ -292,7 +293,6 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
                     next_tick = time.monotonic() + min(0.25, self.heartbeat_interval_s / 2)
                 if time.monotonic() >= next_autoscale:
                     self.cache_stats = self.cache.stats()
-                    self._step(self._autoscale)
                     self._step(self._autoscale_cluster)
                     self._step(self._check_drift)
                     next_autoscale = time.monotonic() + self.heartbeat_interval_s
@@ -534,14 +534,17 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         if self.loop_lag_s() > self.heartbeat_interval_s:
             self.deaths_deferred += 1
             return
-        for worker_id in list(self.seen_order):
+        late = []
+        for worker_id in self.seen_order:
             w = self.workers.get(worker_id)
+            if w is not None and now - w.last_seen <= late_s:
+                break  # everyone behind it was heard from more recently
+            late.append((worker_id, w))
+        for worker_id, w in late:
             if w is None:
                 del self.seen_order[worker_id]
                 continue
             quiet_s = now - w.last_seen
-            if quiet_s <= late_s:
-                return  # everyone behind it was heard from more recently
             if w.alive:
                 self._declare_dead(w, f"missed {self.settings.dead_after_missed_heartbeats} heartbeats")
             elif quiet_s > self.settings.forget_dead_worker_s:
@@ -565,6 +568,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         self.seen_order.pop(worker_id, None)
         self.overheads.forget(worker_id)
         self.autoscale_states.pop(worker_id, None)
+        self.autoscaled_at.pop(worker_id, None)
         self.draining.discard(worker_id)
         self.view.remove_worker(worker_id)
         self.view.set_overhead(worker_id, None)
