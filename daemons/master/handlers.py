@@ -44,7 +44,7 @@ class ClientHandlers:
     """query, status, changes and artifact_chunk from clients (and the CLI's replication)."""
 
     def _on_query(self, route: tuple[bytes, ...], msg: protocol.Message) -> None:
-        t0 = time.perf_counter_ns()  # the decision's clock: every lookup below counts
+        t0 = time.perf_counter_ns(), time.thread_time_ns()  # the decision's clocks: every lookup below counts
         b: m.QueryBody = msg.body
         if not b.inputs:
             raise protocol.ProtocolError("invalid_input", "the query carries no inputs")
@@ -90,8 +90,8 @@ class ClientHandlers:
 
     def _dispatch(self, route: tuple[bytes, ...], client_id: str, inputs: dict[str, m.Tensor], frames: list,
                   query: Query, attempts: int, exclude: tuple[str, ...], arrived: float,
-                  t0: int | None = None) -> None:
-        t0 = time.perf_counter_ns() if t0 is None else t0
+                  t0: tuple[int, int] | None = None) -> None:
+        t0 = (time.perf_counter_ns(), time.thread_time_ns()) if t0 is None else t0
         index = self.catalog.index()
         if self.policy != "infaas" and query.kind != "variant":  # a baseline: the class's fixed variant,
             key = query_class(query)                                # placed like a by-name query
@@ -112,7 +112,9 @@ class ClientHandlers:
             batch = self.catalog.check_inputs(decision.model, query.inputs)
         except InfaasError as exc:
             raise protocol.ProtocolError("invalid_input", str(exc)) from None
-        decision_us = (time.perf_counter_ns() - t0) / 1e3
+        decision_us = (time.perf_counter_ns() - t0[0]) / 1e3
+        # The master's own work, without the time the OS gave the CPU to someone else meanwhile.
+        self.decision_cpu_us.append((time.thread_time_ns() - t0[1]) / 1e3)
         if query.kind == "variant":  # named by its client: autoscaling may replicate it, never switch it away
             self.named_variants[decision.variant] = time.monotonic()
         if query.latency_ms is not None:
@@ -188,6 +190,7 @@ class ClientHandlers:
         """The master's summary, and one page of its workers: a status costs the page, not the cluster."""
         now = time.monotonic()
         dec = np.asarray(self.decision_us) if self.decision_us else np.zeros(0)
+        dec_cpu = np.asarray(self.decision_cpu_us) if self.decision_cpu_us else np.zeros(0)
         workers = []
         page = itertools.islice(self.workers.values(), workers_offset, workers_offset + workers_limit)
         for w in page:
@@ -229,6 +232,8 @@ class ClientHandlers:
                                 "p50": float(np.percentile(dec, 50)) if dec.size else None,
                                 "p99": float(np.percentile(dec, 99)) if dec.size else None,
                                 "max": float(dec.max()) if dec.size else None},
+                "decision_cpu_us": {"p50": float(np.percentile(dec_cpu, 50)) if dec_cpu.size else None,
+                                    "p99": float(np.percentile(dec_cpu, 99)) if dec_cpu.size else None},
             },
             "workers": workers,
         }

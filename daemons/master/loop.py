@@ -106,6 +106,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         self.garbage: collections.Counter[bytes] = collections.Counter()  # bad frames per worker identity
         self.refused: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.decision_us: collections.deque[float] = collections.deque(maxlen=10_000)
+        self.decision_cpu_us: collections.deque[float] = collections.deque(maxlen=10_000)
         self.slo = SloLedger()
         self.metrics = MasterMetrics(self)  # Prometheus: served on settings.metrics_port by run()
         self.metrics_endpoint: str | None = None

@@ -171,7 +171,7 @@ class CatalogView:
         self._index = None
         self._models: dict[str, Any] = {}
         self._specs: dict[str, VariantSpec] = {}
-        self._checked: dict[tuple, int | InfaasError] = {}
+        self._checked: dict[tuple, int | str] = {}  # batch size, or why the model refuses
         self._task_models: dict[tuple, list[str]] | None = None
 
     def changed(self) -> None:
@@ -206,12 +206,12 @@ class CatalogView:
             try:
                 verdict = check_query_signature(feeds, model.input_specs(), model.batch_dim, model.max_batch)
             except InfaasError as exc:
-                verdict = InvalidInputError(f"{model_name}: {exc}")
+                verdict = f"{model_name}: {exc}"  # a fresh error per raise: a raised one keeps its traceback
             if len(self._checked) >= MAX_CHECKED:
                 self._checked.clear()
             self._checked[key] = verdict
-        if isinstance(verdict, InfaasError):
-            raise verdict
+        if isinstance(verdict, str):
+            raise InvalidInputError(verdict)
         return verdict
 
     def index(self):
