@@ -186,7 +186,7 @@ class ClientHandlers:
         status = self.status(msg.body.workers_offset, msg.body.workers_limit)
         self._reply(route, protocol.Message("status_reply", m.StatusReplyBody(**status), id=msg.id))
 
-    def status(self, workers_offset: int = 0, workers_limit: int = 1000) -> dict[str, Any]:
+    def status(self, workers_offset: int = 0, workers_limit: int = 100) -> dict[str, Any]:
         """The master's summary, and one page of its workers: a status costs the page, not the cluster."""
         now = time.monotonic()
         dec = np.asarray(self.decision_us) if self.decision_us else np.zeros(0)

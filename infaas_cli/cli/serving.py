@@ -192,7 +192,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     timeout_s: Annotated[float, typer.Option(help="How long to wait for the master.")] = 5.0,
     workers: Annotated[int, typer.Option("--workers", min=0, max=10_000,
-                                         help="List at most this many workers (0: the summary only).")] = 1000,
+                                         help="List at most this many workers (0: the summary only).")] = 100,
     offset: Annotated[int, typer.Option("--offset", min=0, help="The first worker listed (paging).")] = 0,
 ) -> None:
     """The master's endpoint, workers, loaded variants, queues, QPS, utilisation and decision times."""

@@ -226,7 +226,7 @@ class Client:
             raise result
         return result
 
-    def status(self, workers_offset: int = 0, workers_limit: int = 1000) -> dict[str, Any]:
+    def status(self, workers_offset: int = 0, workers_limit: int = 100) -> dict[str, Any]:
         """The master's summary and one page of its workers (`master.workers_total` counts them all)."""
         body = self._request(protocol.Message("status", StatusBody(workers_offset=workers_offset,
                                                                     workers_limit=workers_limit))).body

@@ -163,8 +163,7 @@ def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: f
     with Client(endpoints["client_endpoint"], timeout_s=5.0, curve_secret_key=settings.security.curve_secret_key,
                 master_public_key=settings.security.master_public_key) as client:
         while time.monotonic() < deadline:
-            alive = [w for w in client.status()["workers"] if w["alive"]]
-            if len(alive) >= workers:
+            if client.status(workers_limit=0)["master"]["workers_alive"] >= workers:
                 break
             time.sleep(0.1)
         else:

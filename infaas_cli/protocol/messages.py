@@ -141,7 +141,7 @@ class StatusBody(Body):
     """Ask for the cluster view: the master's summary, and one page of its workers (in registration order)."""
 
     workers_offset: Count = 0
-    workers_limit: Annotated[int, Meta(ge=0, le=MAX_STATUS_WORKERS)] = 1000
+    workers_limit: Annotated[int, Meta(ge=0, le=MAX_STATUS_WORKERS)] = 100
 
 
 class StatusReplyBody(Body):
