@@ -6,11 +6,13 @@ from infaas_cli.backends.base import Availability, Backend, BuildInput, Recipe, 
 from infaas_cli.backends.neuron import NeuronBackend
 from infaas_cli.backends.ort_cpu import OrtCpuBackend
 from infaas_cli.backends.ort_gpu import OrtCudaBackend, OrtTensorrtBackend
+from infaas_cli.backends.ov_cpu import OvCpuBackend
 from infaas_cli.backends.tensorrt import TensorrtBackend
 from infaas_cli.errors import NotFoundError
 
 BACKENDS: tuple[Backend, ...] = (
     OrtCpuBackend(),
+    OvCpuBackend(),
     OrtCudaBackend(),
     OrtTensorrtBackend(),
     TensorrtBackend(),

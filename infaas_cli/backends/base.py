@@ -26,7 +26,7 @@ class Recipe:
     """One way a backend turns a model into a variant artifact (precision, optimisation)."""
 
     name: str  # token in variant names, e.g. "int8s"
-    precision: str  # "fp32", "fp16" or "int8"
+    precision: str  # "fp32", "fp16", "bf16" or "int8"
     description: str
 
 

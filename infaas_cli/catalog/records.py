@@ -135,7 +135,7 @@ class VariantRecord(Record):
     backend: str  # e.g. "ort-cpu"
     hardware: str  # "cpu", "gpu" or "inferentia"
     recipe: str  # e.g. "fp32o1", "int8d", "int8s"
-    precision: str  # "fp32", "fp16" or "int8"
+    precision: str  # "fp32", "fp16", "bf16" or "int8"
     threads: int
     max_batch: int
     artifact_sha256: str
