@@ -5,7 +5,7 @@ options, so they share one measurement: the profiler measures each (backend, art
 threads) configuration once, at every requested batch size up to the largest max batch among
 them, and gives each variant the batch sizes it allows.
 
-Each configuration is measured in a forked child process, so that its load is cold for the
+Each configuration is measured in a child process (from a fork server), so that its load is cold for the
 session, its memory delta is not hidden by memory an earlier session freed, and a variant that
 crashes the runtime costs only its own profile.
 """
@@ -161,10 +161,19 @@ def _configurations(home: InfaasHome, model: ModelRecord, batch_sizes, force: bo
 
 def _measure_isolated(backend, artifact, recipe: str, threads: int, model: ModelRecord, data,
                       batch_sizes: list[int], settings: MeasureSettings):
-    """Run measure_session in a forked child (see the module docstring); in-process where fork is missing."""
-    if "fork" not in multiprocessing.get_all_start_methods():
+    """Run measure_session in a child process (see the module docstring); in-process where none can be started.
+
+    The child comes from a fork server (a single-threaded process started once, that forks the children), not
+    from forking this process: forking a process that runs threads — ZeroMQ's, gRPC's, ONNX Runtime's, as a
+    test session or a daemon does — can copy a lock some thread held and hang the child on it.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    method = "forkserver" if "forkserver" in methods else "fork" if "fork" in methods else None
+    if method is None:
         return measure_session(backend, artifact, recipe, threads, model.batch_dim, data, batch_sizes, settings)
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload([__name__])  # children start with this module (numpy, the backends) imported
     parent_end, child_end = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_measure_child, daemon=True,
                        args=(child_end, backend, artifact, recipe, threads, model.batch_dim, data, batch_sizes,
