@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
+from rich.markup import escape
 
 from infaas_cli.cli.app import app, command, err, fmt, maybe_push, open_home, out, print_json, progress
 from infaas_cli.errors import InfaasError
@@ -33,10 +34,17 @@ def _generate_and_report(home, name: str, as_json: bool) -> dict[str, Any]:
         err.print(f"[green]{name}[/green]: {len(report.variants)} variants "
                   f"({', '.join(summary['recipes']) or 'none'})", highlight=False)
         for s in report.skipped:
-            err.print(f"  skipped {s.backend} {s.recipe}: {s.reason}", highlight=False, soft_wrap=True)
+            err.print(f"  skipped {s.backend} {s.recipe}: {escape(s.reason)}", highlight=False, soft_wrap=True)
         for b, r in report.unavailable:
-            err.print(f"  [dim]{b}: not available on this host: {r}[/dim]", highlight=False, soft_wrap=True)
+            if b not in _told_unavailable:  # the same for every model: said once per command
+                _told_unavailable.add(b)
+                err.print(f"  [dim]{b}: not available on this host: {escape(r)}[/dim]", highlight=False,
+                          soft_wrap=True)
     return summary
+
+
+#: Backends whose unavailability this command has already reported.
+_told_unavailable: set[str] = set()
 
 
 @command()
@@ -233,7 +241,7 @@ def backends(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")
         print_json(rows)
         return
     for r in rows:
-        state = "[green]available[/green]" if r["available"] else f"not available on this host: {r['reason']}"
+        state = "[green]available[/green]" if r["available"] else f"not available on this host: {escape(r['reason'])}"
         out.print(f"{r['backend']:<9} {r['hardware']:<11} {state}", highlight=False, soft_wrap=True)
 
 
