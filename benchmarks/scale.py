@@ -60,6 +60,7 @@ import psutil
 import zmq
 
 from infaas_cli import protocol
+from infaas_cli.cluster import embedded
 from infaas_cli.protocol import messages as m
 
 MODEL = "digits-logreg"
@@ -538,19 +539,12 @@ def _start_master(home_dir: Path, interval_s: float) -> tuple[subprocess.Popen, 
         proc = subprocess.Popen([sys.executable, "-m", "infaas_cli", "--config", str(config), "master",
                                  "--endpoints-file", str(ep_file)], stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if ep_file.is_file():
-            try:
-                endpoints = json.loads(ep_file.read_text())
-            except ValueError:
-                endpoints = {}
-            if endpoints.get("pid") == proc.pid:
-                return proc, endpoints, log_path
-        if proc.poll() is not None:
-            raise SystemExit(f"the master exited at start (code {proc.returncode}); see {log_path}:\n"
-                             + log_path.read_text(errors="replace")[-2000:])
-        time.sleep(0.05)
+    endpoints = embedded.wait_for_endpoints(ep_file, proc, time.monotonic() + 30)
+    if endpoints is not None:
+        return proc, endpoints, log_path
+    if proc.poll() is not None:
+        raise SystemExit(f"the master exited at start (code {proc.returncode}); see {log_path}:\n"
+                         + log_path.read_text(errors="replace")[-2000:])
     proc.kill()
     raise SystemExit(f"the master did not start within 30 s; see {log_path}")
 

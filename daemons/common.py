@@ -36,7 +36,8 @@ def step(who: str, fn, *args) -> None:
 
 def send(sock: zmq.Socket, msg: protocol.Message, identity: bytes | None = None) -> None:
     frames = protocol.encode(msg)
-    sock.send_multipart(frames if identity is None else [identity, *frames], zmq.NOBLOCK, copy=False)
+    sock.send_multipart(frames if identity is None else [identity, *frames], zmq.NOBLOCK,
+                        copy=not protocol.zero_copy(frames))
 
 
 def safe_send(sock: zmq.Socket, msg: protocol.Message, identity: bytes | None = None) -> bool:

@@ -314,7 +314,7 @@ class Front:
         try:
             while True:  # SNDHWM 0: a send only waits when no pipe to the master exists yet
                 try:
-                    self._sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
+                    self._sock.send_multipart(parts, zmq.NOBLOCK, copy=not protocol.zero_copy(parts))
                     break
                 except zmq.Again:
                     if fut.done():

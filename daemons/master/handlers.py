@@ -144,11 +144,10 @@ class ClientHandlers:
             encoded = protocol.encode(infer)
         except protocol.ProtocolError as exc:  # our own bug: the door answers it
             raise protocol.ProtocolError("internal", f"the infer could not be encoded: {exc.reason}") from None
-        self._out_infers.append((worker.identity, encoded, internal_id))  # sent by the loop's next flush
         self.pending[internal_id] = PendingQuery(route, client_id, inputs, frames, query, decision.variant,
-                                                 worker.worker_id, batch, decision_us, time.monotonic(), decision.needs_load, attempts,
-                                                 [o["name"] for o in model.outputs], arrived,
-                                                 decision.predicted_latency_ms, decision.model, cache_key)
+                                                 worker.worker_id, batch, decision_us, time.monotonic(),
+                                                 decision.needs_load, attempts, [o["name"] for o in model.outputs],
+                                                 arrived, decision.predicted_latency_ms, decision.model, cache_key)
         self.ledger.started(route[0])
         worker.inflight.add(internal_id)
         if decision.variant in worker.loaded:
@@ -157,6 +156,7 @@ class ClientHandlers:
         else:  # a load on this worker: the next query must see it as held there (and its cores as taken)
             worker.loaded[decision.variant] = batch
             self._cluster_changed(worker)
+        self._queue_infer(worker.identity, encoded, internal_id)  # last: a flush may re-route it at once
 
     @staticmethod
     def _cache_key(model: str, inputs: dict[str, m.Tensor], frames: list, query: Query):

@@ -125,7 +125,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
                                  "result": self._on_result, "error": self._on_worker_error, "loaded": self._on_loaded,
                                  "fetch": self._on_fetch, "reprofiled": self._on_reprofiled}
         self._overheads_dirty: set[str] = set()
-        self._out_replies: list[tuple] = []  # (route, type, id, frames) for the next _flush()
+        self._out_replies: list[tuple] = []  # (route, id, frames) for the next _flush()
         self._out_infers: list[tuple] = []  # (worker identity, frames, internal id) for the next _flush()
         self.id_prefix, self.id_counter = f"{uuid.uuid4().hex[:12]}-", itertools.count()  # queries sent to workers
         self.cache = PredictionCache()  # opt-in per model (its record's cache_mib, else the master's default)
@@ -203,8 +203,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         cores = worker_cores(mt.cores if mt is not None else None, w.hardware.cores)
         free = known_free_cores(cores, mt.free_cores if mt is not None else None,
                                 dispatched_threads(w.loaded, self.catalog.threads_of))
-        s = self.worker_slowdown.get(w.worker_id, 1.0)
-        loaded = dict(w.loaded) if s == 1.0 else {v: q * s + (s - 1.0) for v, q in w.loaded.items()}
+        loaded = {v: self._stretched(w.worker_id, q) for v, q in w.loaded.items()}
         return WorkerState(worker_id=w.worker_id, backends=frozenset(w.backends), cores=cores, free_cores=free,
                            free_memory_bytes=mt.free_memory_bytes if mt is not None else w.hardware.memory_bytes,
                            loaded=loaded, alive=w.alive and w.worker_id not in self.draining)
@@ -218,10 +217,14 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
     def _queue_changed(self, w, variant: str) -> None:
         """A dispatch or a result moved one queue: O(log holders) in the view."""
         queued = w.loaded.get(variant)
-        if queued is None:
-            return
-        s = self.worker_slowdown.get(w.worker_id, 1.0)
-        self.view.set_queue(w.worker_id, variant, queued if s == 1.0 else queued * s + (s - 1.0))
+        if queued is not None:
+            self.view.set_queue(w.worker_id, variant, self._stretched(w.worker_id, queued))
+
+    def _stretched(self, worker_id: str, queued: float) -> float:
+        """A queue as selection counts it: a worker whose variants run slower than profiled (interference)
+        looks that much more queued."""
+        s = self.worker_slowdown.get(worker_id, 1.0)
+        return queued if s == 1.0 else queued * s + (s - 1.0)
 
     def _sync_overheads(self) -> None:
         """Learned serving overheads into the view: the workers whose estimate took samples since the last tick
@@ -348,8 +351,14 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
             log.error("cannot encode %s %s: %s", msg.type, msg.id, exc.reason)
             frames = [*route, *protocol.encode(protocol.error("internal", "the reply could not be encoded (logged)",
                                                               msg.id))]
-        self._out_replies.append((route, msg.type, msg.id, frames))
+        self._out_replies.append((route, msg.id, frames))
         if len(self._out_replies) >= FLUSH_AT:
+            self._flush()
+
+    def _queue_infer(self, identity: bytes, frames: list, internal_id: str) -> None:
+        """Queue an infer for the next flush, as _reply queues a reply."""
+        self._out_infers.append((identity, frames, internal_id))
+        if len(self._out_infers) >= FLUSH_AT:
             self._flush()
 
     def _flush(self) -> None:
@@ -360,8 +369,8 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
                 self._send_infer(identity, frames, internal_id)
         if self._out_replies:
             replies, self._out_replies = self._out_replies, []
-            for route, type_, msg_id, frames in replies:
-                self._send_reply(route, type_, msg_id, frames)
+            for route, msg_id, frames in replies:
+                self._send_reply(route, msg_id, frames)
 
     def _send_infer(self, identity: bytes, frames: list, internal_id: str) -> None:
         """Send one queued infer; a worker that cannot take it has the query re-routed (or, when it is gone,
@@ -385,7 +394,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         self._finish(internal_id, p.worker_id)
         self._reroute(p, p.worker_id)
 
-    def _send_reply(self, route: tuple[bytes, ...], type_: str, msg_id: str, frames: list) -> None:
+    def _send_reply(self, route: tuple[bytes, ...], msg_id: str, frames: list) -> None:
         """Send one reply; one its client's socket cannot take now waits, in order, in the client's outbox."""
         box = self.ledger.outbox.get(route[0])
         if box is None:

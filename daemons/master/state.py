@@ -11,9 +11,8 @@ from infaas_cli.catalog.listings import pick_profile
 from infaas_cli.catalog.records import VariantRecord
 from infaas_cli.catalog.store import MetadataStore
 from infaas_cli.policy.selection import PriceTable, Query, build_index
-from infaas_cli.errors import InfaasError, InvalidInputError
 from infaas_cli.protocol.messages import Hardware, Tensor, VariantSpec, WorkerMetrics
-from infaas_cli.toolkit.modelio import check_query_signature, coerce_query_signature
+from infaas_cli.toolkit.modelio import SignatureChecks
 
 #: Input signatures whose verdict the master remembers (cleared when full, and on catalog changes).
 MAX_CHECKED = 4096
@@ -171,7 +170,7 @@ class CatalogView:
         self._index = None
         self._models: dict[str, Any] = {}
         self._specs: dict[str, VariantSpec] = {}
-        self._checked: dict[tuple, int | str] = {}  # batch size, or why the model refuses
+        self._checks = SignatureChecks(MAX_CHECKED)
         self._task_models: dict[tuple, list[str]] | None = None
 
     def changed(self) -> None:
@@ -179,7 +178,7 @@ class CatalogView:
         self._index = None
         self._models.clear()
         self._specs.clear()
-        self._checked.clear()
+        self._checks.clear()
 
     def task_models(self, task: str | None, dataset: str | None) -> list[str]:
         """The models a model-less query for (task, dataset) may run, by name."""
@@ -192,27 +191,10 @@ class CatalogView:
 
     def check_inputs(self, model_name: str, signature: tuple) -> int:
         """The batch size of a query with these tensor descriptors (a Query's `inputs` signature) for model
-        `model_name`, after the worker's renaming and casts; InvalidInputError when the model refuses them.
-
-        Checked on descriptors alone, never on the bytes, and remembered per (model, signature): a
-        client sends the same shapes again and again.
-        """
-        key = (model_name, signature)
-        verdict = self._checked.get(key)
-        if verdict is None:
-            model = self.model(model_name)
-            feeds = coerce_query_signature({name: (dtype, shape) for name, dtype, shape in signature},
-                                           model.input_specs())
-            try:
-                verdict = check_query_signature(feeds, model.input_specs(), model.batch_dim, model.max_batch)
-            except InfaasError as exc:
-                verdict = f"{model_name}: {exc}"  # a fresh error per raise: a raised one keeps its traceback
-            if len(self._checked) >= MAX_CHECKED:
-                self._checked.clear()
-            self._checked[key] = verdict
-        if isinstance(verdict, str):
-            raise InvalidInputError(verdict)
-        return verdict
+        `model_name`, after the worker's renaming and casts; InvalidInputError when the model refuses them."""
+        model = self.model(model_name)
+        return self._checks.check(model_name, signature, model.input_specs(), model.batch_dim, model.max_batch,
+                                  label=model_name)[0]
 
     def index(self):
         if self._index is None:

@@ -28,7 +28,7 @@ from infaas_cli.errors import InfaasError, wire_error
 from infaas_cli.protocol import messages as m
 from infaas_cli.settings import SecuritySettings, Settings, WorkerSettings
 from infaas_cli.toolkit.hardware import host_hardware
-from infaas_cli.toolkit.modelio import check_query_signature, coerce_query_inputs, coerce_query_signature
+from infaas_cli.toolkit.modelio import SignatureChecks, coerce_query_inputs
 from infaas_daemons.common import log, step
 from infaas_daemons.worker.executor import _LOADER, _RESULT, LoadedVariant, QueuedQuery
 from infaas_daemons.worker.loading import Loading
@@ -59,7 +59,7 @@ class Worker(Loading, Reprofiling):
         self.cores = settings.cores or host_cores()
         self.stop_event = threading.Event()
         self._out: list[list] = []  # messages to the master, sent by _flush() after each drain
-        self._checked: dict[tuple, tuple[int, bool] | str] = {}  # _check_inputs' verdicts (str: why refused)
+        self._checks = SignatureChecks()  # _check_inputs' verdicts
         self.variants: dict[str, LoadedVariant] = {}
         self.loading: dict[str, m.VariantSpec] = {}
         self.parked: dict[str, list[QueuedQuery]] = {}  # variant -> queries waiting for its load
@@ -212,24 +212,13 @@ class Worker(Loading, Reprofiling):
 
     def _check_inputs(self, spec: m.VariantSpec, inputs: dict[str, m.Tensor]) -> tuple[int, bool]:
         """(batch size, whether a cast or a renaming is needed) of inputs with these descriptors, checked against
-        the variant's inputs; remembered per (variant, signature): the same shapes come again and again."""
+        the variant's inputs once per (variant, signature)."""
         signature = tuple((name, t.dtype, tuple(t.shape)) for name, t in inputs.items())
-        key = (spec.name, spec.artifact_sha256, signature)
-        verdict = self._checked.get(key)
-        if verdict is None:
-            specs = self._input_specs(spec)
-            want = coerce_query_signature({n: (d, shape) for n, d, shape in signature}, specs)
-            cast = set(want) != {n for n, _, _ in signature} or any(want[n][0] != d for n, d, _ in signature)
-            try:
-                verdict = (check_query_signature(want, specs, spec.batch_dim, spec.max_batch), cast)
-            except InfaasError as exc:
-                verdict = str(exc)  # the reason: a fresh error is raised each time (a raised one keeps its traceback)
-            if len(self._checked) >= 4096:
-                self._checked.clear()
-            self._checked[key] = verdict
-        if isinstance(verdict, str):
-            raise protocol.ProtocolError("invalid_input", verdict)
-        return verdict
+        try:
+            return self._checks.check((spec.name, spec.artifact_sha256), signature, self._input_specs(spec),
+                                      spec.batch_dim, spec.max_batch)
+        except InfaasError as exc:
+            raise protocol.ProtocolError("invalid_input", str(exc)) from None
 
     def _on_infer(self, msg: protocol.Message) -> None:
         b: m.InferBody = msg.body

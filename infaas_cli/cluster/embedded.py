@@ -136,16 +136,10 @@ def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: f
     _write_config(config_path(home), settings)
     master = _spawn(["master", "--endpoints-file", str(ep_file), *(master_args or [])], rdir / "master.log", home)
     deadline = time.monotonic() + START_TIMEOUT_S
-    endpoints = None
-    while time.monotonic() < deadline:
-        if ep_file.is_file():
-            endpoints = json.loads(ep_file.read_text())
-            if endpoints.get("pid") == master.pid:
-                break
+    endpoints = wait_for_endpoints(ep_file, master, deadline)
+    if endpoints is None:
         if master.poll() is not None:
             raise InfaasError(f"the master exited at start (code {master.returncode}); see {rdir / 'master.log'}")
-        time.sleep(0.05)
-    else:
         master.kill()
         raise InfaasError(f"the master did not start within {START_TIMEOUT_S:.0f} s; see {rdir / 'master.log'}")
     # The workers learn the port the master picked from the same file, now completed.
@@ -190,24 +184,34 @@ def _start_gateway(home: Path, deadline: float) -> tuple[dict[str, Any], dict[st
     ep_file.unlink(missing_ok=True)
     rdir = run_dir(home)
     proc = _spawn(["gateway", "--endpoints-file", str(ep_file)], rdir / "gateway.log", home)
-    deadline = max(deadline, time.monotonic() + 10.0)
-    while time.monotonic() < deadline:
-        if ep_file.is_file():
-            try:
-                bound = json.loads(ep_file.read_text())
-            except ValueError:
-                bound = {}
-            if bound.get("pid") == proc.pid:
-                return ({"pid": proc.pid, **bound},
-                        {"http": bound.get("http"), "http_port": bound.get("http_port"), "grpc": bound.get("grpc"),
-                         "grpc_port": bound.get("grpc_port")})
-        if proc.poll() is not None:
-            tail = (rdir / "gateway.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
-            raise InfaasError(f"the gateway exited at start (code {proc.returncode}): {tail[0]}; see "
-                              f"{rdir / 'gateway.log'}")
-        time.sleep(0.05)
+    bound = wait_for_endpoints(ep_file, proc, max(deadline, time.monotonic() + 10.0))
+    if bound is not None:
+        return ({"pid": proc.pid, **bound},
+                {"http": bound.get("http"), "http_port": bound.get("http_port"), "grpc": bound.get("grpc"),
+                 "grpc_port": bound.get("grpc_port")})
+    if proc.poll() is not None:
+        tail = (rdir / "gateway.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
+        raise InfaasError(f"the gateway exited at start (code {proc.returncode}): {tail[0]}; see "
+                          f"{rdir / 'gateway.log'}")
     proc.kill()
     raise InfaasError(f"the gateway did not start within {START_TIMEOUT_S:.0f} s; see {rdir / 'gateway.log'}")
+
+
+def wait_for_endpoints(path: Path, proc: subprocess.Popen, deadline: float) -> dict[str, Any] | None:
+    """The endpoints a daemon started with `--endpoints-file path` wrote once bound (the file names its pid);
+    None when `proc` exited first or `deadline` (time.monotonic()) passed — `proc.poll()` tells which."""
+    while time.monotonic() < deadline:
+        if path.is_file():
+            try:
+                written = json.loads(path.read_text())
+            except ValueError:  # caught mid-write
+                written = {}
+            if written.get("pid") == proc.pid:
+                return written
+        if proc.poll() is not None:
+            return None
+        time.sleep(0.05)
+    return None
 
 
 def down(home: str | Path | None = None) -> list[int]:

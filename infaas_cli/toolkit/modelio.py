@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from infaas_cli.config import AGREEMENT_ATOL, AGREEMENT_RTOL, MAX_BATCH_CHOICES
-from infaas_cli.errors import InvalidModelError, InvalidValidationDataError
+from infaas_cli.errors import InfaasError, InvalidInputError, InvalidModelError, InvalidValidationDataError
 from infaas_cli.catalog.records import TensorSpec
 
 _ORT_TO_NUMPY = {
@@ -394,6 +394,38 @@ def coerce_query_signature(feeds: Mapping[str, tuple[str, Sequence[int]]], specs
         spec = by_name.get(name)
         out[name] = (spec.dtype, shape) if spec is not None and castable(dtype, spec.dtype) else (dtype, shape)
     return out
+
+
+class SignatureChecks:
+    """check_query_signature's verdicts on input signatures — ((name, dtype, shape), ...) — remembered per caller's
+    key (a model, a variant): a client sends the same shapes again and again, and a daemon checks them without
+    reading a byte of the data. Bounded: cleared when full."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._verdicts: dict[tuple, tuple[int, bool] | str] = {}  # (batch, needs coercion), or why refused
+
+    def clear(self) -> None:
+        self._verdicts.clear()
+
+    def check(self, key: Any, signature: tuple, specs: Sequence[TensorSpec], batch_dim: str, max_batch: int,
+              label: str = "") -> tuple[int, bool]:
+        """(batch size, whether coerce_query_inputs must rename or cast) of tensors with this signature;
+        InvalidInputError (its reason prefixed with `label`) when the inputs `specs` refuse them."""
+        verdict = self._verdicts.get((key, signature))
+        if verdict is None:
+            want = coerce_query_signature({n: (d, shape) for n, d, shape in signature}, specs)
+            coerce = set(want) != {n for n, _, _ in signature} or any(want[n][0] != d for n, d, _ in signature)
+            try:
+                verdict = (check_query_signature(want, specs, batch_dim, max_batch), coerce)
+            except InfaasError as exc:  # kept as the reason: a fresh error per raise (a raised one keeps its traceback)
+                verdict = f"{label}: {exc}" if label else str(exc)
+            if len(self._verdicts) >= self.limit:
+                self._verdicts.clear()
+            self._verdicts[(key, signature)] = verdict
+        if isinstance(verdict, str):
+            raise InvalidInputError(verdict)
+        return verdict
 
 
 def coerce_query_inputs(feeds: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> tuple[dict[str, np.ndarray], bool]:
