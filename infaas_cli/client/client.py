@@ -162,7 +162,13 @@ class Client:
     def _send(self, msg: protocol.Message) -> str:
         # Zero-copy above ZeroMQ's copy threshold: the arrays must not change until the reply arrives.
         frames = protocol.encode(msg)
-        self._sock.send_multipart(frames, copy=not protocol.zero_copy(frames))
+        # A DEALER with no usable connection (the master down, or refusing our keys) would block the send for
+        # ever: wait as long as for an answer, then say so.
+        if not self._sock.poll(int(self.timeout_s * 1e3), zmq.POLLOUT):
+            raise MasterUnreachableError(
+                f"cannot send to the master at {self.endpoint} within {self.timeout_s:g} s; is it running, and does "
+                "it accept this client's keys? Start one with `infaas up`, or point --master / INFAAS_MASTER at it")
+        self._sock.send_multipart(frames, zmq.NOBLOCK, copy=not protocol.zero_copy(frames))
         self._sent_at[msg.id] = time.monotonic()
         return msg.id
 
