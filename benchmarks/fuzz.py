@@ -1552,7 +1552,7 @@ class FakeMaster:
         env = {**os.environ, "INFAAS_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "infaas_cli", "worker", "--master", f"tcp://127.0.0.1:{self.port}",
+                [sys.executable, "-m", "infaas_cli", "worker", "--master-endpoint", f"tcp://127.0.0.1:{self.port}",
                  "--worker-id", "fz", "--cache-dir", str(self.home / "cache"),
                  "--heartbeat-interval-s", str(self.hb)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)

@@ -1,20 +1,28 @@
-"""What both daemons share: logging set-up, signal handling, and sending protocol messages on a socket."""
+"""What the daemons share: logging set-up, signal handling, and sending protocol messages on a socket."""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
+from logging.handlers import RotatingFileHandler
 
 import zmq
 
 from infaas_cli import protocol
+from infaas_cli.settings import LOG_BACKUPS, LOG_MAX_BYTES
 
 log = logging.getLogger("infaas")
 
 
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+def setup_logging(level: str = "INFO", log_file: str | os.PathLike[str] | None = None, max_bytes: int = LOG_MAX_BYTES,
+                  backups: int = LOG_BACKUPS) -> None:
+    """Log to stderr (systemd's journal), or to `log_file`, rotated at `max_bytes` with `backups` old files
+    kept: a daemon that runs for months never fills the disk."""
+    handler: logging.Handler = logging.StreamHandler() if log_file is None else RotatingFileHandler(
+        log_file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 

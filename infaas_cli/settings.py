@@ -27,6 +27,7 @@ from infaas_cli.policy.autoscale import AutoscaleConfig
 from infaas_cli.policy.drift import DriftConfig
 from infaas_cli.policy.baselines import POLICIES, POLICY_ALIASES
 from infaas_cli.policy.cluster_autoscale import ClusterAutoscaleConfig
+from infaas_cli.protocol.messages import MAX_NAME, MAX_PINNED_REPLICAS
 
 #: The host-wide file, written by the deployment (ansible / packages).
 SYSTEM_CONFIG_FILE = Path("/etc/infaas/infaas.toml")
@@ -34,6 +35,9 @@ SYSTEM_CONFIG_FILE = Path("/etc/infaas/infaas.toml")
 HOME_CONFIG_NAME = "config.toml"
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: A daemon's --log-file rotates at this size and keeps this many old files: at most 4 × 10 MiB per daemon.
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 3
 
 #: Historical environment variables, still honoured (the canonical INFAAS_<SECTION>_<KEY> wins over them).
 ENV_ALIASES = {
@@ -59,8 +63,34 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise SettingsError(f"{key} {message}")
 
 
+_TCP_ENDPOINT = re.compile(r"tcp://(?P<host>[^\s/]+):(?P<port>\d{1,5}|\*)")
+
+
+def endpoint_error(value: str) -> str | None:
+    """Why `value` is not a ZeroMQ endpoint infaas can bind or connect (tcp://HOST:PORT, ipc://PATH,
+    inproc://NAME), with the fix; None when it is one. Checked before ZeroMQ sees it, whose own error is opaque."""
+    scheme, sep, rest = value.partition("://")
+    if scheme == "tcp":
+        match = _TCP_ENDPOINT.fullmatch(value)
+        if match and (match["port"] == "*" or int(match["port"]) <= 65535):
+            return None
+        return f"{value!r} is not tcp://HOST:PORT (a port 0 … 65535), e.g. tcp://127.0.0.1:7010"
+    if scheme in ("ipc", "inproc") and rest.strip():
+        return None
+    if scheme in ("http", "https"):
+        return (f"{value!r} is an HTTP address: the master speaks ZeroMQ, e.g. tcp://127.0.0.1:7010 (http:// is "
+                "the gateway's REST front, for curl or tritonclient)")
+    return f"{value!r} is not a ZeroMQ endpoint; use tcp://HOST:PORT (e.g. tcp://127.0.0.1:7010) or ipc://PATH"
+
+
 def _check_endpoint(key: str, value: str | None) -> None:
-    _check(value is None or "://" in value, key, f"must be a ZeroMQ endpoint such as tcp://127.0.0.1:7011, not {value!r}")
+    problem = None if value is None else endpoint_error(value)
+    _check(problem is None, key, f"must be a ZeroMQ endpoint: {problem}")
+
+
+def _check_log_rotation(section: str, max_bytes: int, backups: int) -> None:
+    _check(max_bytes >= 4096, f"{section}.log_max_bytes", "must be >= 4096 bytes, e.g. 10485760 (10 MiB)")
+    _check(backups >= 1, f"{section}.log_backups", "must be >= 1 (rotated files kept)")
 
 
 @dataclass(frozen=True)
@@ -83,7 +113,11 @@ class MasterSettings:
     worker_garbage_limit: int = 20  # garbage frames before a worker is disconnected
     metrics_port: int | None = None  # Prometheus /metrics on the client door's interface (None: off; 0: a free port)
     prediction_cache_mib: int = 0  # result cache per model registered without --cache-mib, MiB (0: off)
+    #: Pinned at start: MODEL or VARIANT = replicas, kept loaded and warm (a model: its fastest variant at batch 1).
+    min_loaded: dict[str, int] = field(default_factory=dict)
     log_level: str = "INFO"
+    log_max_bytes: int = LOG_MAX_BYTES  # a --log-file rotates at this size (the gateway's too)
+    log_backups: int = LOG_BACKUPS  # rotated files kept beside it (FILE.1 … FILE.N)
 
     def __post_init__(self) -> None:
         _check_endpoint("master.client_endpoint", self.client_endpoint)
@@ -108,6 +142,13 @@ class MasterSettings:
         _check(0 <= self.prediction_cache_mib <= MAX_CACHE_MIB, "master.prediction_cache_mib",
                f"must be a size in MiB from 0 (no cache unless a model sets register --cache-mib) to {MAX_CACHE_MIB}")
         _check(self.log_level.upper() in LOG_LEVELS, "master.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+        _check_log_rotation("master", self.log_max_bytes, self.log_backups)
+        for name, replicas in self.min_loaded.items():
+            _check(isinstance(name, str) and 0 < len(name) <= MAX_NAME, "master.min_loaded",
+                   f"keys must be model or variant names of 1 to {MAX_NAME} characters, not {name!r}")
+            _check(not isinstance(replicas, bool) and isinstance(replicas, int) and
+                   1 <= replicas <= MAX_PINNED_REPLICAS, f"master.min_loaded.{name}",
+                   f"must be a whole number of replicas from 1 to {MAX_PINNED_REPLICAS}, not {replicas!r}")
 
 
 @dataclass(frozen=True)
@@ -121,7 +162,10 @@ class WorkerSettings:
     inline_max_ms: float = 1.0  # batches faster than this run on the receiving thread
     budget_wait_s: float = 5.0  # longest a load waits for memory / cores to free up
     metrics_window_s: float = 5.0  # window of the QPS / latency metrics in heartbeats
+    master_grace_s: float = 60.0  # exit (status 3) once the master has been out of reach this long (0: never)
     log_level: str = "INFO"
+    log_max_bytes: int = LOG_MAX_BYTES  # a --log-file rotates at this size
+    log_backups: int = LOG_BACKUPS  # rotated files kept beside it (FILE.1 … FILE.N)
 
     def __post_init__(self) -> None:
         _check_endpoint("worker.master_endpoint", self.master_endpoint)
@@ -131,7 +175,9 @@ class WorkerSettings:
         _check(self.inline_max_ms >= 0, "worker.inline_max_ms", "must be >= 0 ms")
         _check(self.budget_wait_s >= 0, "worker.budget_wait_s", "must be >= 0 seconds")
         _check(self.metrics_window_s > 0, "worker.metrics_window_s", "must be > 0 seconds")
+        _check(self.master_grace_s >= 0, "worker.master_grace_s", "must be >= 0 seconds (0: never exit)")
         _check(self.log_level.upper() in LOG_LEVELS, "worker.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+        _check_log_rotation("worker", self.log_max_bytes, self.log_backups)
 
 
 @dataclass(frozen=True)
@@ -246,8 +292,28 @@ def env_var(key: str) -> str:
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
+def _convert_table(value: Any) -> dict[str, int]:
+    """A NAME = count table: a TOML table, or `NAME=N,NAME=N` from the environment or --set; ValueError else."""
+    if isinstance(value, str):
+        pairs = [item.partition("=") for item in value.split(",") if item.strip()]
+        if any(not sep or not name.strip() for name, sep, _ in pairs):
+            raise ValueError("must be NAME=N pairs separated by commas, e.g. digits-mlp=1,digits-cnn-s=2")
+        value = {name.strip(): count.strip() for name, _, count in pairs}
+    if not isinstance(value, dict):
+        raise ValueError('must be a table of NAME = count, e.g. { "digits-mlp" = 1 }')
+    table = {}
+    for name, count in value.items():
+        try:
+            table[str(name)] = _convert(f"{name}", int, count)
+        except ValueError:
+            raise ValueError(f"must map each name to a whole number; {name} = {count!r} is not one") from None
+    return table
+
+
 def _convert(key: str, hint: Any, value: Any) -> Any:
     """A TOML value, env string or CLI value as the key's type; ValueError when it does not fit."""
+    if typing.get_origin(hint) is dict:
+        return _convert_table(value)
     args = typing.get_args(hint)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if args else hint
@@ -436,6 +502,8 @@ def with_home_defaults(settings: Settings, home: str | os.PathLike[str]) -> Sett
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}" for k, v in value.items()) + " }"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

@@ -12,10 +12,10 @@ import subprocess
 import time
 
 from infaas_cli import protocol
-from infaas_cli.policy.autoscale import VariantLoad, WorkerView, autoscale_worker, options_from_index
+from infaas_cli.policy.autoscale import VariantLoad, VariantOption, WorkerView, autoscale_worker, options_from_index
 from infaas_cli.policy.cluster_autoscale import HostLoad, autoscale_cluster
 from infaas_cli.policy.cores import cpu_utilisation, worker_cores
-from infaas_cli.policy.placement import VariantNeed, place
+from infaas_cli.policy.placement import need_of, place
 from infaas_cli.protocol import messages as m
 from infaas_daemons.common import log
 from infaas_daemons.master.state import WorkerEntry
@@ -30,16 +30,15 @@ def _cores(w: WorkerEntry) -> int:
     return worker_cores(w.metrics.cores if w.metrics is not None else None, w.hardware.cores)
 
 
-def _need(spec: m.VariantSpec) -> VariantNeed:
-    return VariantNeed(spec.name, spec.backend, spec.threads, spec.peak_memory_bytes)
-
-
 class Actions:
+    #: (the options it was derived from, per set of advertised placement keys: the options such a worker runs)
+    _options_by_keys: tuple[dict[str, VariantOption], dict[frozenset[str], dict[str, VariantOption]]] | None = None
+
     def _provision_static(self, variant: str) -> None:
         """The static baseline's fixed replicas: its pinned variant on every live worker where it fits
         beside the variants already placed there (on the roomiest worker when it fits nowhere)."""
         spec = self.catalog.variant_spec(variant)
-        ids = place(self.snapshot().workers, _need(spec), "static")
+        ids = place(self.snapshot().workers, need_of(spec), "static")
         for w in (self.workers[i] for i in ids):
             if self._send_worker(w.identity, protocol.Message("load", m.LoadBody(variant=variant, spec=spec))):
                 w.loaded[variant] = 0
@@ -91,11 +90,10 @@ class Actions:
         if now - self.autoscaled_at.get(w.worker_id, -1e18) < 0.9 * self.heartbeat_interval_s:
             return
         self.autoscaled_at[w.worker_id] = now
-        if self._options is None:
-            self._options = options_from_index(self.catalog.index())
+        options = self._options_on(w)
         loads = []
         for name, vm in w.metrics.variants.items():
-            if vm.state != "loaded" or name not in self._options:
+            if vm.state != "loaded" or name not in options:
                 continue
             slo = self.variant_slo.get(name)
             loads.append(VariantLoad(
@@ -103,16 +101,34 @@ class Actions:
                 # Capacity is profiled in samples per second, so load is measured in samples too.
                 qps=vm.samples_per_s or vm.qps, latency_ms=vm.latency_ms,
                 slo_ms=slo[0] if slo and now - slo[1] <= 3 * self.autoscale_config.window_s else None,
-                idle_s=vm.idle_s, slowdown=self._variant_slowdown(name, w.worker_id, now)))
+                idle_s=vm.idle_s, slowdown=self._variant_slowdown(name, w.worker_id, now),
+                pinned_replicas=self.pinned_replicas(name, w.worker_id)))
         states = self.autoscale_states.get(w.worker_id)
         if not loads and not states:
             return  # nothing loaded, nothing remembered: the policy has nothing to decide
         view = WorkerView(cores=_cores(w), free_cores=_free_cores(w),
                           free_memory_bytes=w.metrics.free_memory_bytes, variants=tuple(loads))
         actions, self.autoscale_states[w.worker_id] = autoscale_worker(
-            states or {}, view, self._options, now, self.autoscale_config)
+            states or {}, view, options, now, self.autoscale_config)
         for action in actions:
             self._step(self._apply, w, action)
+
+    def _options_on(self, w: WorkerEntry) -> dict[str, VariantOption]:
+        """The autoscaler's variants that this worker can run (their placement key is one it advertises), so that
+        a switch never loads what the worker's host cannot run as profiled (a bf16 variant on a CPU without BF16);
+        cached per set of advertised keys until the options are rebuilt."""
+        if self._options is None:
+            self._options = options_from_index(self.catalog.index())
+        cached = self._options_by_keys
+        if cached is None or cached[0] is not self._options:
+            cached = self._options_by_keys = (self._options, {})
+        keys = frozenset(w.backends)
+        found = cached[1].get(keys)
+        if found is None:
+            infos = self.catalog.index().infos
+            found = cached[1][keys] = {name: opt for name, opt in self._options.items()
+                                       if infos[name].placement_key in keys}
+        return found
 
     def _apply(self, w: WorkerEntry, action) -> None:
         allowed = {"infaas": ("replicate", "remove_replica", "upgrade", "downgrade", "unload"),
@@ -124,7 +140,7 @@ class Actions:
         spec = self.catalog.variant_spec(action.variant)
         where = w
         if action.kind == "replicate":
-            ids = place(self.snapshot().workers, _need(spec), "replica",
+            ids = place(self.snapshot().workers, need_of(spec), "replica",
                         current=None if action.elsewhere else w.worker_id)
             if not ids:
                 return

@@ -15,8 +15,8 @@ import msgspec
 from infaas_cli import protocol
 from infaas_cli.catalog.records import ProfileRecord, VariantRecord, profile_key
 from infaas_cli.policy.cores import worker_cores
-from infaas_cli.policy.drift import (LatencyObserver, can_reprofile, detect_drift, latency_factor,
-                                     profiled_p50_ms)
+from infaas_cli.policy.drift import (DriftFinding, LatencyObserver, can_reprofile, detect_drift, latency_factor,
+                                     predicted_sizes, profiled_p50_ms)
 from infaas_cli.policy.profiles import applicable_profiles
 from infaas_cli.protocol import messages as m
 from infaas_cli.toolkit.hardware import hardware_id
@@ -36,9 +36,13 @@ class DriftWatch:
         self.reprofiles_inflight: dict[str, dict[str, Any]] = {}  # message id -> status entry
         self.reprofiles: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self._profiled_p50: dict[str, dict[int, float]] | None = None  # per catalog change
+        self._predicted: dict[str, list[int]] = {}  # variant -> its predicted batch sizes (with _profiled_p50)
+        self.predicted_served: dict[str, str] = {}  # predicted variant -> the worker that served it last
         self.worker_slowdown: dict[str, float] = {}  # worker -> observed/profiled inference time (>= 1)
 
     def _observe_inference(self, variant: str, worker_id: str, timing: dict[str, float], batch: int) -> None:
+        if variant in self._predicted_now():  # refine: its profile becomes measured where it serves
+            self.predicted_served[variant] = worker_id
         ms = timing.get("inference_ms")
         if ms is not None:
             self.latency_observer.observe(variant, worker_id, int(timing.get("batch_size", batch)), ms,
@@ -52,7 +56,31 @@ class DriftWatch:
         if self._profiled_p50 is None:
             profiles = applicable_profiles(self.store.profiles())
             self._profiled_p50 = {v: profiled_p50_ms(p.batches) for v, p in profiles.items()}
+            self._predicted = {v: sizes for v, p in profiles.items() if (sizes := predicted_sizes(p.batches))}
         return self._profiled_p50
+
+    def _predicted_now(self) -> dict[str, list[int]]:
+        self._profiles_now()
+        return self._predicted
+
+    def _refine_predicted(self, now: float) -> bool:
+        """Online refinement of `profile --search`: a variant with predicted figures that served on a worker is
+        re-profiled there (the drift path: low priority, one at a time, the cooldown per hardware), and the
+        figures it stores are measured. True when a re-profile was sent."""
+        predicted = self._predicted_now()
+        for variant, worker_id in list(self.predicted_served.items()):
+            sizes = predicted.get(variant)
+            w = self.workers.get(worker_id)
+            if sizes is None or w is None or not w.alive:
+                del self.predicted_served[variant]
+                continue
+            done = self.reprofile_last.get((variant, self._hardware_id_of(worker_id)))
+            if done is not None and now - done < self.drift_config.reprofile_cooldown_s:
+                continue
+            finding = DriftFinding(variant, worker_id, sizes[0], 0.0, 0.0, 1.0, 0)
+            if self._send_reprofile(w, finding, sizes, reason="predicted"):
+                return True
+        return False
 
     def _refresh_slowdowns(self, now: float) -> None:
         """Each worker's slowdown: the median, over the variants it ran lately, of observed/profiled inference
@@ -90,6 +118,8 @@ class DriftWatch:
                 del self.reprofiles_inflight[rid]
         if self.reprofiles_inflight:
             return  # one at a time: re-profiling takes cores from serving
+        if self._refine_predicted(now):
+            return
         findings = detect_drift(self.latency_observer, self._profiles_now(), now, self.reprofile_last,
                                 lambda v, w: (v, self._hardware_id_of(w)))
         for f in findings:
@@ -102,26 +132,39 @@ class DriftWatch:
                 # Interference on one worker: first move the traffic (autoscaling replicates the variant
                 # elsewhere); a re-profile now would make the slow figure the profile and hide it.
                 continue
-            ok, why = can_reprofile([vm.queue for vm in w.metrics.variants.values()], w.metrics.process_cpu_percent,
-                                    worker_cores(w.metrics.cores, w.hardware.cores), self.drift_config)
-            if not ok:
-                log.debug("drift on %s, but not re-profiling now: %s", w.worker_id, why)
-                continue
-            spec = self.catalog.variant_spec(f.variant)
-            sizes = sorted(b for b in self._profiles_now().get(f.variant, {}) if b <= spec.max_batch)[:64] \
-                or [1]
-            msg = protocol.Message("reprofile", m.ReprofileBody(variant=f.variant, spec=spec, batch_sizes=sizes,
-                                                               budget_ms=self.drift_config.reprofile_budget_ms))
-            if self._send_worker(w.identity, msg):
-                hw = self._hardware_id_of(w.worker_id)
-                entry = {"at": round(time.time(), 3), "worker": w.worker_id, "hardware_id": hw, **f.to_dict(),
-                         "status": "sent", "sent_s": now}
-                self.reprofiles_inflight[msg.id] = entry
-                self.reprofiles.append(entry)
-                self.reprofile_last[(f.variant, hw)] = now
-                self.metrics.on_action("reprofile")
-                log.info("drift: %s; re-profiling it on %s", f.describe(), w.worker_id)
-            return
+            sizes = sorted(b for b in self._profiles_now().get(f.variant, {}))
+            if self._send_reprofile(w, f, sizes, reason="drift"):
+                return
+
+    def _send_reprofile(self, w, f: DriftFinding, sizes: list[int], reason: str) -> bool:
+        """Ask worker `w` to re-profile `f.variant` at `sizes` (low priority: only when it has room). True if sent."""
+        if w.worker_id in self.draining or w.metrics is None:
+            return False
+        ok, why = can_reprofile([vm.queue for vm in w.metrics.variants.values()], w.metrics.process_cpu_percent,
+                                worker_cores(w.metrics.cores, w.hardware.cores), self.drift_config)
+        if not ok:
+            log.debug("%s on %s, but not re-profiling now: %s", reason, w.worker_id, why)
+            return False
+        spec = self.catalog.variant_spec(f.variant)
+        sizes = sorted(b for b in sizes if b <= spec.max_batch)[:64] or [1]
+        msg = protocol.Message("reprofile", m.ReprofileBody(variant=f.variant, spec=spec, batch_sizes=sizes,
+                                                           budget_ms=self.drift_config.reprofile_budget_ms))
+        if not self._send_worker(w.identity, msg):
+            return False
+        now = time.monotonic()
+        hw = self._hardware_id_of(w.worker_id)
+        entry = {"at": round(time.time(), 3), "worker": w.worker_id, "hardware_id": hw, **f.to_dict(),
+                 "reason": reason, "status": "sent", "sent_s": now}
+        self.reprofiles_inflight[msg.id] = entry
+        self.reprofiles.append(entry)
+        self.reprofile_last[(f.variant, hw)] = now
+        self.metrics.on_action("reprofile")
+        if reason == "predicted":
+            log.info("%s serves on %s with predicted figures (profile --search); measuring them there",
+                     f.variant, w.worker_id)
+        else:
+            log.info("drift: %s; re-profiling it on %s", f.describe(), w.worker_id)
+        return True
 
     def _on_reprofiled(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:
         entry = self.reprofiles_inflight.pop(msg.id, None)
@@ -134,7 +177,8 @@ class DriftWatch:
             return
         old = self.store.get(ProfileRecord, profile_key(b.variant, b.hardware_id))
         batches = dict(old.batches) if old else {}
-        batches.update({str(k): msgspec.structs.asdict(v) for k, v in b.batches.items()})
+        batches.update({str(k): {**msgspec.structs.asdict(v), "measured": True, "predicted_error": None}
+                        for k, v in b.batches.items()})
         record = ProfileRecord(variant=b.variant, model=variant.model, hardware_id=b.hardware_id,
                                hardware=msgspec.structs.asdict(b.hardware), load_time_ms=b.load_time_ms,
                                peak_memory_bytes=b.peak_memory_bytes, batches=batches, measured_at=time.time(),

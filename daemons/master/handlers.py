@@ -20,7 +20,8 @@ from infaas_cli.catalog.artifacts import sha256_file
 from infaas_cli.catalog.records import ReplicationRecord, VariantRecord
 from infaas_cli.errors import InfaasError, InvalidInputError
 from infaas_cli.policy.baselines import pin_variant, query_class
-from infaas_cli.policy.placement import VariantNeed, place
+from infaas_cli.backends.keys import backend_names, unavailable_reason
+from infaas_cli.policy.placement import need_of, place
 from infaas_cli.policy.selection import Query, select
 from infaas_cli.protocol import messages as m
 from infaas_daemons.common import log
@@ -57,6 +58,12 @@ class ClientHandlers:
                 len(self.pending) >= self.settings.max_pending:
             raise protocol.ProtocolError("overloaded", f"too many queries in flight ({self.ledger.load(identity)} "
                                          "from this client); read the replies, or send fewer at once")
+        if self.removing:  # a model being removed (lifecycle.py) is hidden from selection: say why
+            named = b.model if b.kind == "model" else \
+                (b.variant or "").split("/", 1)[0] if b.kind == "variant" else None
+            if named in self.removing:
+                raise protocol.ProtocolError("unknown_model", f"model {named} is being removed (`infaas remove`); "
+                                             "query another model, or register it again")
         signature = tuple(sorted((name, t.dtype, tuple(t.shape)) for name, t in b.inputs.items()))
         query = Query(kind=b.kind, variant=b.variant, model=b.model, task=b.task, dataset=b.dataset,
                       latency_ms=b.latency_ms, min_accuracy=b.min_accuracy, objective=b.objective or "cost",
@@ -197,7 +204,9 @@ class ClientHandlers:
             mt = w.metrics
             workers.append({
                 "worker_id": w.worker_id, "alive": w.alive, "last_seen_s": round(now - w.last_seen, 3),
-                "backends": w.backends, "cores": mt.cores if mt else w.hardware.cores,
+                # Backends by name as people know them; the placement keys add the host capabilities ("ov-cpu+bf16").
+                "backends": backend_names(w.backends), "placement_keys": w.backends,
+                "cores": mt.cores if mt else w.hardware.cores,
                 "free_cores": mt.free_cores if mt else None, "cpu_percent": mt.cpu_percent if mt else None,
                 "free_memory_bytes": mt.free_memory_bytes if mt else None, "in_flight": len(w.inflight),
                 "cpu_model": w.hardware.cpu_model, "hostname": w.hardware.hostname,
@@ -217,6 +226,8 @@ class ClientHandlers:
                 "models": len(store.models()), "variants": len(store.variants()),
                 "replication": {r.source: r.last_seq for r in store.scan(ReplicationRecord)},
                 "policy": self.policy, "pins": {"/".join(str(k) for k in key): v for key, v in self.pins.items()},
+                "pinned": {name: pin.describe() for name, pin in sorted(self.pinned.items())},
+                "removing": sorted(self.removing),
                 "autoscale_actions": list(self.actions),
                 "cluster_decisions": list(self.cluster_decisions),
                 "workers_total": len(self.workers), "workers_alive": self.workers_alive,
@@ -238,12 +249,16 @@ class ClientHandlers:
             "workers": workers,
         }
 
-    @staticmethod
-    def _worker_variants(w: WorkerEntry) -> dict[str, Any]:
-        """The last heartbeat's view, plus what was dispatched since (loads the heartbeat has not shown yet)."""
+    def _worker_variants(self, w: WorkerEntry) -> dict[str, Any]:
+        """The last heartbeat's view, plus what was dispatched since (loads the heartbeat has not shown yet);
+        an operator's pinned copies are marked `pinned: true` with the replicas the pin keeps there."""
         variants = {k: {f: getattr(v, f) for f in v.__struct_fields__} for k, v in w.variant_metrics.items()}
         for name, queued in w.loaded.items():
             variants.setdefault(name, {"state": "dispatched", "queue": queued, "qps": 0.0, "latency_ms": 0.0})
+        for name, row in variants.items():
+            pinned = self.pinned_replicas(name, w.worker_id)
+            if pinned:
+                row["pinned"], row["pinned_replicas"] = True, pinned
         return variants
 
     # -- the catalog and client-requested loads (the gateway's OIP metadata and repository extension) -------
@@ -269,7 +284,8 @@ class ClientHandlers:
             variants[v.model].append(m.CatalogVariant(
                 name=v.name, recipe=v.recipe, backend=v.backend, hardware=v.hardware, threads=v.threads,
                 max_batch=v.max_batch, accuracy=v.accuracy, latency_ms=lat, loaded_on=sorted(loaded[v.name]),
-                loading_on=sorted(loading[v.name])))
+                loading_on=sorted(loading[v.name]),
+                pinned_on=sorted(self.pinned[v.name].placed) if v.name in self.pinned else []))
         models = []
         for rec in self.catalog.store.models():
             if only is not None and rec.name != only:
@@ -285,15 +301,22 @@ class ClientHandlers:
 
     def _on_preload(self, route: tuple[bytes, ...], msg: protocol.Message) -> None:
         """Load a variant ahead of its queries: on a worker placed like a query's cold start, unless some
-        live worker holds it already. Answered at once with the model's catalog entry (the load runs on)."""
+        live worker holds it already; with `pin`, keep it loaded (lifecycle.py). Answered at once with the
+        model's catalog entry (the load runs on)."""
         name = msg.body.variant
+        if msg.body.pin:
+            self.pin(name, msg.body.replicas or 1, msg.body.worker)
+            model = self.store.get(VariantRecord, name).model
+            self._reply(route, protocol.Message("catalog_reply", self.catalog_reply(model), id=msg.id))
+            return
         spec = self.catalog.variant_spec(name)  # unknown_model when the catalog lacks it
         snapshot = self.snapshot()
         if not any(name in w.loaded for w in snapshot.workers if w.alive):
-            ids = place(snapshot.workers, VariantNeed(spec.name, spec.backend, spec.threads, spec.peak_memory_bytes),
-                        "query")
+            need = need_of(spec)
+            ids = place(snapshot.workers, need, "query")
             if not ids:
-                raise protocol.ProtocolError("unavailable", f"no live worker runs backend {spec.backend} to load {name}")
+                live = {key for w in snapshot.workers if w.alive for key in w.backends}
+                raise protocol.ProtocolError("unavailable", unavailable_reason([need.key], live, name))
             w = self.workers[ids[0]]
             if not self._send_worker(w.identity, protocol.Message("load", m.LoadBody(variant=name, spec=spec))):
                 raise protocol.ProtocolError("unavailable", f"worker {w.worker_id} cannot be reached")
@@ -305,18 +328,30 @@ class ClientHandlers:
         self._reply(route, protocol.Message("catalog_reply", self.catalog_reply(model), id=msg.id))
 
     def _on_client_unload(self, route: tuple[bytes, ...], msg: protocol.Message) -> None:
-        """Unload a variant from every live worker holding it; answered with the model's catalog entry."""
-        name = msg.body.variant
+        """Unload a variant from every live worker holding it (or from `worker` only), dropping its pin (or that
+        worker's share of it); answered with the model's catalog entry."""
+        name, only = msg.body.variant, msg.body.worker
         self.catalog.variant_spec(name)  # unknown_model when the catalog lacks it
+        if only is not None and only not in self.workers:
+            raise protocol.ProtocolError("not_found", f"no worker '{only}' (workers: "
+                                         f"{', '.join(sorted(self.workers)) or 'none'})")
+        self.unpin(name, only)
         for w in list(self.workers.values()):
+            if only is not None and w.worker_id != only:
+                continue
             if w.alive and (name in w.loaded or name in w.variant_metrics):
                 w.loaded.pop(name, None)
                 self._cluster_changed(w)
                 self._send_worker(w.identity, protocol.Message("unload", m.UnloadBody(variant=name)))
                 log.info("unload %s on %s (asked by a client)", name, w.worker_id)
-        self.named_variants.pop(name, None)
+        if only is None:
+            self.named_variants.pop(name, None)
         model = self.store.get(VariantRecord, name).model
         self._reply(route, protocol.Message("catalog_reply", self.catalog_reply(model), id=msg.id))
+
+    def _on_remove(self, route: tuple[bytes, ...], msg: protocol.Message) -> None:
+        """`infaas remove`: refuse while serving, or drain (lifecycle.py); answered now or once drained."""
+        self.remove(route, msg.id, msg.body)
 
     # -- replication -------------------------------------------------------------------------------------
     def _on_changes(self, route: tuple[bytes, ...], msg: protocol.Message) -> None:
@@ -324,6 +359,7 @@ class ClientHandlers:
         entries = [{f: getattr(e, f) for f in e.__struct_fields__} for e in b.entries]
         applied, last = self.catalog.store.apply_replicated(b.source, entries)
         if applied:
+            self._replicated(b.entries)  # removals: hidden models, unloads, unused artifacts (lifecycle.py)
             self._catalog_changed()
             log.info("applied %d change(s) from %s, now at %d", applied, b.source, last)
         missing = sorted(s for s in self.catalog.needed_artifacts() if not self.artifacts.has(s))

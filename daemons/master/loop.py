@@ -39,6 +39,7 @@ from infaas_daemons.master.apply import Actions
 from infaas_daemons.master.cache import PredictionCache, effective_mib
 from infaas_daemons.master.drift import DriftWatch
 from infaas_daemons.master.handlers import ClientHandlers, WorkerHandlers
+from infaas_daemons.master.lifecycle import Lifecycle
 from infaas_daemons.master.metrics import MasterMetrics, metrics_host, start_server
 from infaas_daemons.master.state import CatalogView, ClientLedger, PendingQuery, SloLedger
 
@@ -52,7 +53,7 @@ FLUSH_AT = 32
 MAX_REFUSED = 10_000
 
 
-class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
+class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch, Lifecycle):
     """The master daemon. `run()` blocks until `stop_event` is set."""
 
     def __init__(self, home: str | Path, settings: MasterSettings | None = None, *,
@@ -120,7 +121,8 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         self.view = ClusterView(overhead_ms_default=self.overheads.prior_ms)
         self._client_handlers = {"query": self._on_query, "status": self._on_status, "changes": self._on_changes,
                                  "artifact_chunk": self._on_upload, "catalog": self._on_catalog,
-                                 "preload": self._on_preload, "unload": self._on_client_unload}
+                                 "preload": self._on_preload, "unload": self._on_client_unload,
+                                 "remove": self._on_remove}
         self._worker_handlers = {"register": self._on_register, "heartbeat": self._on_heartbeat,
                                  "result": self._on_result, "error": self._on_worker_error, "loaded": self._on_loaded,
                                  "fetch": self._on_fetch, "reprofiled": self._on_reprofiled}
@@ -132,6 +134,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
         self.cache_stats = self.cache.stats()  # a copy the metrics thread may read; refreshed by the control tick
         self._cached_variants: dict[str, tuple] = {}  # model -> its variants when its cache was last valid
         self._configure_cache()
+        self._init_lifecycle()  # pins (restored from the store) and removals
 
     @classmethod
     def from_settings(cls, settings: Settings, home: str | Path, endpoints_file: str | Path | None = None) -> Master:
@@ -294,11 +297,13 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch):
                     self._step(self._sync_overheads)
                     self._step(self._check_workers)
                     self._step(self._expire_pending)
+                    self._step(self._advance_drains)
                     next_tick = time.monotonic() + min(0.25, self.heartbeat_interval_s / 2)
                 if time.monotonic() >= next_autoscale:
                     self.cache_stats = self.cache.stats()
                     self._step(self._autoscale_cluster)
                     self._step(self._check_drift)
+                    self._step(self._reconcile_pins)
                     next_autoscale = time.monotonic() + self.heartbeat_interval_s
                 self._flush()
         finally:

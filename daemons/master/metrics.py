@@ -319,6 +319,13 @@ class MasterMetrics:
                      holders)
         yield _gauge("infaas_variant_queued_samples", "Samples queued for a variant across live workers.",
                      ["model", "variant", "task"], queued)
+        pinned: dict[RequestLabels, float] = {}
+        for name, pin in dict(getattr(master, "pinned", {})).items():  # a copy: the loop thread mutates it
+            labels = self._labels(None, name, None)
+            pinned[labels] = pinned.get(labels, 0) + pin.replicas
+        yield _gauge("infaas_variant_pinned_replicas", "Replicas of a variant an operator pinned (`infaas load`, "
+                     "master.min_loaded): kept loaded, never evicted or autoscaled away.",
+                     ["model", "variant", "task"], pinned)
 
 
 def metrics_host(client_endpoint: str) -> str:

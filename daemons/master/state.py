@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infaas_cli import protocol
+from infaas_cli.catalog.artifacts import referenced_artifacts
 from infaas_cli.catalog.listings import pick_profile
 from infaas_cli.catalog.records import VariantRecord
 from infaas_cli.catalog.store import MetadataStore
@@ -172,6 +173,8 @@ class CatalogView:
         self._specs: dict[str, VariantSpec] = {}
         self._checks = SignatureChecks(MAX_CHECKED)
         self._task_models: dict[tuple, list[str]] | None = None
+        #: Models selection must not route to (being removed); their records stay readable until deleted.
+        self.hidden: set[str] = set()
 
     def changed(self) -> None:
         self._task_models = None
@@ -198,7 +201,10 @@ class CatalogView:
 
     def index(self):
         if self._index is None:
-            self._index = build_index(self.store.models(), self.store.variants(), self.store.profiles(), self.prices)
+            hidden = self.hidden
+            self._index = build_index([r for r in self.store.models() if r.name not in hidden],
+                                      [v for v in self.store.variants() if v.model not in hidden],
+                                      self.store.profiles(), self.prices)
         return self._index
 
     def model(self, name: str):
@@ -233,11 +239,4 @@ class CatalogView:
             return 0
 
     def needed_artifacts(self) -> set[str]:
-        needed = set()
-        for m in self.store.models():
-            needed.add(m.artifact_sha256)
-            if m.validation_sha256:
-                needed.add(m.validation_sha256)
-        for v in self.store.variants():
-            needed.add(v.artifact_sha256)
-        return needed
+        return referenced_artifacts(self.store.models(), self.store.variants())

@@ -74,10 +74,12 @@ class Loading:
 
     def _make_room(self, threads: int, memory_bytes: int = 0) -> bool:
         """Keep thread budgets within the host's cores and loads within free memory: unload what the
-        eviction policy picks (idle variants, least recently used first); True when the load fits."""
+        eviction policy picks (idle variants an operator did not pin, least recently used first); True when the
+        load fits."""
         plan = plan_eviction(
             [Resident(name, v.last_used, v.threads, v.spec.peak_memory_bytes * len(v.replicas),
-                      idle=v.idle() and not self.parked.get(name)) for name, v in self.variants.items()],
+                      idle=v.idle() and not self.parked.get(name), pinned=name in self.pinned)
+             for name, v in self.variants.items()],
             threads, self.cores - self._threads_in_use(), memory_bytes, psutil.virtual_memory().available,
             loading=bool(self.loading))
         for name in plan.victims:

@@ -20,7 +20,7 @@ import psutil
 import zmq
 
 from infaas_cli import protocol
-from infaas_cli.backends import BACKENDS
+from infaas_cli.backends import advertised_keys
 from infaas_cli.catalog.artifacts import ArtifactStore
 from infaas_cli.catalog.records import TensorSpec
 from infaas_cli.config import host_cores
@@ -58,6 +58,11 @@ class Worker(Loading, Reprofiling):
         self.heartbeat_interval_s = settings.heartbeat_interval_s
         self.cores = settings.cores or host_cores()
         self.stop_event = threading.Event()
+        self.master_grace_s = settings.master_grace_s
+        # Since when the master has been out of reach (time.monotonic()); None while connected. Not yet connected
+        # counts as out of reach, so that a worker whose master never comes does not wait for ever either.
+        self._master_lost_at: float | None = time.monotonic()
+        self.exit_reason: str | None = None  # set when the worker stops by itself (its master gone): the CLI exits 1
         self._out: list[list] = []  # messages to the master, sent by _flush() after each drain
         self._checks = SignatureChecks()  # _check_inputs' verdicts
         self.variants: dict[str, LoadedVariant] = {}
@@ -68,11 +73,14 @@ class Worker(Loading, Reprofiling):
         self.waiting_since: dict[str, float] = {}
         self.fetches: dict[str, Any] = {}
         self.fetch_waiters: dict[str, list[m.VariantSpec]] = {}
-        self.backends = [b.name for b in BACKENDS if b.availability().available]
+        # Placement keys: the available backends and the host capabilities their recipes need ("ov-cpu+bf16"),
+        # so that the master never sends this worker a variant its host cannot run as profiled.
+        self.backends = advertised_keys()
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader")
         # Sessions the loader opened, handed to the loop (dict operations are atomic under the GIL).
         self._ready: dict[str, Any] = {}
         self.loading_replicas: dict[str, int] = {}  # extra replicas being opened, per variant
+        self.pinned: set[str] = set()  # variants an operator pinned (load.pinned): never evicted to make room
         self._inputs: dict[tuple[str, str], list[TensorSpec]] = {}
         self._results_endpoint = f"inproc://results-{uuid.uuid4().hex}"
         self._proc = psutil.Process()
@@ -96,12 +104,20 @@ class Worker(Loading, Reprofiling):
             from infaas_cli.security import make_client
 
             make_client(self.sock, *self.curve)
+        # Is the master there? ZMTP heartbeats (PING/PONG answered by the master's ZeroMQ I/O thread: no message,
+        # no work on its loop) drop a connection to a master that is gone without closing it (a host lost, a
+        # process stopped); the socket's monitor then says when the connection is lost, and when it is back.
+        interval_ms = max(100, int(self.heartbeat_interval_s * 1e3))
+        self.sock.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
+        self.sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * interval_ms)
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         self.sock.connect(self.master_endpoint)
         self.results = ctx.socket(zmq.PULL)
         self.results.bind(self._results_endpoint)
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.results, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
         self._register()
         next_beat = time.monotonic() + self.heartbeat_interval_s
         log.info("worker %s connected to %s (%d cores, backends %s)", self.worker_id, self.master_endpoint,
@@ -113,9 +129,12 @@ class Worker(Loading, Reprofiling):
                 for sock, _ in poller.poll(min(timeout_ms, 100)):
                     if sock is self.sock:
                         self._drain_master()
+                    elif sock is self.monitor:
+                        self._step(self._drain_monitor)
                     else:
                         self._drain_results()
                 if time.monotonic() >= next_beat:
+                    self._step(self._check_master)
                     self._step(self._retire_idle)
                     self._step(self._heartbeat)
                     self._step(self._retry_budget)
@@ -124,12 +143,48 @@ class Worker(Loading, Reprofiling):
             for v in list(self.variants.values()):
                 v.stop()
             self._loader.shutdown(wait=False, cancel_futures=True)
+            self.sock.disable_monitor()
+            self.monitor.close(linger=0)
             self.sock.close(linger=0)
             self.results.close(linger=0)
             log.info("worker %s stopped", self.worker_id)
 
     def _step(self, fn, *args) -> None:
         step("worker", fn, *args)
+
+    def _drain_monitor(self) -> None:
+        """Connection events: the handshake with the master done (it is there), or the connection lost."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                return
+            now = time.monotonic()
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if self._master_lost_at is not None:
+                    log.info("connected to the master at %s", self.master_endpoint)
+                self._master_lost_at = None
+            elif event == zmq.EVENT_DISCONNECTED and self._master_lost_at is None:
+                self._master_lost_at = now
+                log.warning("lost the connection to the master at %s; retrying, and exiting if it is not back "
+                            "within %g s (worker.master_grace_s)", self.master_endpoint, self.master_grace_s)
+
+    def _check_master(self) -> None:
+        """Stop when the master has been out of reach longer than the grace period: locally nothing is left
+        running orphaned; on a cluster systemd restarts the worker (it exits with a failure status), which then waits
+        for its master anew."""
+        lost_at = self._master_lost_at
+        if lost_at is None or self.master_grace_s <= 0:
+            return
+        gone_s = time.monotonic() - lost_at
+        if gone_s >= self.master_grace_s:
+            self.exit_reason = (f"the master at {self.master_endpoint} has been out of reach for {gone_s:.0f} s "
+                                f"(worker.master_grace_s = {self.master_grace_s:g} s); the worker exits rather than "
+                                "run orphaned")
+            log.error("%s", self.exit_reason)
+            self.stop_event.set()
 
     def _drain_master(self) -> None:
         for _ in range(1000):  # bounded, so heartbeats still go out under a flood
@@ -243,6 +298,8 @@ class Worker(Loading, Reprofiling):
         """Load a variant, or set its replica count (body "replicas"), within the thread budget."""
         b: m.LoadBody = msg.body
         spec, want = b.spec, b.replicas
+        if b.pinned:
+            self.pinned.add(spec.name)
         loaded = self.variants.get(spec.name)
         if loaded is None:
             if b.replaces and b.replaces in self.variants and b.replaces != spec.name:
@@ -265,6 +322,7 @@ class Worker(Loading, Reprofiling):
                 log.info("removed a replica of %s (%d left)", spec.name, len(loaded.replicas))
 
     def _on_unload(self, msg: protocol.Message) -> None:
+        self.pinned.discard(msg.body.variant)
         if msg.body.variant in self.variants:  # a busy variant finishes its queue first
             self.retiring.add(msg.body.variant)
             self._retire_idle()

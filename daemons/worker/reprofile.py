@@ -109,7 +109,8 @@ class Reprofiling:
         hw = host_hardware()
         hw["cores"] = self.cores
         hw_id = hardware_id(backend.hardware, hw)
-        batches = {b: m.BatchLatency(**vars(p)) for b, p in per_batch.items()}
+        wire = m.BatchLatency.__struct_fields__  # a re-profile is always measured: the wire has no flag for it
+        batches = {b: m.BatchLatency(**{k: getattr(p, k) for k in wire}) for b, p in per_batch.items()}
         log.info("re-profiled %s on %s: %s", spec.name, hw_id,
                  ", ".join(f"b{b} p50 {p.p50_ms:.2f} ms" for b, p in sorted(batches.items())))
         return protocol.Message("reprofiled", m.ReprofiledBody(

@@ -1,30 +1,53 @@
-"""Variant backends, listed explicitly: each says whether this host can run it, and why not."""
+"""Variant backends, listed explicitly: each says whether this host can run it, and why not.
+
+The runtimes are imported on first use of `BACKENDS` or `backend()`, not with the package: the master
+and the policies need the placement keys (`keys.py`) and must not pay for, or depend on, a runtime.
+"""
 
 from __future__ import annotations
 
+import functools
+
 from infaas_cli.backends.base import Availability, Backend, BuildInput, Recipe, Runner, Skipped
-from infaas_cli.backends.neuron import NeuronBackend
-from infaas_cli.backends.ort_cpu import OrtCpuBackend
-from infaas_cli.backends.ort_gpu import OrtCudaBackend, OrtTensorrtBackend
-from infaas_cli.backends.ov_cpu import OvCpuBackend
-from infaas_cli.backends.tensorrt import TensorrtBackend
+from infaas_cli.backends.keys import describe_needs, placement_key, provided_keys, split_key
 from infaas_cli.errors import NotFoundError
 
-BACKENDS: tuple[Backend, ...] = (
-    OrtCpuBackend(),
-    OvCpuBackend(),
-    OrtCudaBackend(),
-    OrtTensorrtBackend(),
-    TensorrtBackend(),
-    NeuronBackend(),
-)
+
+@functools.cache
+def all_backends() -> tuple[Backend, ...]:
+    """Every backend, in the order generate tries them (imports the runtimes' modules, once)."""
+    from infaas_cli.backends.neuron import NeuronBackend
+    from infaas_cli.backends.ort_cpu import OrtCpuBackend
+    from infaas_cli.backends.ort_gpu import OrtCudaBackend, OrtTensorrtBackend
+    from infaas_cli.backends.ov_cpu import OvCpuBackend
+    from infaas_cli.backends.tensorrt import TensorrtBackend
+
+    return (OrtCpuBackend(), OvCpuBackend(), OrtCudaBackend(), OrtTensorrtBackend(), TensorrtBackend(),
+            NeuronBackend())
+
+
+def __getattr__(name: str):
+    if name == "BACKENDS":  # `from infaas_cli.backends import BACKENDS` imports the runtimes here, not before
+        return all_backends()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def backend(name: str) -> Backend:
-    for b in BACKENDS:
+    for b in all_backends():
         if b.name == name:
             return b
-    raise NotFoundError(f"unknown backend '{name}' (known: {', '.join(b.name for b in BACKENDS)})")
+    raise NotFoundError(f"unknown backend '{name}' (known: {', '.join(b.name for b in all_backends())})")
 
 
-__all__ = ["BACKENDS", "Availability", "Backend", "BuildInput", "Recipe", "Runner", "Skipped", "backend"]
+def advertised_keys() -> list[str]:
+    """The placement keys this host provides: each available backend, and its capability keys (what a worker
+    advertises to the master)."""
+    keys: list[str] = []
+    for b in all_backends():
+        if b.availability().available:
+            keys.extend(provided_keys(b.name, b.capabilities()))
+    return keys
+
+
+__all__ = ["BACKENDS", "Availability", "Backend", "BuildInput", "Recipe", "Runner", "Skipped", "advertised_keys",
+           "all_backends", "backend", "describe_needs", "placement_key", "provided_keys", "split_key"]

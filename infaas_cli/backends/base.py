@@ -73,6 +73,11 @@ class Backend(ABC):
     def load(self, artifact: Path, recipe: str, threads: int) -> Runner:
         """Open a variant for execution (session creation only; the caller times the first run)."""
 
+    def capabilities(self) -> frozenset[str]:
+        """The host capabilities this backend detects that some of its recipes need beyond the backend itself
+        (`keys.RECIPE_NEEDS`, e.g. "bf16"); asked only where the backend is available."""
+        return frozenset()
+
     def thread_counts(self, cores: int) -> list[int]:
         """Intra-op thread budgets worth a variant each on a host with `cores` cores."""
         return [1]

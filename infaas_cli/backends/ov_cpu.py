@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from infaas_cli.backends.base import Availability, Backend, BuildInput, Recipe, Skipped
+from infaas_cli.backends.keys import BF16
 from infaas_cli.backends.ort_cpu import OrtCpuBackend, graph_ops
 from infaas_cli.config import CALIBRATION_SAMPLES
 from infaas_cli.errors import BackendUnavailableError, InfaasError
@@ -198,6 +199,9 @@ class OvCpuBackend(Backend):
             return Availability(False, f"openvino {ov.__version__} lists no CPU device (it has: "
                                 f"{', '.join(devices) or 'none'})")
         return Availability(True)
+
+    def capabilities(self) -> frozenset[str]:
+        return frozenset({BF16}) if "BF16" in cpu_capabilities() else frozenset()
 
     def thread_counts(self, cores: int) -> list[int]:
         return OrtCpuBackend().thread_counts(cores)  # the same budgets, so the two compare at equal cores

@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from infaas_cli.errors import ArtifactError
@@ -78,7 +79,44 @@ class ArtifactStore:
             os.chmod(path, 0o644)
             path.unlink()
 
+    def digests(self) -> Iterator[str]:
+        """Every stored artifact's sha256 (files being written, `.incoming-*`, are not artifacts yet)."""
+        root = self.root / "sha256"
+        if not root.is_dir():
+            return
+        for shard in sorted(root.iterdir()):
+            for path in sorted(shard.iterdir()) if shard.is_dir() else ():
+                if len(path.name) == 64 and path.name.startswith(shard.name) and path.is_file():
+                    yield path.name
+
+    def collect_garbage(self, keep: set[str], candidates: Iterable[str] | None = None) -> list[tuple[str, int]]:
+        """Delete the artifacts not in `keep`: among `candidates` only, or every stored one when None.
+
+        Returns (sha256, bytes freed) of each deleted artifact. A store that other processes write at the same
+        time (the CLI's, while a `register` copies a file in before its record exists) passes the candidates
+        its own removal released; the master, whose artifacts all arrive after their records, sweeps them all.
+        """
+        removed = []
+        for sha in sorted(set(self.digests() if candidates is None else candidates) - keep):
+            path = self.path(sha)
+            if path.is_file():
+                size = path.stat().st_size
+                self.remove(sha)
+                removed.append((sha, size))
+        return removed
+
     def export(self, sha256: str, dest: str | Path) -> Path:
         dest = Path(dest)
         shutil.copyfile(self.verify(sha256), dest)
         return dest
+
+
+def referenced_artifacts(models: Iterable, variants: Iterable) -> set[str]:
+    """The artifacts some record still uses: each model's file and validation data, each variant's file."""
+    needed: set[str] = set()
+    for m in models:
+        needed.add(m.artifact_sha256)
+        if m.validation_sha256:
+            needed.add(m.validation_sha256)
+    needed.update(v.artifact_sha256 for v in variants)
+    return needed

@@ -45,9 +45,16 @@ def variant_view(variant: VariantRecord, profile: ProfileRecord | None) -> dict[
         "load_time_ms": profile.load_time_ms if profile else None,
         "peak_memory_bytes": profile.peak_memory_bytes if profile else None,
         "hardware_id": profile.hardware_id if profile else None,
-        "profiles": dict(sorted((profile.batches if profile else {}).items(), key=lambda kv: int(kv[0]))),
+        "profiles": {b: batch_view(stats) for b, stats in
+                     sorted((profile.batches if profile else {}).items(), key=lambda kv: int(kv[0]))},
         "artifact_sha256": variant.artifact_sha256,
     }
+
+
+def batch_view(stats: dict[str, Any]) -> dict[str, Any]:
+    """One batch size's profile with `measured` and `predicted_error` always present (entries stored before
+    `profile --search` existed were all measured)."""
+    return {**stats, "measured": bool(stats.get("measured", True)), "predicted_error": stats.get("predicted_error")}
 
 
 def variants_view(store: MetadataStore, model: str | None = None) -> list[dict[str, Any]]:

@@ -156,7 +156,12 @@ class BatchProfile:
     p99_ms: float
     mean_ms: float
     throughput_qps: float
-    runs: int
+    runs: int  # timed runs; 0 for a predicted entry
+    #: False: predicted by `profile --search` from other measurements (toolkit.search), not timed. Entries written
+    #: before predictions existed lack the field and load as measured.
+    measured: bool = True
+    #: A predicted entry's stated relative error (0.15: within ±15 %), which selection adds to its latency.
+    predicted_error: float | None = None
 
 
 #: A batch size as a profile's key: the selector reads it back with int().
@@ -245,9 +250,25 @@ class ReplicationRecord(Record):
         return self.source
 
 
+@dataclass
+class PinRecord(Record):
+    """On a master: a variant an operator pinned (`infaas load`), kept so that a restarted master pins it again."""
+
+    table: ClassVar[str] = "pins"
+
+    variant: str
+    replicas: int
+    worker: str | None = None  # all replicas on this worker; None: the master places them
+    pinned_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return self.variant
+
+
 RECORD_TYPES: dict[str, type[Record]] = {
     cls.table: cls for cls in (ModelRecord, VariantRecord, ProfileRecord, ArtifactRecord, ReplicationRecord,
-                               ProfileHistoryRecord)
+                               ProfileHistoryRecord, PinRecord)
 }
 #: Tables a source store may replicate to a master (never the master's own bookkeeping).
 REPLICATED_TABLES = ("models", "variants", "profiles", "artifacts", "profile_history")

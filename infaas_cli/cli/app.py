@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import os
@@ -11,14 +12,109 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from infaas_cli import __version__
 from infaas_cli.errors import InfaasError, exit_code
 
-app = typer.Typer(help="infaas: model-less inference serving.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+
+# -- how options look in --help: conventional metavars ------------------------------------------------------
+
+#: String options whose value is a name in the catalog or the cluster.
+_NAME_OPTIONS = frozenset({"name", "model", "variant", "task", "dataset", "worker_id", "worker"})
+
+
+def _metavar(param: Any) -> str | None:
+    """The metavar click's convention gives an option (nothing for a flag, [a|b] for choices, NAME, PATH,
+    ENDPOINT, INTEGER …) where this typer would print its own <bool>/<str>; None where typer prints one already."""
+    desc = getattr(param, "type_descriptor", None)  # typer >= 0.29; older ones print click's metavars themselves
+    if desc is None or param.metavar is not None:
+        return None
+    if getattr(param, "is_flag", False):
+        return ""
+    if desc.is_choice and desc.choices:
+        return "[" + "|".join(str(getattr(c, "value", c)) for c in desc.choices) + "]"
+    name = param.name or ""
+    if desc.is_path:
+        return "DIR" if name.endswith("dir") else "PATH"
+    annotation = desc.annotation
+    element = typer.core.get_args(annotation)[0] if typer.core.get_origin(annotation) is list else annotation
+    if element is int:
+        return "INTEGER"
+    if element is float:
+        return "FLOAT"
+    if name in _NAME_OPTIONS or name.endswith("name"):
+        return "NAME"
+    if name == "master" or "endpoint" in name:
+        return "ENDPOINT"
+    return "COMMAND" if name.endswith("command") else "TEXT"
+
+
+class _Argument(typer.core.TyperArgument):
+    """An argument as click shows one: its metavar (PATH, NAME) in the usage line and the help, no <type>."""
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+
+def _conventional(params: list) -> None:
+    for param in params:
+        if isinstance(param, typer.core.TyperArgument) and hasattr(param, "type_descriptor"):
+            param.metavar = param.metavar or (param.name or "").upper()
+            param.__class__ = _Argument  # only the display differs
+        elif isinstance(param, typer.core.TyperOption):
+            metavar = _metavar(param)
+            if metavar is not None:
+                param.metavar = metavar
+
+
+class InfaasCommand(typer.core.TyperCommand):
+    """A command whose --help uses conventional metavars (--help itself included: it is added here)."""
+
+    def get_params(self, ctx: Any) -> list:
+        params = super().get_params(ctx)
+        _conventional(params)
+        return params
+
+
+class InfaasGroup(typer.core.TyperGroup):
+    """The app's group: its global options (--install-completion …) with conventional metavars too."""
+
+    def get_params(self, ctx: Any) -> list:
+        params = super().get_params(ctx)
+        _conventional(params)
+        return params
+
+
+# -- enumerations: choices that --help lists, shell completion offers and a wrong value is a usage error -------
+
+def choices(name: str, values: list[str]) -> type[enum.Enum]:
+    """A str enumeration of `values`: typer makes a choice option of it."""
+    return enum.Enum(name, [(v, v) for v in values], type=str)
+
+
+# Spelled out rather than imported, so that a command (and each shell completion, which runs the CLI) does not
+# import the policies first; tests/unit/test_cli_choices.py checks them against infaas_cli.policy.baselines
+# and infaas_cli.settings.
+Policy = choices("Policy", ["infaas", "fixed-peak", "fixed-autoscale", "static", "replicate"])
+LogLevel = choices("LogLevel", ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+Objective = choices("Objective", ["cost", "latency"])
+SloMode = choices("SloMode", ["best_effort", "strict"])
+
+
+def choice(value: enum.Enum | None) -> str | None:
+    """The string an enumeration option stands for (None: not given)."""
+    return None if value is None else str(value.value)
+
+
+app = typer.Typer(help="infaas: model-less inference serving.", no_args_is_help=True, cls=InfaasGroup,
+                  pretty_exceptions_enable=False, add_completion=True)
 
 # Data on stdout; piped output gets a wide table rather than rich's 80-column default.
 out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
@@ -57,7 +153,7 @@ def guard(fn):
 def command(target: typer.Typer = app, *args, **kwargs):
     """`@command()` registers a guarded command on the app, `@command(group, "name")` on a group."""
     def deco(fn):
-        return target.command(*args, **kwargs)(guard(fn))
+        return target.command(*args, cls=InfaasCommand, **kwargs)(guard(fn))
     return deco
 
 

@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from infaas_cli.cli.app import _state, app, command, err, fmt, out, print_json
+from infaas_cli.cli.app import InfaasGroup, _state, app, command, err, fmt, out, print_json
 from infaas_cli.errors import InfaasError
 
-bench_app = typer.Typer(help="Reproducible experiments.", no_args_is_help=True)
+bench_app = typer.Typer(cls=InfaasGroup, help="Reproducible experiments.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
 PoliciesOpt = Annotated[str, typer.Option(help="Comma-separated policies to compare (infaas, fixed-peak, "

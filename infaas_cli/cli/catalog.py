@@ -9,10 +9,10 @@ import typer
 from rich.table import Table
 from rich.markup import escape
 
-from infaas_cli.cli.app import app, command, err, fmt, maybe_push, open_home, out, print_json, progress
-from infaas_cli.errors import InfaasError
+from infaas_cli.cli.app import InfaasGroup, app, command, err, fmt, maybe_push, open_home, out, print_json, progress
+from infaas_cli.errors import AlreadyExistsError, InfaasError
 
-zoo_app = typer.Typer(help="The bundled example model zoo.", no_args_is_help=True)
+zoo_app = typer.Typer(cls=InfaasGroup, help="The bundled example model zoo.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
 
 
@@ -33,8 +33,12 @@ def _generate_and_report(home, name: str, as_json: bool) -> dict[str, Any]:
     if not as_json:
         err.print(f"[green]{name}[/green]: {len(report.variants)} variants "
                   f"({', '.join(summary['recipes']) or 'none'})", highlight=False)
+        # One line per backend and reason: a graph OpenVINO cannot read skips all its recipes for one reason.
+        recipes_by_reason: dict[tuple[str, str], list[str]] = {}
         for s in report.skipped:
-            err.print(f"  skipped {s.backend} {s.recipe}: {escape(s.reason)}", highlight=False, soft_wrap=True)
+            recipes_by_reason.setdefault((s.backend, s.reason), []).append(s.recipe)
+        for (backend, reason), recipes in recipes_by_reason.items():
+            err.print(f"  skipped {backend} {', '.join(recipes)}: {escape(reason)}", highlight=False, soft_wrap=True)
         for b, r in report.unavailable:
             if b not in _told_unavailable:  # the same for every model: said once per command
                 _told_unavailable.add(b)
@@ -64,14 +68,32 @@ def register(
     no_generate: Annotated[bool, typer.Option("--no-generate", help="Register only; run `infaas generate` later.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Register an ONNX model: validate it, measure its accuracy, store it, generate its variants."""
+    """Register an ONNX model: validate it, measure its accuracy, store it, generate its variants.
+
+    Registering the same file under the same name again finishes a registration that was interrupted before its
+    variants were generated.
+    """
     from infaas_cli.catalog.listings import model_view
+    from infaas_cli.toolkit.generate import finish_hint, unfinished_registration
     from infaas_cli.toolkit.register import register_model
 
     with open_home() as home:
-        record = register_model(home, path, name, task, dataset, validation, accuracy, replace, cache_mib)
-        result: dict[str, Any] = {"model": model_view(record, 0)}
-        if not as_json:
+        resumed = None if replace else unfinished_registration(home, path, name, task, dataset, validation)
+        if resumed is not None:
+            record = resumed
+            if not as_json:
+                err.print(f"{name}: registered from this file already, its variants not generated yet: "
+                          f"{f'run `infaas generate {name}`' if no_generate else 'generating them'}",
+                          highlight=False)
+        else:
+            try:
+                record = register_model(home, path, name, task, dataset, validation, accuracy, replace, cache_mib)
+            except AlreadyExistsError as exc:
+                if home.store.variants(name):
+                    raise
+                raise AlreadyExistsError(f"{exc}; {finish_hint(name)}") from None
+        result: dict[str, Any] = {"model": model_view(record, 0), "resumed": resumed is not None}
+        if resumed is None and not as_json:
             acc = "unknown" if record.accuracy is None else f"{record.accuracy:.4f} ({record.accuracy_metric})"
             cache = "" if record.cache_mib is None else f", prediction cache {record.cache_mib} MiB"
             err.print(f"registered [bold]{name}[/bold]: {len(record.inputs)} input(s), batch "
@@ -119,14 +141,32 @@ def profile(
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,4,8,16,32",
     force: Annotated[bool, typer.Option(help="Measure again even where a profile is stored.")] = False,
     budget_ms: Annotated[float, typer.Option(help="Measuring time per variant and batch size (ms).")] = 150.0,
+    search: Annotated[bool, typer.Option(
+        "--search", help="Measure a tenth of the configurations (at least the anchors), predict the rest.")] = False,
+    exhaustive: Annotated[bool, typer.Option(
+        "--exhaustive", help="Measure every configuration at every batch size.")] = False,
+    search_threshold: Annotated[int, typer.Option(
+        metavar="CELLS", help="Without --search/--exhaustive: search models with more (configuration, batch size) "
+        "cells than this.")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="Print a summary as JSON.")] = False,
 ) -> None:
-    """Measure latency per batch size, load time and memory of every variant this host can run."""
+    """Measure latency per batch size, load time and memory of every variant this host can run.
+
+    A model with more than --search-threshold (configuration, batch size) cells is searched rather than measured
+    cell by cell: the cells that could win a selection are measured, the others predicted from them and from the
+    models already profiled on this hardware, each with its stated error (`variants` marks them '~').
+    """
     from infaas_cli.toolkit.profiler import MeasureSettings, profile_models
 
     sizes = _parse_batch_sizes(batch_sizes)
     if budget_ms <= 0:
         raise InfaasError("--budget-ms must be positive, e.g. 150")
+    if search and exhaustive:
+        raise InfaasError("--search and --exhaustive exclude each other; pass one (neither: search models with "
+                          "more than --search-threshold cells)")
+    if search_threshold < 0:
+        raise InfaasError("--search-threshold must be >= 0 cells, e.g. 100")
+    mode = "search" if search else "exhaustive" if exhaustive else "auto"
     with open_home() as home:
         targets = [m.name for m in home.store.models()] if all_models else list(names or [])
         if not targets:
@@ -136,11 +176,13 @@ def profile(
             report = profile_models(
                 home, targets, sizes, force, MeasureSettings(budget_ms=budget_ms),
                 on_plan=lambda total: bar.update(task, total=total),
-                on_progress=lambda what: bar.update(task, advance=1, description=f"profiling {what}"))
+                on_progress=lambda what: bar.update(task, advance=1, description=f"profiling {what}"),
+                mode=mode, threshold=search_threshold)
             bar.update(task, description="profiled")
         maybe_push(home, quiet=as_json)
     summary = {"profiled_variants": len(report.profiled), "already_stored": report.skipped_stored,
-               "measurements": report.measurements,
+               "measurements": report.measurements, "searched_models": report.searched,
+               "predicted": report.predicted,
                "not_runnable": [{"variant": v, "reason": r} for v, r in report.not_runnable],
                "failed": [{"configuration": c, "error": e} for c, e in report.failed]}
     if as_json:
@@ -148,6 +190,9 @@ def profile(
     else:
         err.print(f"profiled {len(report.profiled)} variants ({report.measurements} measurements); "
                   f"{report.skipped_stored} already stored (use --force to redo)", highlight=False)
+        if report.searched:
+            err.print(f"searched {', '.join(report.searched)}: {report.predicted} (configuration, batch size) "
+                      "figures predicted, not measured (marked '~' in `infaas variants`)", highlight=False)
         for c, e in report.failed:
             err.print(f"[red]failed[/red] {c}: {e}", highlight=False, soft_wrap=True)
         if report.not_runnable:
@@ -165,6 +210,8 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
 
     with open_home() as home:
         rows = models_view(home.store)
+    for row in rows:  # a model without variants cannot serve: its registration stopped before generating them
+        row["complete"] = row["variants"] > 0
     if as_json:
         print_json(rows)
         return
@@ -175,7 +222,8 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
         ins = ", ".join(f"{i['name']}:{i['dtype']}" for i in m["inputs"])
         acc = "-" if m["accuracy"] is None else f"{m['accuracy'] * 100:.2f}% ({m['accuracy_metric']})"
         table.add_row(m["name"], m["task"], m["dataset"], ins, f"{m['batch_dim']} ≤{m['max_batch']}", acc,
-                      str(m["variants"]))
+                      str(m["variants"]) if m["complete"] else f"0 [yellow](incomplete: infaas generate {m['name']})"
+                                                               "[/yellow]")
     out.print(table)
 
 
@@ -197,7 +245,15 @@ def variants(
         print_json(rows)
         return
     sizes = sorted({int(b) for r in rows for b in r["profiles"]})
-    table = Table(title=f"variants — p50 ms per batch size, p99 at batch {batch_size}")
+
+    def cell(stats: dict[str, Any], key: str, spec: str = ".3g") -> str:
+        """A figure, marked '~' where it was predicted (`profile --search`) rather than measured."""
+        text = fmt(stats.get(key), spec)
+        return f"~{text}" if stats and not stats.get("measured", True) else text
+
+    predicted = any(not s.get("measured", True) for r in rows for s in r["profiles"].values())
+    table = Table(title=f"variants — p50 ms per batch size, p99 at batch {batch_size}",
+                  caption="~ predicted (profile --search), not measured" if predicted else None)
     for col in ("variant", "acc %", "load ms", "mem MiB", *[f"b{b}" for b in sizes], f"p99 b{batch_size}",
                 f"qps b{batch_size}"):
         table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
@@ -207,42 +263,97 @@ def variants(
         mem = None if r["peak_memory_bytes"] is None else r["peak_memory_bytes"] / (1 << 20)
         acc = None if r["accuracy"] is None else r["accuracy"] * 100
         table.add_row(r["name"], fmt(acc, ".2f"), fmt(r["load_time_ms"], ".1f"), fmt(mem, ".1f"),
-                      *[fmt(prof.get(str(b), {}).get("p50_ms")) for b in sizes],
-                      fmt(at.get("p99_ms")), fmt(at.get("throughput_qps"), ".0f"))
+                      *[cell(prof.get(str(b), {}), "p50_ms") for b in sizes],
+                      cell(at, "p99_ms"), cell(at, "throughput_qps", ".0f"))
     out.print(table)
 
 
 @command()
 def plot(
-    name: Annotated[str, typer.Argument(help="A registered, profiled model.")],
     output: Annotated[Path, typer.Option(help="PNG file to write.")],
-    batch_size: Annotated[int, typer.Option(help="Batch size whose p50 latency is plotted.")] = 8,
+    name: Annotated[Optional[str], typer.Argument(
+        help="A registered, profiled model, or TASK@DATASET for all models of a task (as model-less queries name "
+             "it at the gateway).")] = None,
+    task: Annotated[Optional[str], typer.Option(
+        help="All models of this task (with --dataset), as `infaas query` names it.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="…and dataset.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size whose p50 latency is plotted.")] = 8,
 ) -> None:
-    """Plot latency against accuracy of a model's variants, Pareto front marked."""
+    """Plot latency against accuracy of a model's variants, or of every model of a task; Pareto front drawn.
+
+    Colour is the backend, marker the precision; variants that differ only in max batch share one measurement
+    and are drawn once.
+    """
     from infaas_cli.catalog.listings import variants_view
     from infaas_cli.toolkit.plot import plot_variants
 
+    if name is not None and "@" in name:
+        task, _, dataset = name.partition("@")
+        name = None
+    if (name is None) == (task is None and dataset is None) or (task is None) != (dataset is None):
+        raise InfaasError("name a model, or a task: TASK@DATASET or --task T --dataset D")
     with open_home() as home:
-        rows = variants_view(home.store, name)
-    n = plot_variants(rows, batch_size, output, f"{name}: variants at batch {batch_size}")
+        if name is not None:
+            rows = variants_view(home.store, name)
+            title = f"{name}: variants at batch {batch_size}"
+        else:
+            models = [m.name for m in home.store.models() if (m.task, m.dataset) == (task, dataset)]
+            if not models:
+                pairs = sorted({f"{m.task}@{m.dataset}" for m in home.store.models() if m.task and m.dataset})
+                raise InfaasError(f"no model is registered for task {task}@{dataset}; known: "
+                                  f"{', '.join(pairs) or 'none'}", code="unknown_model")
+            rows = [r for model in models for r in variants_view(home.store, model)]
+            title = f"{task}@{dataset}: {len(models)} models' variants at batch {batch_size}"
+    n = plot_variants(rows, batch_size, output, title, by_model=name is None)
     err.print(f"wrote {output} ({n} variants)", highlight=False)
 
 
 @command()
-def backends(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Which variant backends this host can run, and why not where it cannot."""
-    from infaas_cli.backends import BACKENDS
+def backends(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    timeout_s: Annotated[float, typer.Option(help="How long to wait for the master's view of its workers.")] = 2.0,
+) -> None:
+    """What each host can run and why not: this host's backends, then each live worker's (when a master answers).
 
-    rows = []
-    for b in BACKENDS:
-        a = b.availability()
-        rows.append({"backend": b.name, "hardware": b.hardware, "available": a.available, "reason": a.reason})
+    A recipe that needs more than its backend (ov-cpu bf16: a CPU with BF16) runs only on hosts that have it;
+    the master places its variants on those workers only.
+    """
+    from infaas_cli.backends.report import host_backends, worker_backends
+    from infaas_cli.cli.app import client
+
+    host = host_backends()
+    try:
+        with client(timeout_s) as master:
+            st = master.status(workers_limit=10_000)
+        view: dict[str, Any] = {"reachable": True, "endpoint": st["master"].get("endpoint"),
+                                "workers": [worker_backends(w) for w in st["workers"]]}
+    except InfaasError as exc:  # no master known, or none answering within the timeout: said, not fatal
+        view = {"reachable": False, "reason": str(exc)}
     if as_json:
-        print_json(rows)
+        print_json({"host": host, "master": view})
         return
-    for r in rows:
+
+    def verdict(row: dict[str, Any], subject: str) -> str:
+        has = {True: f"{subject} has it", False: f"{subject} lacks it", None: ""}[row["met"]]
+        return f"{row['recipe']} recipe {row['why']}" + (f" — {has}" if has else "")
+
+    out.print(f"this host ({escape(host['hostname'])}, {escape(host['cpu_model'])}):", highlight=False)
+    for r in host["backends"]:
         state = "[green]available[/green]" if r["available"] else f"not available on this host: {escape(r['reason'])}"
-        out.print(f"{r['backend']:<9} {r['hardware']:<11} {state}", highlight=False, soft_wrap=True)
+        out.print(f"  {r['backend']:<9} {r['hardware']:<11} {state}", highlight=False, soft_wrap=True)
+        for recipe in r["recipes"]:
+            out.print(f"  {'':<9} {'':<11} {escape(verdict(recipe, 'this CPU'))}", highlight=False, soft_wrap=True)
+    if not view["reachable"]:
+        out.print(f"workers: no master reachable ({escape(view['reason'])})", highlight=False, soft_wrap=True)
+        return
+    out.print(f"workers of the master at {view['endpoint']}: {len(view['workers'])}", highlight=False)
+    for w in view["workers"]:
+        where = ", ".join(escape(x) for x in (w["hostname"], w["cpu_model"]) if x)
+        out.print(f"  {w['worker_id']} ({w['state']}{', ' + where if where else ''}): "
+                  f"{', '.join(w['backends']) or 'no backend'}", highlight=False, soft_wrap=True)
+        for name, recipes in w["recipes"].items():
+            for recipe in recipes:
+                out.print(f"    {name} {escape(verdict(recipe, 'its CPU'))}", highlight=False, soft_wrap=True)
 
 
 @command(zoo_app, "register")

@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from infaas_cli.cli.app import app, client, command, fmt, home_dir, out, print_json
+from infaas_cli.cli.app import InfaasGroup, app, client, command, fmt, home_dir, out, print_json
 
-keys_app = typer.Typer(help="CurveZMQ key pairs.", no_args_is_help=True)
+keys_app = typer.Typer(cls=InfaasGroup, help="CurveZMQ key pairs.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
 
@@ -26,7 +26,8 @@ def keys_generate(
     out.print(f"public key: {public}\nsecret key: {secret} (mode 0600)", highlight=False)
 
 
-cluster_app = typer.Typer(help="The worker hosts and horizontal autoscaling.", no_args_is_help=True)
+cluster_app = typer.Typer(cls=InfaasGroup, help="The worker hosts and horizontal autoscaling.",
+                          no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
 
 

@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from infaas_cli.cli.app import app, command, out, print_json, settings
+from infaas_cli.cli.app import InfaasGroup, app, command, out, print_json, settings
 
-config_app = typer.Typer(help="The configuration: defaults < config files < environment < options.",
+config_app = typer.Typer(cls=InfaasGroup, help="The configuration: defaults < config files < environment < options.",
                          no_args_is_help=True)
 app.add_typer(config_app, name="config")
 

@@ -9,12 +9,16 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from infaas_cli.cli.app import _state, command, err, fmt, home_dir, out, print_json
+from infaas_cli.cli.app import InfaasGroup, _state, choice, choices, command, err, fmt, home_dir, out, print_json
+from infaas_cli.cluster.hosts import ENFORCEMENTS
 from infaas_cli.cli.cluster import cluster_app
 
-host_app = typer.Typer(help="Local worker hosts with a CPU budget (the horizontal autoscaler's scale commands).",
+host_app = typer.Typer(cls=InfaasGroup,
+                       help="Local worker hosts with a CPU budget (the horizontal autoscaler's scale commands).",
                        no_args_is_help=True)
 cluster_app.add_typer(host_app, name="host")
+
+Enforcement = choices("Enforcement", list(ENFORCEMENTS))
 
 
 @command(host_app, "start")
@@ -23,15 +27,15 @@ def host_start(
     cpu_quota: Annotated[Optional[float], typer.Option(help="CPU time it may use, in cores (default: --cores); "
                                                            "enforced by a cgroup quota, else taskset.")] = None,
     worker_id: Annotated[Optional[str], typer.Option(help="The host's worker id (default host-N).")] = None,
-    enforce: Annotated[Optional[str], typer.Option(help="cgroup-v2, cgroup-v1, taskset or none (default: the "
-                                                        "best this machine allows).")] = None,
+    enforce: Annotated[Optional[Enforcement], typer.Option(help="How the CPU budget is enforced (default: the best "
+                                                                "this machine allows).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the host's record as JSON.")] = False,
 ) -> None:
     """Launch a worker host for the master of `infaas up` (or of --config) and bill it from now."""
     from infaas_cli.cluster import hosts
 
     record = hosts.start_host(home_dir(), cores, cpu_quota, worker_id=worker_id, config=_state["config"],
-                              enforce=enforce)
+                              enforce=choice(enforce))
     if record["enforcement"] == "none":
         err.print("[yellow]warning:[/yellow] nothing on this machine enforces the host's CPU budget", highlight=False)
     if as_json:

@@ -8,18 +8,19 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from infaas_cli.cli.app import (_state, client, command, err, fmt, home_dir, maybe_push, open_home, out, print_json,
-                                progress, settings)
+from infaas_cli.cli.app import (LogLevel, Objective, Policy, SloMode, _state, choice, client, command, err, fmt,
+                                home_dir, maybe_push, open_home, out, print_json, progress, settings)
 from infaas_cli.errors import InfaasError
 
 # Options that override a config key: None means "not given", so the config files and env keep precedence.
 HeartbeatOpt = Annotated[Optional[float], typer.Option(help="Worker heartbeat interval in seconds; 3 missed = dead (master.heartbeat_interval_s).")]
-PolicyOpt = Annotated[Optional[str], typer.Option(help="infaas (the full system), fixed-peak or fixed-autoscale (fixed-variant baselines; static and replicate are their former names) (master.policy).")]
+PolicyOpt = Annotated[Optional[Policy], typer.Option(help="infaas (the full system), fixed-peak or fixed-autoscale (fixed-variant baselines; static and replicate are their former names) (master.policy).")]
 WindowOpt = Annotated[Optional[float], typer.Option(help="Pressure must last this long before scaling up (autoscale.window_s).")]
 HoldOpt = Annotated[Optional[float], typer.Option(help="Low load must last this long before scaling down, > window (autoscale.hold_s).")]
 CooldownOpt = Annotated[Optional[float], typer.Option(help="Back-off after an action on a variant (autoscale.cooldown_s).")]
 IdleUnloadOpt = Annotated[Optional[float], typer.Option(help="Unload a variant idle this long (autoscale.idle_unload_s).")]
-LogLevelOpt = Annotated[Optional[str], typer.Option(help="DEBUG, INFO, WARNING (master.log_level / worker.log_level).")]
+LogLevelOpt = Annotated[Optional[LogLevel], typer.Option(case_sensitive=False, help="How much the daemon logs (master.log_level / worker.log_level).")]
+LogFileOpt = Annotated[Optional[Path], typer.Option(help="Log to this file, rotated at log_max_bytes with log_backups old files kept (default: stderr, e.g. systemd's journal).")]
 
 
 def _autoscale(window_s, hold_s, cooldown_s, idle_unload_s) -> dict[str, Any]:
@@ -49,6 +50,7 @@ def master_cmd(
     curve_secret_key: Annotated[Optional[Path], typer.Option(help="The master's .key_secret: turns CurveZMQ on (security.curve_secret_key).")] = None,
     authorized_keys: Annotated[Optional[Path], typer.Option(help="Directory of the public .key files allowed in (security.authorized_keys).")] = None,
     log_level: LogLevelOpt = None,
+    log_file: LogFileOpt = None,
 ) -> None:
     """Run the master daemon in the foreground (SIGTERM stops it); every option overrides a config key."""
     from infaas_cli.settings import with_home_defaults
@@ -58,7 +60,7 @@ def master_cmd(
     current, _ = settings({
         "master.data_dir": data_dir, "master.client_endpoint": client_endpoint,
         "master.worker_endpoint": worker_endpoint, "master.heartbeat_interval_s": heartbeat_interval_s,
-        "master.policy": policy, "master.log_level": log_level,
+        "master.policy": choice(policy), "master.log_level": choice(log_level),
         **_autoscale(autoscale_window_s, autoscale_hold_s, autoscale_cooldown_s, autoscale_idle_unload_s),
         "cluster.scale_out_utilisation": cluster_scale_out_utilisation,
         "cluster.scale_in_utilisation": cluster_scale_in_utilisation, "cluster.out_window_s": cluster_out_window_s,
@@ -67,7 +69,7 @@ def master_cmd(
         "security.curve_secret_key": curve_secret_key, "security.authorized_keys": authorized_keys})
     home = home_dir()
     current = with_home_defaults(current, home)
-    setup_logging(current.master.log_level)
+    setup_logging(current.master.log_level, log_file, current.master.log_max_bytes, current.master.log_backups)
     daemon = Master.from_settings(current, home, endpoints_file)
     stop_on_signals(daemon.stop_event)
     daemon.run()
@@ -75,7 +77,8 @@ def master_cmd(
 
 @command(name="worker")
 def worker_cmd(
-    master: Annotated[Optional[str], typer.Option("--master", help="The master's worker endpoint, e.g. tcp://10.0.0.1:7011 (worker.master_endpoint).")] = None,
+    master_endpoint: Annotated[Optional[str], typer.Option(help="The master's worker endpoint, e.g. tcp://10.0.0.1:7011 (worker.master_endpoint).")] = None,
+    master_alias: Annotated[Optional[str], typer.Option("--master", hidden=True, help="Deprecated: --master-endpoint (--master names the client endpoint elsewhere).")] = None,
     worker_id: Annotated[Optional[str], typer.Option(help="Stable id; default a random one (worker.worker_id).")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Artifact cache (worker.cache_dir; default $INFAAS_HOME/worker-cache).")] = None,
     cores: Annotated[Optional[int], typer.Option(help="Cores to offer (worker.cores; default those this process may use).")] = None,
@@ -83,22 +86,33 @@ def worker_cmd(
     curve_secret_key: Annotated[Optional[Path], typer.Option(help="This worker's .key_secret, CurveZMQ (security.curve_secret_key).")] = None,
     master_public_key: Annotated[Optional[Path], typer.Option(help="The master's public .key, CurveZMQ (security.master_public_key).")] = None,
     log_level: LogLevelOpt = None,
+    log_file: LogFileOpt = None,
+    master_grace_s: Annotated[Optional[float], typer.Option(help="Exit (status 3) once the master has been out of reach this long; 0: never (worker.master_grace_s).")] = None,
 ) -> None:
-    """Run a worker daemon in the foreground (SIGTERM stops it); every option overrides a config key."""
+    """Run a worker daemon in the foreground (SIGTERM stops it); every option overrides a config key.
+
+    A worker whose master is gone longer than worker.master_grace_s exits by itself (systemd restarts it).
+    """
     from infaas_cli.settings import with_home_defaults
     from infaas_daemons.common import setup_logging, stop_on_signals
     from infaas_daemons.worker import Worker
 
+    if master_alias is not None:
+        err.print("[yellow]warning:[/yellow] `infaas worker --master` is deprecated: it is --master-endpoint "
+                  "(the top-level --master is the client endpoint)", highlight=False)
     current, _ = settings({
-        "worker.master_endpoint": master, "worker.worker_id": worker_id, "worker.cache_dir": cache_dir,
-        "worker.cores": cores, "worker.heartbeat_interval_s": heartbeat_interval_s, "worker.log_level": log_level,
+        "worker.master_endpoint": master_endpoint or master_alias, "worker.worker_id": worker_id,
+        "worker.cache_dir": cache_dir, "worker.cores": cores, "worker.heartbeat_interval_s": heartbeat_interval_s,
+        "worker.log_level": choice(log_level), "worker.master_grace_s": master_grace_s,
         "security.curve_secret_key": curve_secret_key, "security.master_public_key": master_public_key})
     current.security.client_keys()  # both keys or neither, before anything starts
     current = with_home_defaults(current, home_dir())
-    setup_logging(current.worker.log_level)
+    setup_logging(current.worker.log_level, log_file, current.worker.log_max_bytes, current.worker.log_backups)
     daemon = Worker.from_settings(current)
     stop_on_signals(daemon.stop_event)
     daemon.run()
+    if daemon.exit_reason:
+        raise InfaasError(daemon.exit_reason, code="unavailable")
 
 
 @command(name="gateway")
@@ -113,6 +127,7 @@ def gateway_cmd(
     master_public_key: Annotated[Optional[Path], typer.Option(help="The master's public .key, CurveZMQ (security.master_public_key).")] = None,
     endpoints_file: Annotated[Optional[Path], typer.Option(help="Write the bound ports here as JSON.")] = None,
     log_level: LogLevelOpt = None,
+    log_file: LogFileOpt = None,
 ) -> None:
     """Run the gateway in the foreground: REST and gRPC (the Open Inference Protocol, KServe v2) in front of the
     master, so tritonclient, curl or any OIP client can query infaas (SIGTERM stops it)."""
@@ -124,7 +139,8 @@ def gateway_cmd(
         "gateway.grpc_port": grpc_port, "gateway.tls_cert_file": tls_cert_file, "gateway.tls_key_file": tls_key_file,
         "security.curve_secret_key": curve_secret_key, "security.master_public_key": master_public_key})
     current.security.client_keys()  # both keys or neither, before anything starts
-    setup_logging(log_level or current.master.log_level)
+    setup_logging(choice(log_level) or current.master.log_level, log_file, current.master.log_max_bytes,
+                  current.master.log_backups)
     gateway.run(current, endpoints_file=endpoints_file, home=home_dir())
 
 
@@ -144,17 +160,23 @@ def up(
 ) -> None:
     """Start a master, local workers and the gateway in the background, then replicate the local catalog to it.
 
-    The daemons read one generated config file, $INFAAS_HOME/run/infaas.toml: the effective settings here.
+    The daemons read one generated config file, $INFAAS_HOME/run/infaas.toml: the effective settings here, so
+    every knob the options below leave out is set with --set KEY=VALUE, --config FILE or $INFAAS_HOME/config.toml
+    (e.g. infaas --set autoscale.idle_unload_s=120 --set worker.master_grace_s=30 up; `infaas config show` lists
+    them). Logs rotate in $INFAAS_HOME/run; `infaas down` stops everything started here.
     """
     from infaas_cli.cluster import embedded
 
     current, _ = settings({"master.heartbeat_interval_s": heartbeat_interval_s,
-                           "worker.heartbeat_interval_s": heartbeat_interval_s, "master.policy": policy,
+                           "worker.heartbeat_interval_s": heartbeat_interval_s, "master.policy": choice(policy),
                            "gateway.http_port": http_port, "gateway.grpc_port": grpc_port,
                            "master.metrics_port": metrics_port,
                            **_autoscale(autoscale_window_s, autoscale_hold_s, autoscale_cooldown_s,
                                         autoscale_idle_unload_s)})
     record = embedded.up(workers, _state["home"], settings=current, gateway=gateway)
+    if record.get("stopped_stale"):
+        err.print(f"[yellow]note:[/yellow] the last cluster's master had died; stopped what was left of it (pids "
+                  f"{', '.join(map(str, record['stopped_stale']))})", highlight=False)
     fronts = record.get("fronts") or {}
     shown = ", ".join(f"{k} {v}" for k, v in (("REST", fronts.get("http")), ("gRPC", fronts.get("grpc")),
                                                ("metrics", fronts.get("metrics"))) if v)
@@ -171,8 +193,11 @@ def down() -> None:
     """Stop the daemons `infaas up` started."""
     from infaas_cli.cluster import embedded
 
+    recorded = embedded.read_cluster(_state["home"]) is not None
     pids = embedded.down(_state["home"])
-    err.print(f"infaas down: stopped {len(pids)} process(es)" if pids else "infaas is not up", highlight=False)
+    err.print(f"infaas down: stopped {len(pids)} process(es)" if pids else
+              "infaas down: nothing was running (its record is removed)" if recorded else "infaas is not up",
+              highlight=False)
 
 
 @command()
@@ -222,7 +247,8 @@ def status(
         for i, (name, v) in enumerate(sorted(variants.items())):
             head = [w["worker_id"], str(w["alive"]), f"{fmt(w['free_cores'], 'g')}/{w['cores']}",
                     fmt(w["cpu_percent"], ".0f")] if i == 0 else ["", "", "", ""]
-            table.add_row(*head, name, v.get("state", "-"), (w.get("autoscale") or {}).get(name, "-"),
+            state = v.get("state", "-") + (", pinned" if v.get("pinned") else "")
+            table.add_row(*head, name, state, (w.get("autoscale") or {}).get(name, "-"),
                           str(v.get("replicas", "-")), str(v.get("queue", "-")), fmt(v.get("qps"), ".1f"),
                           fmt(v.get("latency_ms"), ".2f"))
     out.print(table)
@@ -275,10 +301,10 @@ def query(
     dataset: Annotated[Optional[str], typer.Option(help="…and dataset.")] = None,
     latency_ms: Annotated[Optional[float], typer.Option(help="Latency SLO in milliseconds.")] = None,
     min_accuracy: Annotated[Optional[float], typer.Option(help="Minimum accuracy (0-1).")] = None,
-    objective: Annotated[str, typer.Option(help="cost or latency.")] = "cost",
+    objective: Annotated[Objective, typer.Option(help="Rank the variants that meet the SLO by cost or by latency.")] = Objective.cost,
     max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="Maximum cost per query (USD).")] = None,
-    slo_mode: Annotated[str, typer.Option(help="best_effort: serve and mark a late reply; strict: refuse (overloaded) "
-                                               "when the SLO cannot be met.")] = "best_effort",
+    slo_mode: Annotated[SloMode, typer.Option(help="best_effort: serve and mark a late reply; strict: refuse "
+                                                   "(overloaded) when the SLO cannot be met.")] = SloMode.best_effort,
     output: Annotated[Optional[Path], typer.Option(help="Write the outputs here (.npz).")] = None,
     timeout_s: Annotated[Optional[float], typer.Option(help="How long to wait for the answer (default client.timeout_s, 30).")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Batch job: every file of --input-dir, with spare capacity.")] = False,
@@ -298,8 +324,8 @@ def query(
     feeds = _load_inputs(input)
     with client(timeout_s) as master:
         result = master.query(feeds, variant=variant, model=model, task=task, dataset=dataset, latency_ms=latency_ms,
-                              min_accuracy=min_accuracy, objective=objective, max_cost_usd=max_cost,
-                              slo_mode=slo_mode)
+                              min_accuracy=min_accuracy, objective=choice(objective), max_cost_usd=max_cost,
+                              slo_mode=choice(slo_mode))
     outputs = result.outputs_by_name
     if result.slo_met is False:
         predicted = f" (predicted {result.predicted_latency_ms:.2f} ms)" if result.predicted_latency_ms else ""

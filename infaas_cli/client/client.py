@@ -13,15 +13,26 @@ import msgspec
 import zmq
 
 from infaas_cli import protocol
-from infaas_cli.protocol.messages import ErrorBody, StatusBody
+from infaas_cli.protocol.messages import CatalogBody, ErrorBody, PreloadBody, RemoveBody, StatusBody, UnloadBody
 from infaas_cli.catalog.artifacts import ArtifactStore
 from infaas_cli.config import infaas_home
-from infaas_cli.errors import ERROR_CODES, InfaasError
+from infaas_cli.errors import ERROR_CODES, InfaasError, InvalidInputError, NotFoundError
 from infaas_cli.catalog.store import MetadataStore
 
 MASTER_ENV = "INFAAS_MASTER"
 PUSH_BATCH = 500
 CHUNK_BYTES = 1 << 20
+
+
+def _plain(value: Any) -> Any:
+    """A reply body as plain dicts and lists, every field present (the wire form leaves defaults out)."""
+    if isinstance(value, msgspec.Struct):
+        return {name: _plain(getattr(value, name)) for name in value.__struct_fields__}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 class MasterUnreachableError(InfaasError):
@@ -60,6 +71,15 @@ class QueryResult:
         names = self.output_names or [f"output_{i}" for i in range(len(self.outputs))]
         return dict(zip(names, self.outputs))
 
+    def as_numpy(self, name: str) -> Any:
+        """One output by the model's name for it, as tritonclient's InferResult.as_numpy(name); `outputs` has
+        them in the model's order. An unknown name raises NotFoundError listing the names there are."""
+        by_name = self.outputs_by_name
+        if name not in by_name:
+            raise NotFoundError(f"{self.model or 'the model'} has no output {name!r}; its outputs: "
+                                f"{', '.join(by_name) or 'none'}")
+        return by_name[name]
+
 
 def endpoints_file(home: str | Path | None = None) -> Path:
     return infaas_home(home) / "run" / "master.json"
@@ -92,8 +112,35 @@ def load_input_file(path: Path) -> dict[str, np.ndarray]:
             with np.load(path, allow_pickle=False) as archive:
                 return {k: archive[k] for k in archive.files}
         return {"": np.load(path, allow_pickle=False)}
-    except (ValueError, OSError, EOFError) as exc:
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise InvalidInputError(f"{path} holds an object array (pickled Python objects), which infaas never "
+                                    "loads; save numbers instead, e.g. numpy.save(path, numpy.asarray(data, "
+                                    "dtype=numpy.float32))") from None
         raise InfaasError(f"cannot read {path}: {exc}; save it with numpy.save or numpy.savez") from None
+    except (OSError, EOFError) as exc:
+        raise InfaasError(f"cannot read {path}: {exc}; save it with numpy.save or numpy.savez") from None
+
+
+def query_arrays(inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The inputs as the numeric arrays a query carries; text, bytes, objects and ragged lists are refused with
+    the fix (a model takes tensors of numbers: encode text as numbers, e.g. token ids, before sending it)."""
+    arrays = {}
+    for name, value in inputs.items():
+        label = f"input {name!r}" if name else "the input"
+        try:
+            arr = np.asarray(value)
+        except ValueError:  # numpy refuses ragged nesting
+            raise InvalidInputError(f"{label} is a ragged list (rows of different lengths); pass one rectangular "
+                                    "numeric array, e.g. numpy.asarray(rows, dtype=numpy.float32), padding the "
+                                    "rows to one length") from None
+        if arr.dtype.kind in "USO":
+            what = {"U": "a string array", "S": "a bytes array", "O": "an object array"}[arr.dtype.kind]
+            raise InvalidInputError(f"{label} is {what} (dtype {arr.dtype}); infaas models take numeric tensors: "
+                                    "convert it to numbers first (e.g. text to token ids, then "
+                                    "numpy.asarray(ids, dtype=numpy.int64))")
+        arrays[name] = arr
+    return arrays
 
 
 def query_message(inputs: dict[str, np.ndarray], *, variant: str | None = None, model: str | None = None,
@@ -112,6 +159,7 @@ def query_message(inputs: dict[str, np.ndarray], *, variant: str | None = None, 
         raise InfaasError("say what to run: a variant, a model, or a task and dataset (--task T --dataset D)")
     if kind == "task" and not dataset:
         raise InfaasError("a model-less query names a dataset too (--dataset D)")
+    inputs = query_arrays(inputs)
     try:
         tensors, frames = protocol.pack_tensors(inputs)
         body = protocol.body_of("query", {
@@ -137,7 +185,12 @@ class Client:
                  master_public_key: str | Path | None = None) -> None:
         """CurveZMQ keys come from the arguments or from INFAAS_CURVE_SECRET_KEY / INFAAS_MASTER_PUBLIC_KEY."""
         from infaas_cli.security import client_keys_from_env, make_client
+        from infaas_cli.settings import endpoint_error
 
+        problem = endpoint_error(endpoint)
+        if problem is not None:
+            raise InfaasError(f"the master's client endpoint {problem}; pass it as --master, INFAAS_MASTER or "
+                              "client.master", code="bad_config")
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self._sock = zmq.Context.instance().socket(zmq.DEALER)
@@ -237,6 +290,33 @@ class Client:
         body = self._request(protocol.Message("status", StatusBody(workers_offset=workers_offset,
                                                                     workers_limit=workers_limit))).body
         return {"master": body.master, "workers": body.workers}
+
+    # -- the catalog and the model lifecycle ---------------------------------------------------------------
+    def catalog(self, model: str | None = None) -> dict[str, Any]:
+        """The catalog as the master serves it: models, variants, and where each is loaded or pinned."""
+        return _plain(self._request(protocol.Message("catalog", CatalogBody(model=model))).body)
+
+    def pin(self, variant: str, replicas: int = 1, worker: str | None = None) -> dict[str, Any]:
+        """Keep `replicas` copies of a variant loaded and warm (on `worker`, or where the master places them):
+        never evicted or unloaded by autoscaling until `unpin`. Answered at once; the loads go on."""
+        body = PreloadBody(variant=variant, pin=True, replicas=replicas, worker=worker)
+        return _plain(self._request(protocol.Message("preload", body)).body)
+
+    def unpin(self, variant: str, worker: str | None = None) -> dict[str, Any]:
+        """Drop a variant's pin (or its share on `worker`) and unload it there; a later query loads it again."""
+        body = UnloadBody(variant=variant, worker=worker)
+        return _plain(self._request(protocol.Message("unload", body)).body)
+
+    def remove(self, models: list[str], drain: bool = False, timeout_s: float = 30.0) -> dict[str, Any]:
+        """Before deleting models' records: the master refuses while they serve, or (drain) stops routing to them,
+        waits for their queries and unloads them everywhere. Waits up to `timeout_s` (plus this client's own)."""
+        saved = self.timeout_s
+        self.timeout_s = saved + timeout_s if drain else saved
+        try:
+            body = RemoveBody(models=models, drain=drain, timeout_s=timeout_s)
+            return _plain(self._request(protocol.Message("remove", body)).body)
+        finally:
+            self.timeout_s = saved
 
     # -- replication -------------------------------------------------------------------------------------
     def push(self, store: MetadataStore, artifacts: ArtifactStore) -> dict[str, Any]:

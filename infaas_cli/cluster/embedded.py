@@ -1,11 +1,17 @@
 """The embedded default: a master and N local workers as background processes under INFAAS_HOME/run,
-all reading one generated config file there (run/infaas.toml)."""
+all reading one generated config file there (run/infaas.toml).
+
+Every process `up` starts is in the cluster record (run/cluster.json) by pid *and* start time, written as soon
+as the process exists: `down` stops exactly those (a pid the system has since given to another process is left
+alone), whether or not their master still runs, and `up` over the record of a cluster whose master died stops
+that cluster's survivors first. Each daemon logs to run/NAME.log, rotated by size (log_max_bytes,
+log_backups); what it writes outside logging (a crash at start) goes to run/NAME.out.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from infaas_cli.client import Client, endpoints_file
+import psutil
+
 from infaas_cli.config import infaas_home
 from infaas_cli.errors import InfaasError
 
@@ -43,8 +50,64 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def identity(pid: int) -> dict[str, Any]:
+    """What names one process for its whole life: its pid and its start time (a recycled pid has another)."""
+    try:
+        return {"pid": pid, "create_time": psutil.Process(pid).create_time()}
+    except psutil.Error:
+        return {"pid": pid, "create_time": None}
+
+
+def process_of(entry: Mapping[str, Any]) -> psutil.Process | None:
+    """The live process a record entry ({"pid", "create_time"}) names; None when it is gone, a zombie, or its
+    pid now belongs to another process."""
+    try:
+        proc = psutil.Process(int(entry["pid"]))
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            _alive(proc.pid)  # reaps it when it is our child
+            return None
+        started = entry.get("create_time")
+        if started is None:  # a record written before start times were kept: only an infaas process qualifies
+            return proc if "infaas_cli" in " ".join(proc.cmdline()) else None
+        return proc if abs(proc.create_time() - float(started)) < 0.01 else None
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        return None
+
+
+def stop_processes(entries: list[Mapping[str, Any]], timeout_s: float = STOP_TIMEOUT_S) -> list[int]:
+    """SIGTERM every live process the entries name, SIGKILL those still there after `timeout_s`; their pids.
+    psutil checks the start time again before each signal, so a pid recycled meanwhile is never hit."""
+    procs = [p for p in (process_of(e) for e in entries) if p is not None]
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, survivors = psutil.wait_procs(procs, timeout=timeout_s)
+    for proc in survivors:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(survivors, timeout=5.0)
+    return [p.pid for p in procs]
+
+
 def cluster_file(home: str | Path | None = None) -> Path:
     return run_dir(home) / "cluster.json"
+
+
+def _write_cluster(home: Path, record: dict[str, Any]) -> None:
+    path = cluster_file(home)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
+
+
+def _entries(record: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The processes of a cluster record, the ones to stop first first: gateway, workers, master."""
+    return ([record["gateway"]] if record.get("gateway") else []) + list(record.get("workers") or []) + \
+        ([record["master"]] if record.get("master") else [])
 
 
 def read_cluster(home: str | Path | None = None) -> dict[str, Any] | None:
@@ -71,11 +134,14 @@ def _daemon_env(home: Path) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1"}
 
 
-def _spawn(args: list[str], log_path: Path, home: Path) -> subprocess.Popen:
-    with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "infaas_cli", "--config", str(config_path(home)), *args],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_daemon_env(home),
-                                start_new_session=True)
+def _spawn(args: list[str], name: str, home: Path) -> subprocess.Popen:
+    """Start `infaas ARGS` (a daemon command) logging to run/NAME.log (rotated); stdout and stderr to run/NAME.out."""
+    rdir = run_dir(home)
+    with open(rdir / f"{name}.out", "ab") as console:
+        return subprocess.Popen([sys.executable, "-m", "infaas_cli", "--config", str(config_path(home)), *args,
+                                 "--log-file", str(rdir / f"{name}.log")],
+                                stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=_daemon_env(home), start_new_session=True)
 
 
 def _write_config(path: Path, settings: Settings) -> None:
@@ -102,6 +168,7 @@ def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: f
     port). `metrics_port` is master.metrics_port (the master's Prometheus /metrics; 0: a free port). The bound
     ports are in the record's "fronts".
     """
+    from infaas_cli.client import Client, endpoints_file
     from infaas_cli.settings import SecuritySettings, load_settings, override, with_home_defaults
 
     if workers < 1:
@@ -119,9 +186,12 @@ def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: f
     rdir = run_dir(home)
     rdir.mkdir(parents=True, exist_ok=True)
     current = read_cluster(home)
-    if current and _alive(current["master"]["pid"]):
-        raise InfaasError(f"infaas is already up (master pid {current['master']['pid']} at "
-                          f"{current['master']['client_endpoint']}); `infaas down` first to restart it")
+    stale: list[int] = []
+    if current:
+        if current.get("master") and process_of(current["master"]) is not None:
+            raise InfaasError(f"infaas is already up (master pid {current['master']['pid']} at "
+                              f"{current['master'].get('client_endpoint', '?')}); `infaas down` first to restart it")
+        stale = down(home)  # its master died: what survives of it (workers, gateway, hosts) goes first
     ep_file = endpoints_file(home)
     ep_file.unlink(missing_ok=True)
     # Free ports picked by the master (port 0) and recorded in the endpoints file: two homes, or a
@@ -134,26 +204,35 @@ def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: f
         settings.master, client_endpoint="tcp://127.0.0.1:0", worker_endpoint="tcp://127.0.0.1:0",
         data_dir=str(home / "master"))), home)
     _write_config(config_path(home), settings)
-    master = _spawn(["master", "--endpoints-file", str(ep_file), *(master_args or [])], rdir / "master.log", home)
+    master = _spawn(["master", "--endpoints-file", str(ep_file), *(master_args or [])], "master", home)
+    # In the record from its first moment: an `up` interrupted from here on leaves nothing `down` cannot stop.
+    record: dict[str, Any] = {"master": identity(master.pid), "workers": [], "config": str(config_path(home))}
+    _write_cluster(home, record)
     deadline = time.monotonic() + START_TIMEOUT_S
     endpoints = wait_for_endpoints(ep_file, master, deadline)
     if endpoints is None:
-        if master.poll() is not None:
-            raise InfaasError(f"the master exited at start (code {master.returncode}); see {rdir / 'master.log'}")
-        master.kill()
+        exited = master.poll() is not None
+        if not exited:
+            master.kill()
+            master.wait(5.0)
+        cluster_file(home).unlink(missing_ok=True)
+        if exited:
+            raise InfaasError(f"the master exited at start (code {master.returncode}); see {rdir / 'master.out'} "
+                              f"and {rdir / 'master.log'}")
         raise InfaasError(f"the master did not start within {START_TIMEOUT_S:.0f} s; see {rdir / 'master.log'}")
     # The workers learn the port the master picked from the same file, now completed.
     settings = replace(settings, worker=replace(settings.worker, master_endpoint=endpoints["worker_endpoint"]),
                        client=replace(settings.client, master=endpoints["client_endpoint"]))
     _write_config(config_path(home), settings)
-    record: dict[str, Any] = {"master": {"pid": master.pid, **endpoints}, "workers": [],
-                              "config": str(config_path(home))}
+    record["master"].update(endpoints)
+    record["fronts"] = {"metrics": endpoints.get("metrics_endpoint")}
     for i in range(workers):
         wid = f"local-{i}"
-        proc = _spawn(["worker", "--worker-id", wid], rdir / f"{wid}.log", home)
-        record["workers"].append({"pid": proc.pid, "worker_id": wid})
-    record["fronts"] = {"metrics": endpoints.get("metrics_endpoint")}
-    cluster_file(home).write_text(json.dumps(record, indent=2))
+        proc = _spawn(["worker", "--worker-id", wid], wid, home)
+        record["workers"].append({**identity(proc.pid), "worker_id": wid})
+        _write_cluster(home, record)
+    if stale:
+        record["stopped_stale"] = stale
     with Client(endpoints["client_endpoint"], timeout_s=5.0, curve_secret_key=settings.security.curve_secret_key,
                 master_public_key=settings.security.master_public_key) as client:
         while time.monotonic() < deadline:
@@ -170,7 +249,7 @@ def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: f
             down(home)
             raise
         record["fronts"].update(fronts)
-        cluster_file(home).write_text(json.dumps(record, indent=2))
+        _write_cluster(home, record)
     return record
 
 
@@ -183,16 +262,16 @@ def _start_gateway(home: Path, deadline: float) -> tuple[dict[str, Any], dict[st
     ep_file = gateway_endpoints_file(home)
     ep_file.unlink(missing_ok=True)
     rdir = run_dir(home)
-    proc = _spawn(["gateway", "--endpoints-file", str(ep_file)], rdir / "gateway.log", home)
+    proc = _spawn(["gateway", "--endpoints-file", str(ep_file)], "gateway", home)
     bound = wait_for_endpoints(ep_file, proc, max(deadline, time.monotonic() + 10.0))
     if bound is not None:
-        return ({"pid": proc.pid, **bound},
+        return ({**bound, **identity(proc.pid)},
                 {"http": bound.get("http"), "http_port": bound.get("http_port"), "grpc": bound.get("grpc"),
                  "grpc_port": bound.get("grpc_port")})
     if proc.poll() is not None:
-        tail = (rdir / "gateway.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
+        tail = (rdir / "gateway.out").read_text(errors="replace").strip().splitlines()[-1:] or [""]
         raise InfaasError(f"the gateway exited at start (code {proc.returncode}): {tail[0]}; see "
-                          f"{rdir / 'gateway.log'}")
+                          f"{rdir / 'gateway.out'} and {rdir / 'gateway.log'}")
     proc.kill()
     raise InfaasError(f"the gateway did not start within {START_TIMEOUT_S:.0f} s; see {rdir / 'gateway.log'}")
 
@@ -215,31 +294,18 @@ def wait_for_endpoints(path: Path, proc: subprocess.Popen, deadline: float) -> d
 
 
 def down(home: str | Path | None = None) -> list[int]:
-    """Stop the embedded daemons (workers first), SIGTERM then SIGKILL after a grace period."""
+    """Stop every process of the embedded cluster's record — its master alive or not —, SIGTERM then SIGKILL
+    after a grace period, and the worker hosts started for it; the pids that were still running."""
     home = infaas_home(home)
     record = read_cluster(home)
     if record is None:
         return []
-    gateway = [record["gateway"]["pid"]] if record.get("gateway") else []
-    pids = gateway + [w["pid"] for w in record.get("workers", [])] + [record["master"]["pid"]]
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.05)
-    for pid in pids:
-        if _alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    from infaas_cli.client import endpoints_file
+
+    pids = stop_processes(_entries(record))
     cluster_file(home).unlink(missing_ok=True)
     endpoints_file(home).unlink(missing_ok=True)
     gateway_endpoints_file(home).unlink(missing_ok=True)
     from infaas_cli.cluster import hosts  # the worker hosts the autoscaler started (`infaas cluster host start`)
 
-    pids += [h["pid"] for h in hosts.stop_all(home)]
-    return pids
+    return pids + [h["pid"] for h in hosts.stop_all(home) if h["pid"] not in pids]

@@ -25,7 +25,6 @@ import hashlib
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -33,7 +32,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from infaas_cli.cluster.embedded import _alive
+import psutil
+
+from infaas_cli.cluster.embedded import identity, process_of, stop_processes
 from infaas_cli.config import infaas_home
 from infaas_cli.errors import InfaasError
 
@@ -79,7 +80,7 @@ def read_ledger(home: str | Path | None = None) -> list[dict[str, Any]]:
 def clear_ledger(home: str | Path | None = None) -> None:
     """Forget stopped hosts (a new experiment starts a new bill); refuses while hosts still run."""
     with _ledger(home) as data:
-        running = [h["worker_id"] for h in data["hosts"] if h.get("stopped_at") is None and _alive(h["pid"])]
+        running = [h["worker_id"] for h in data["hosts"] if h.get("stopped_at") is None and process_of(h)]
         if running:
             raise InfaasError(f"hosts {', '.join(running)} still run; `infaas cluster host stop --all` first")
         data["hosts"] = []
@@ -211,13 +212,15 @@ def start_host(home: str | Path | None = None, cores: int = 1, cpu_quota: float 
 
         launched_at = time.time()
         env = embedded._daemon_env(home)
-        with open(log_dir / f"{worker_id}.log", "ab") as log:
+        # Like `infaas up`'s daemons: the log rotates (worker.log_max_bytes), crash output goes to ID.out.
+        with open(log_dir / f"{worker_id}.out", "ab") as console:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "infaas_cli", "--home", str(home), "--config", str(config),
-                 "worker", "--worker-id", worker_id, "--cores", str(cores)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                 "worker", "--worker-id", worker_id, "--cores", str(cores),
+                 "--log-file", str(log_dir / f"{worker_id}.log")],
+                stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True, preexec_fn=confine)
-        record = {"worker_id": worker_id, "pid": proc.pid, "cores": cores, "cpu_quota": quota, "enforcement": kind,
+        record = {"worker_id": worker_id, **identity(proc.pid), "cores": cores, "cpu_quota": quota, "enforcement": kind,
                   "cgroup": str(cgroup) if cgroup else None, "cpus": sorted(cpus) if cpus else None,
                   "launched_at": launched_at, "stopped_at": None}
         data["hosts"].append(record)
@@ -242,7 +245,7 @@ def adopt_host(home: str | Path | None, pid: int, worker_id: str, cores: int, cp
             for tid in os.listdir(f"/proc/{pid}/task"):
                 with contextlib.suppress(ProcessLookupError):
                     os.sched_setaffinity(int(tid), cpus)
-        record = {"worker_id": worker_id, "pid": pid, "cores": cores, "cpu_quota": quota, "enforcement": kind,
+        record = {"worker_id": worker_id, **identity(pid), "cores": cores, "cpu_quota": quota, "enforcement": kind,
                   "cgroup": str(cgroup) if cgroup else None, "cpus": sorted(cpus) if cpus else None,
                   "launched_at": time.time(), "stopped_at": None}
         data["hosts"].append(record)
@@ -257,21 +260,11 @@ def _register_with_cluster(home: Path, record: dict[str, Any]) -> None:
     cluster = embedded.read_cluster(home)
     if cluster is None:
         return
-    cluster.setdefault("workers", []).append({"pid": record["pid"], "worker_id": record["worker_id"], "host": True})
+    cluster.setdefault("workers", []).append({"pid": record["pid"], "create_time": record.get("create_time"),
+                                              "worker_id": record["worker_id"], "host": True})
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(cluster, indent=2))
     tmp.replace(path)
-
-
-def _terminate(pid: int, timeout_s: float = STOP_TIMEOUT_S) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.05)
-    if _alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def stop_host(home: str | Path | None = None, worker_id: str | None = None, *, drain_s: float = 0.0) -> dict[str, Any]:
@@ -286,7 +279,7 @@ def stop_host(home: str | Path | None = None, worker_id: str | None = None, *, d
     if drain_s > 0:
         time.sleep(drain_s)  # let the queries already on it finish
     record = hosts[worker_id]
-    _terminate(record["pid"])
+    stop_processes([record], STOP_TIMEOUT_S)  # by pid and start time: never a process that got a recycled pid
     stopped_at = time.time()
     _remove_cgroup(record.get("cgroup"))
     with _ledger(home) as data:
@@ -302,8 +295,10 @@ def stop_all(home: str | Path | None = None) -> list[dict[str, Any]]:
     home = infaas_home(home)
     running = [h for h in read_ledger(home) if h.get("stopped_at") is None]
     for h in running:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(h["pid"], signal.SIGTERM)
+        proc = process_of(h)
+        if proc is not None:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
     return [stop_host(home, h["worker_id"]) for h in running]
 
 

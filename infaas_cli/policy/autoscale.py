@@ -13,6 +13,10 @@ qps × window_s, plus those still queued) says nothing about overload, interfere
 variant would sustain, so it neither replicates, upgrades, downgrades nor counts as "interfered" (whose
 mean latency is measured over the served ones alone). Idle-unload and removing a surplus replica still act
 on little or no traffic: a quiet window is the evidence for those.
+
+Pinned variants (an operator's `infaas load`, or `master.min_loaded`) keep their pinned replicas: they are never
+unloaded, switched away (upgrade or downgrade) or cut below the pinned replica count; they may still gain
+replicas under load (on another worker when this one has no room, where an unpinned variant would be upgraded).
 """
 
 from __future__ import annotations
@@ -96,10 +100,20 @@ class VariantLoad:
     #: Observed / profiled inference time on this worker at the batch sizes it ran (None: not measured). When
     #: given it, rather than the mean latency against the batch-1 profile, tells interference.
     slowdown: float | None = None
+    #: Replicas an operator pinned on this worker (0: not pinned here): never unloaded, switched or cut below.
+    pinned_replicas: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) or self.replicas < 1:
             raise InfaasError(f"variant {self.variant}: replicas must be a whole number >= 1, not {self.replicas!r}")
+        if isinstance(self.pinned_replicas, bool) or not isinstance(self.pinned_replicas, int) \
+                or self.pinned_replicas < 0:
+            raise InfaasError(f"variant {self.variant}: pinned_replicas must be a whole number >= 0, not "
+                              f"{self.pinned_replicas!r}")
+
+    @property
+    def pinned(self) -> bool:
+        return self.pinned_replicas > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,12 +262,13 @@ def autoscale_worker(states: Mapping[str, VariantState], view: WorkerView, optio
         in_cooldown = (prev is not None and prev.last_action_s is not None
                        and now_s - prev.last_action_s < config.cooldown_s)
         idle = load.qps <= 0 and load.queue_samples == 0 and load.idle_s >= config.idle_unload_s
+        unloadable = idle and not load.pinned
 
         if opt is None:
             # Not in the catalog (unprofiled, or a stale catalog): no capacity to reason with; only unload it.
             state = _with_state(prev, "inactive" if idle else "active", now_s)
             action = None
-            if idle and not in_cooldown:
+            if unloadable and not in_cooldown:
                 action = Action("unload", load.variant, None,
                                 f"idle for {load.idle_s:.0f} s (>= {config.idle_unload_s:.0f} s)")
             new_states[load.variant], acted = _finish(state, action, now_s)
@@ -320,6 +335,10 @@ def autoscale_worker(states: Mapping[str, VariantState], view: WorkerView, optio
                                 f"{now_s - overloaded_since:.0f} s: {pressure_why}; {free_cores:g} cores free")
                 free_cores -= opt.threads
                 free_memory -= opt.peak_memory_bytes
+            elif load.pinned:  # never switched away: another replica where there is room, else stay
+                action = Action("replicate", load.variant, None,
+                                f"overloaded ({pressure_why}), pinned and no room here ({free_cores:g} cores free, "
+                                f"{opt.threads} needed): a replica on another worker", elsewhere=True)
             else:
                 target = _upgrade_target(opt, load, options, free_cores, free_memory)
                 if target is not None:
@@ -335,14 +354,14 @@ def autoscale_worker(states: Mapping[str, VariantState], view: WorkerView, optio
             # another worker: a second replica beside the interference would suffer it too.
             action = Action("replicate", load.variant, None,
                             f"interfered for {now_s - state.since_s:.0f} s: {interference_why}", elsewhere=True)
-        elif idle:
+        elif unloadable:
             action = Action("unload", load.variant, None,
                             f"idle for {load.idle_s:.0f} s (>= {config.idle_unload_s:.0f} s)")
         elif low and now_s - low_since >= config.hold_s:
             held = f"utilisation {utilisation:.0%} < {config.low_utilisation:.0%} for {now_s - low_since:.0f} s"
-            if load.replicas > 1:
+            if load.replicas > max(1, load.pinned_replicas):
                 action = Action("remove_replica", load.variant, None, f"{held} on {load.replicas} replicas")
-            elif measured:  # a cheaper variant's headroom is judged against a load that was measured
+            elif measured and not load.pinned:  # a cheaper variant's headroom is judged against a measured load
                 target = _downgrade_target(opt, load, options)
                 if target is not None:
                     action = Action("downgrade", load.variant, target.name,

@@ -15,6 +15,10 @@ ten workers or ten thousand:
   shortest queue of the variant and its holder's overhead, so that `group(index, start, end)`, the view
   of a model's or a task's slice, is a few vectorised operations over the slice and no loop over workers.
 
+"Backend" here means a placement key (`infaas_cli.backends.keys`), what a worker advertises and a variant
+needs: a backend's name, or a backend plus a host capability its recipe needs ("ov-cpu+bf16"). A worker
+advertises every key it provides, so a bf16 variant ranks only workers whose CPU computes bf16.
+
 Decisions read from a view are those `ClusterSnapshot` (selection.py), a frozen list of workers, gives for
 the same state: a snapshot builds a view of its workers on first use.
 """
@@ -328,12 +332,12 @@ class ClusterView:
             loaded = None
         if self._backend_ok is None:
             live = self._live_backends
-            self._backend_ok = np.asarray([b in live for b in index.backend_names], dtype=bool)
+            self._backend_ok = np.asarray([b in live for b in index.key_names], dtype=bool)
             self._all_live = bool(self._backend_ok.all())
         runnable = None
         any_runnable = True
         if not self._all_live:
-            runnable = self._backend_ok[index.backend_code[start:end]]
+            runnable = self._backend_ok[index.key_code[start:end]]
             if loaded is not None:
                 runnable |= loaded
             any_runnable = bool(runnable.any())
@@ -428,8 +432,8 @@ class ClusterView:
         backend (it has the memory of the largest free), or the backends' targets share an overhead.
         """
         parts = []  # (mask over the slice or None for all of it, overhead: scalar or per masked variant)
-        for code, mask, max_memory in index.span_backends(start, end):
-            backend = index.backend_names[code]
+        for code, mask, max_memory in index.span_keys(start, end):
+            backend = index.key_names[code]
             ranking = self._rankings.get(backend)
             if not ranking:
                 continue  # no live worker runs it: not runnable, masked out anyway

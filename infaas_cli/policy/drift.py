@@ -273,6 +273,18 @@ def profiled_p50_ms(batches: Mapping[str, Mapping[str, Any]]) -> dict[int, float
     return out
 
 
+def predicted_sizes(batches: Mapping[str, Mapping[str, Any]]) -> list[int]:
+    """The batch sizes of a ProfileRecord's `batches` that were predicted (`profile --search`), not measured."""
+    out = []
+    for size, stats in batches.items():
+        try:
+            if stats.get("measured", True) is False:
+                out.append(int(size))
+        except (AttributeError, TypeError, ValueError):
+            continue
+    return sorted(out)
+
+
 def can_reprofile(queued: Iterable[int], process_cpu_percent: float, cores: int,
                   config: DriftConfig) -> tuple[bool, str]:
     """Whether a worker has room for a low-priority re-profile: nothing queued (per variant), and its own process

@@ -1,4 +1,4 @@
-"""Which loaded variants a worker unloads to make room for a load: least recently used first, idle ones only."""
+"""Which loaded variants a worker unloads to make room for a load: least recently used first, idle unpinned ones."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ class Resident:
     memory_bytes: int = 0  # profiled peak memory: what unloading it is expected to give back
     #: Not running a batch, nothing queued and no query parked for it: the only kind that may be unloaded.
     idle: bool = True
+    #: Pinned by an operator (`infaas load`, master.min_loaded): kept loaded however idle, never a victim.
+    pinned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +36,11 @@ def plan_eviction(loaded: Iterable[Resident], threads: int, free_threads: int, m
     (when every idle variant is gone it may still fit: profiles overestimate shared pages). Then cores:
     more idle variants go until `threads` are free. When even unloading every idle variant leaves too few
     cores, nothing is unloaded and `fits` is False (unloading would cost warm variants for nothing) —
-    unless nothing would be left loaded or loading: alone, a variant may use every core.
+    unless nothing would be left loaded or loading: alone, a variant may use every core. Pinned variants
+    are never victims, and a worker holding one is never "alone".
     """
     residents = list(loaded)
-    idle = sorted((r for r in residents if r.idle), key=lambda r: (r.last_used_s, r.name))
+    idle = sorted((r for r in residents if r.idle and not r.pinned), key=lambda r: (r.last_used_s, r.name))
     victims: list[str] = []
     free = free_threads
     i = 0
@@ -54,7 +57,7 @@ def plan_eviction(loaded: Iterable[Resident], threads: int, free_threads: int, m
         i += 1
     if free >= threads:
         return Eviction(tuple(victims), True)
-    alone = not loading and all(r.idle for r in residents)
+    alone = not loading and all(r.idle and not r.pinned for r in residents)
     if alone:
         return Eviction(tuple(victims), True)  # every idle variant is among the victims by now
     return Eviction((), False)

@@ -6,7 +6,8 @@
 * ``"static"`` — the static baseline pins a variant: the workers that get a fixed replica of it.
 * ``"replica"`` — the autoscaler wants another replica of a variant on `current`: where it goes.
 
-Candidates are the workers that take new work (alive and not draining) and run the variant's backend.
+Candidates are the workers that take new work (alive and not draining) and advertise the variant's placement
+key (its backend, plus any host capability its recipe needs: `infaas_cli.backends.keys`).
 They are ranked best first by most free cores, then most free memory, then worker id (deterministic).
 What "fits" differs, on purpose: a query's load is bounded by memory only (cores may be oversubscribed:
 the worker then evicts idle variants or waits for busy ones), while fixed and extra replicas are meant
@@ -23,6 +24,9 @@ from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
+from typing import Protocol
+
+from infaas_cli.backends.keys import placement_key
 
 PURPOSES = ("query", "static", "replica")
 
@@ -32,7 +36,7 @@ class WorkerState:
     """One worker as the master last saw it (heartbeat plus what it dispatched since)."""
 
     worker_id: str
-    backends: frozenset[str]
+    backends: frozenset[str]  # the placement keys it advertises (`infaas_cli.backends.keys`)
     cores: int
     #: `cores.known_free_cores`: may be negative on an oversubscribed worker (ranks the less oversubscribed first).
     free_cores: float
@@ -47,9 +51,22 @@ class VariantNeed:
     """What one copy of a variant needs of a worker."""
 
     variant: str
-    backend: str
+    key: str  # its placement key: a worker must advertise it ("ort-cpu", "ov-cpu+bf16")
     threads: int
     memory_bytes: int = 0
+
+
+class _Spec(Protocol):
+    name: str
+    backend: str
+    recipe: str
+    threads: int
+    peak_memory_bytes: int
+
+
+def need_of(spec: _Spec) -> VariantNeed:
+    """The need of a variant as the master describes it to workers (a `VariantSpec`)."""
+    return VariantNeed(spec.name, placement_key(spec.backend, spec.recipe), spec.threads, spec.peak_memory_bytes)
 
 
 def rank_key(w: WorkerState) -> tuple[float, int, str]:
@@ -71,7 +88,7 @@ def place(workers: Iterable[WorkerState], need: VariantNeed, purpose: str = "que
     """
     if purpose not in PURPOSES:
         raise ValueError(f"placement purpose must be one of {', '.join(PURPOSES)}, not {purpose!r}")
-    candidates = [w for w in workers if w.alive and need.backend in w.backends]
+    candidates = [w for w in workers if w.alive and need.key in w.backends]
     if not candidates:
         return ()
     if purpose == "query":

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from infaas_cli.backends import keys as backend_keys
 from infaas_cli.errors import InfaasError, InvalidInputError
 from infaas_cli.catalog.records import ModelRecord, ProfileRecord, TensorSpec, VariantRecord
 from infaas_cli.policy.latency import PRIOR_OVERHEAD_MS
@@ -436,6 +437,12 @@ class VariantInfo:
     def profiled(self) -> bool:
         return bool(self.batch_latency_ms)
 
+    @property
+    def placement_key(self) -> str:
+        """What a worker must advertise to run it: its backend, plus the host capabilities its recipe needs
+        ("ov-cpu+bf16"); workers, rankings and placement are matched on it, never on the backend alone."""
+        return backend_keys.placement_key(self.backend, self.recipe)
+
     def latency_ms(self, batch_size: int) -> float | None:
         """Latency at the smallest profiled batch >= batch_size; beyond the largest, scaled linearly from it.
 
@@ -535,10 +542,12 @@ class CatalogIndex:
             [distinct[self.signatures[v.model]] if v.model in self.signatures else -1 for v in selectable],
             dtype=np.intp)
         self._accepts_cache: dict[tuple[int, int, InputSignature], np.ndarray | None] = {}
-        self._span_backends: dict[tuple[int, int], list[tuple[int, np.ndarray | None, float]]] = {}
-        self.backend_names: list[str] = sorted({v.backend for v in selectable})
-        code = {b: i for i, b in enumerate(self.backend_names)}
-        self.backend_code = np.asarray([code[v.backend] for v in selectable], dtype=np.intp)
+        # Per variant its placement key (backend + needed capabilities), coded: what a live worker must advertise.
+        self._span_keys: dict[tuple[int, int], list[tuple[int, np.ndarray | None, float]]] = {}
+        keys = [v.placement_key for v in selectable]
+        self.key_names: list[str] = sorted(set(keys))
+        code = {k: i for i, k in enumerate(self.key_names)}
+        self.key_code = np.asarray([code[k] for k in keys], dtype=np.intp)
         # The final deterministic tie-break: among variants that differ only in max batch (they share
         # one measurement, so they tie exactly) the largest max batch, which can batch under load;
         # then the name.
@@ -559,14 +568,14 @@ class CatalogIndex:
     def __len__(self) -> int:
         return len(self.order)
 
-    def span_backends(self, start: int, end: int) -> list[tuple[int, np.ndarray | None, float]]:
-        """Per backend in the slice: (backend code, its mask over the slice or None when it is the only one,
+    def span_keys(self, start: int, end: int) -> list[tuple[int, np.ndarray | None, float]]:
+        """Per placement key in the slice: (key code, its mask over the slice or None when it is the only one,
         the largest peak memory among its variants); cached per slice."""
-        found = self._span_backends.get((start, end))
+        found = self._span_keys.get((start, end))
         if found is None:
-            codes = self.backend_code[start:end]
+            codes = self.key_code[start:end]
             memory = self.peak_memory_bytes[start:end]
-            present = np.flatnonzero(np.bincount(codes, minlength=len(self.backend_names))).tolist()
+            present = np.flatnonzero(np.bincount(codes, minlength=len(self.key_names))).tolist()
             if len(present) == 1:
                 found = [(present[0], None, float(memory.max()))]
             else:
@@ -574,7 +583,7 @@ class CatalogIndex:
                 for code in present:
                     mask = codes == code
                     found.append((code, mask, float(memory[mask].max())))
-            self._span_backends[(start, end)] = found
+            self._span_keys[(start, end)] = found
         return found
 
     def accepts(self, start: int, end: int, inputs: InputSignature) -> np.ndarray | None:
@@ -615,7 +624,10 @@ def build_index(models: Sequence[ModelRecord], variants: Sequence[VariantRecord]
         if p is not None:
             for key, stats in p.batches.items():
                 try:
-                    batches.append((int(key), float(stats["p95_ms"])))
+                    ms = float(stats["p95_ms"])
+                    if stats.get("measured", True) is False:  # predicted (`profile --search`): its error bound added
+                        ms *= 1.0 + max(0.0, float(stats.get("predicted_error") or 0.0))
+                    batches.append((int(key), ms))
                 except (KeyError, TypeError, ValueError):
                     continue  # a malformed entry is skipped, not fatal to the whole catalog
         infos.append(VariantInfo(
@@ -718,7 +730,8 @@ def select(query: Query, index: CatalogIndex, cluster: ClusterView | ClusterSnap
             raise _refused_inputs(query, index)
     group = cluster.group(index, start, end)
     if not group.any_runnable:
-        raise _unavailable(sorted({v.backend for v in index.order[start:end]}))
+        raise _unavailable({v.placement_key for v in index.order[start:end]}, cluster.live_backends(),
+                           f"any variant of {label}")
     b = query.batch_size
     column = index.column
     if b >= len(column):
@@ -753,7 +766,8 @@ def select(query: Query, index: CatalogIndex, cluster: ClusterView | ClusterSnap
                         cluster.overhead_floor_ms)
         if k is None:
             if group.runnable is not None and meets.any():
-                raise _unavailable(sorted({index.order[start + int(i)].backend for i in np.flatnonzero(meets)}))
+                raise _unavailable({index.order[start + int(i)].placement_key for i in np.flatnonzero(meets)},
+                                   cluster.live_backends(), f"the variants of {label} that meet the bounds")
             raise _no_variant(query, label, index, start, end, pred, cost, group, accept)
         slo_met = False
     else:
@@ -890,9 +904,9 @@ def _select_variant(query: Query, index: CatalogIndex, cluster: ClusterView) -> 
 
 def _place(cluster: ClusterView, info: VariantInfo) -> str:
     """The worker to load `info` on (`placement.place`, purpose "query")."""
-    worker_id = cluster.place_query(info.backend, info.peak_memory_bytes)
+    worker_id = cluster.place_query(info.placement_key, info.peak_memory_bytes)
     if worker_id is None:
-        raise _unavailable([info.backend])
+        raise _unavailable([info.placement_key], cluster.live_backends(), info.name)
     return worker_id
 
 
@@ -946,9 +960,8 @@ def _refused_inputs(query: Query, index: CatalogIndex) -> InvalidInputError:
                              "single-input model)")
 
 
-def _unavailable(backends: Sequence[str]) -> UnavailableError:
-    which = f"backend {backends[0]}" if len(backends) == 1 else f"backends {', '.join(backends)}"
-    return UnavailableError(f"no live worker runs {which}; start one with `infaas worker` or `infaas up`")
+def _unavailable(keys: Iterable[str], live: Iterable[str], what: str) -> UnavailableError:
+    return UnavailableError(backend_keys.unavailable_reason(keys, live, what))
 
 
 def _batch_too_large(label: str, b: int, index: CatalogIndex, start: int, end: int) -> NoVariantError:
@@ -967,6 +980,26 @@ def _fmt_pct(acc: float) -> str:
 
 def _join(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _warm_only(bound: float, index: CatalogIndex, start: int, end: int, pred: np.ndarray, group: GroupView,
+               admissible: np.ndarray) -> str | None:
+    """When a cold variant meets the latency bound only once loaded, say so: its load is why the query fails, and
+    pinning it (`infaas load`) is the fix. None when no such variant exists."""
+    load_ms = index.load_time_ms[start:end]
+    warm_ms = pred - load_ms
+    cold = admissible & (load_ms > 0) & (warm_ms <= bound)
+    if group.loaded is not None:
+        cold &= ~group.loaded
+    if not cold.any():
+        return None
+    i = int(np.where(cold, warm_ms, _INF).argmin())
+    name = index.order[start + i].name
+    model_ms = float(pred[i] - group.extra_ms[i])
+    overhead_ms = float(group.extra_ms[i] - load_ms[i])
+    overhead = f" + {_fmt_ms(overhead_ms)} ms serving overhead" if overhead_ms > 0.0005 else ""
+    return (f"{name} meets it only warm: it takes {_fmt_ms(float(pred[i]))} ms = {_fmt_ms(model_ms)} ms inference + "
+            f"{_fmt_ms(float(load_ms[i]))} ms load{overhead}; `infaas load {name}` keeps it warm")
 
 
 def _no_variant(query: Query, label: str, index: CatalogIndex, start: int, end: int, pred: np.ndarray,
@@ -1051,6 +1084,10 @@ def _no_variant(query: Query, label: str, index: CatalogIndex, start: int, end: 
     if best_accuracy is None:
         i = most_accurate(usable)
         best_accuracy = None if i is None else float(acc[i])
+    if lat_bound is not None:
+        warm = _warm_only(lat_bound, index, start, end, pred, group, acc_ok & cost_ok)
+        if warm is not None:
+            clauses.append(warm)
     message = head + (": " + "; ".join(clauses) if clauses else "")
     if lat_bound is not None:
         load_ov, held_ov = group.load_overhead_ms, group.held_overhead_ms

@@ -171,6 +171,7 @@ class CatalogVariant(Body):
     latency_ms: NonNegative | None = None
     loaded_on: Annotated[list[Name], Meta(max_length=4096)] = []
     loading_on: Annotated[list[Name], Meta(max_length=4096)] = []
+    pinned_on: Annotated[list[Name], Meta(max_length=4096)] = []
 
 
 class CatalogModel(Body):
@@ -192,8 +193,37 @@ class CatalogReplyBody(Body):
     workers_alive: Count
 
 
+#: Most replicas of one variant an operator may pin (`infaas load --replicas`).
+MAX_PINNED_REPLICAS = 256
+
+
 class PreloadBody(Body):
+    """Load a variant ahead of its queries; `pin`: keep it loaded (never evicted, unloaded or switched away)."""
+
     variant: Name
+    pin: bool = False
+    replicas: Annotated[int, Meta(ge=1, le=MAX_PINNED_REPLICAS)] | None = None
+    worker: Name | None = None
+
+
+#: Most models (a model and its versions) one `remove` names.
+MAX_REMOVE_MODELS = 1024
+
+
+class RemoveBody(Body):
+    """Before a model's records are deleted: stop routing to it and, with `drain`, unload it everywhere."""
+
+    models: Annotated[list[Name], Meta(min_length=1, max_length=MAX_REMOVE_MODELS)]
+    drain: bool = False
+    timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 30.0
+
+
+class RemoveReplyBody(Body):
+    models: Annotated[list[Name], Meta(max_length=MAX_REMOVE_MODELS)]
+    variants: Annotated[list[Name], Meta(max_length=MAX_ENTRIES)] = []
+    unloaded_on: Annotated[list[Name], Meta(max_length=4096)] = []
+    drained_queries: Count = 0
+    waited_ms: NonNegative = 0.0
 
 # -- master <-> worker -------------------------------------------------------------------------------
 
@@ -280,10 +310,12 @@ class LoadBody(Body):
     spec: VariantSpec
     replicas: Annotated[int, Meta(ge=1, le=256)] | None = None
     replaces: Name | None = None
+    pinned: bool = False
 
 
 class UnloadBody(Body):
     variant: Name
+    worker: Name | None = None
 
 
 class LoadedBody(Body):
@@ -404,6 +436,7 @@ BODIES: dict[str, type[Body]] = {
     "reprofile": ReprofileBody, "reprofiled": ReprofiledBody,
     "changes": ChangesBody, "artifact_chunk": ArtifactChunkBody, "ack": AckBody, "error": ErrorBody,
     "catalog": CatalogBody, "catalog_reply": CatalogReplyBody, "preload": PreloadBody,
+    "remove": RemoveBody, "remove_reply": RemoveReplyBody,
 }
 
 DIRECTIONS: dict[str, str] = {
@@ -414,7 +447,7 @@ DIRECTIONS: dict[str, str] = {
     "reprofile": "master → worker", "reprofiled": "worker → master",
     "changes": "CLI → master", "artifact_chunk": "CLI → master, master → worker", "ack": "master → CLI",
     "error": "any → its peer", "catalog": "client → master", "catalog_reply": "master → client",
-    "preload": "client → master",
+    "preload": "client → master", "remove": "client → master", "remove_reply": "master → client",
 }
 
 DECODERS: dict[str, msgspec.msgpack.Decoder] = {t: msgspec.msgpack.Decoder(cls) for t, cls in BODIES.items()}

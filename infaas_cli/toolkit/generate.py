@@ -37,6 +37,28 @@ class GenerateReport:
     unavailable: list[tuple[str, str]] = field(default_factory=list)  # (backend, reason)
 
 
+def unfinished_registration(home: InfaasHome, path: str | Path, name: str, task: str, dataset: str,
+                            validation: str | Path | None = None) -> ModelRecord | None:
+    """The model record an interrupted `register` of this very file (and validation set) left under `name`:
+    written, but its variants never generated, so that registering it again resumes with the generation."""
+    from infaas_cli.catalog.artifacts import sha256_file
+
+    existing = home.store.get(ModelRecord, name)
+    if existing is None or (existing.task, existing.dataset) != (task, dataset) or home.store.variants(name):
+        return None
+    try:
+        same = sha256_file(path) == existing.artifact_sha256 and \
+            (None if validation is None else sha256_file(validation)) == existing.validation_sha256
+    except OSError:
+        return None
+    return existing if same else None
+
+
+def finish_hint(name: str) -> str:
+    """What finishes a model whose registration stopped before its variants were generated."""
+    return f"its variants were never generated (an interrupted register?): `infaas generate {name}` finishes it"
+
+
 def load_model_validation(home: InfaasHome, model: ModelRecord) -> ValidationSet | None:
     if model.validation_sha256 is None:
         return None

@@ -58,8 +58,9 @@ def test_master_refuses_unauthorised_peers(tmp_path):
     try:
         wait_for(ep_file.exists)
         ep = json.loads(ep_file.read_text())
-        worker = subprocess.Popen([sys.executable, "-m", "infaas_cli", "worker", "--master", ep["worker_endpoint"],
-                                   "--worker-id", "w-curve", "--heartbeat-interval-s", "0.25",
+        worker = subprocess.Popen([sys.executable, "-m", "infaas_cli", "worker",
+                                   "--master-endpoint", ep["worker_endpoint"], "--worker-id", "w-curve",
+                                   "--heartbeat-interval-s", "0.25",
                                    "--curve-secret-key", str(keys / "worker.key_secret"),
                                    "--master-public-key", str(keys / "master.key")], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

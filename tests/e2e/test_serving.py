@@ -157,8 +157,9 @@ def test_garbage_frames_at_a_worker(tmp_path):
     router.setsockopt(zmq.LINGER, 0)
     port = router.bind_to_random_port("tcp://127.0.0.1")
     env = {**os.environ, "INFAAS_HOME": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "infaas_cli", "worker", "--master", f"tcp://127.0.0.1:{port}",
-                             "--worker-id", "w-garbage", "--heartbeat-interval-s", "0.2"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "infaas_cli", "worker",
+                             "--master-endpoint", f"tcp://127.0.0.1:{port}", "--worker-id", "w-garbage",
+                             "--heartbeat-interval-s", "0.2"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         def recv(timeout_ms=10000):

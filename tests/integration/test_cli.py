@@ -89,6 +89,9 @@ def test_register_errors(cli, tmp_path):
     assert json.loads(cli("models", "--json").stdout) == []
     assert cli("register", good, "--name", "two", "--task", "t", "--dataset", "d", "--accuracy", "0.9",
                "--no-generate").exit_code == 0
+    # The same file again finishes that registration (generates its variants); once complete, it is refused.
+    r = cli("register", good, "--name", "two", "--task", "t", "--dataset", "d", "--accuracy", "0.9")
+    assert r.exit_code == 0 and "generating them" in r.stderr, r.output
     r = cli("register", good, "--name", "two", "--task", "t", "--dataset", "d", "--accuracy", "0.9")
     assert r.exit_code == 1 and "--replace" in r.stderr
 
@@ -118,7 +121,8 @@ def test_register_cache_mib(cli, tmp_path):
 
 
 def test_backends_listing_names_missing_toolchains(cli):
-    rows = json.loads(cli("backends", "--json").stdout)
+    listing = json.loads(cli("backends", "--json", "--timeout-s", "0.5").stdout)
+    rows = listing["host"]["backends"]
     by_name = {r["backend"]: r for r in rows}
     assert by_name["ort-cpu"]["available"] is True
     for name in ("ort-cuda", "ort-trt", "trt", "neuron"):
@@ -126,6 +130,9 @@ def test_backends_listing_names_missing_toolchains(cli):
         if not by_name[name]["available"]:
             assert by_name[name]["reason"]
     assert "not available on this host:" in cli("backends").stdout or all(r["available"] for r in rows)
+    # No master in this test's home: said plainly, and the listing of this host stands.
+    assert listing["master"]["reachable"] is False and listing["master"]["reason"]
+    assert "workers: no master reachable" in cli("backends").stdout
 
 
 def test_cli_as_subprocess(tmp_path, sklearn_models):

@@ -47,8 +47,8 @@ SAMPLES = {
                               "variants": {"digits-cnn/ort-cpu-fp32-t1": {
                                   "state": "loaded", "queue": 3, "qps": 120.5, "samples_per_s": 480.0,
                                   "latency_ms": 2.5, "threads": 1, "replicas": 1, "idle_s": 0.25}}}},
-    "load": {"variant": "digits-cnn/ort-cpu-fp32-t1", "spec": SPEC, "replicas": 2},
-    "unload": {"variant": "digits-cnn/ort-cpu-fp32-t1"},
+    "load": {"variant": "digits-cnn/ort-cpu-fp32-t1", "spec": SPEC, "replicas": 2, "pinned": True},
+    "unload": {"variant": "digits-cnn/ort-cpu-fp32-t1", "worker": "w1"},
     "loaded": {"variant": "digits-cnn/ort-cpu-fp32-t1", "load_time_ms": 35.2, "worker_id": "w1"},
     "infer": {"variant": "digits-cnn/ort-cpu-fp32-t1", "inputs": None, "spec": SPEC, "deadline_ms": 20.0},
     "result": {"outputs": None, "timing": {"queue_ms": 0.1, "inference_ms": 1.0, "batch_size": 4}},
@@ -72,8 +72,11 @@ SAMPLES = {
         "batch_dim": "dynamic", "max_batch": 64, "accuracy": 0.98,
         "variants": [{"name": "digits-cnn/ort-cpu-fp32-t1", "recipe": "fp32", "backend": "ort-cpu",
                       "hardware": "cpu", "threads": 1, "max_batch": 64, "accuracy": 0.98, "latency_ms": 0.42,
-                      "loaded_on": ["w1"], "loading_on": ["w2"]}]}]},
-    "preload": {"variant": "digits-cnn/ort-cpu-fp32-t1"},
+                      "loaded_on": ["w1"], "loading_on": ["w2"], "pinned_on": ["w1"]}]}]},
+    "preload": {"variant": "digits-cnn/ort-cpu-fp32-t1", "pin": True, "replicas": 2, "worker": "w1"},
+    "remove": {"models": ["digits-cnn", "digits-cnn@v2"], "drain": True, "timeout_s": 10.0},
+    "remove_reply": {"models": ["digits-cnn"], "variants": ["digits-cnn/ort-cpu-fp32-t1"], "unloaded_on": ["w1"],
+                     "drained_queries": 3, "waited_ms": 12.5},
 }
 
 #: Structures nested in bodies, each with its own table in the doc.

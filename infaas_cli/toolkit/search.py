@@ -1,0 +1,470 @@
+"""Configuration search: measure a few (configuration, batch size) cells of a model, predict the rest.
+
+Brute-force profiling times every cell: each (backend, recipe, threads) configuration at every batch size its
+variants take. The space grows multiplicatively (recipes × threads × batch sizes × backends), while selection
+only ever picks from a small front of it. `profile --search` measures a well-chosen subset and predicts the rest,
+each predicted figure with a stated relative error:
+
+* **Predictor** — low-rank completion of log latency over (models × cells) on one hardware id: the model being
+  profiled is one row, the models already profiled on that hardware (their *measured* cells only) are the others.
+  ``log p50[m, c] ≈ mu[m] + nu[c] + U[m]·V[c]`` (rank `RANK`, ridge-regularised, fit by alternating least squares),
+  so the ratio structure between recipes, threads and batch sizes learned on other models carries over, scaled
+  by the new model's own level and bent by its own interaction factors. A cell no model measured is interpolated
+  in log-log along its configuration's batch sizes.
+* **Choice** — anchors first (a reference configuration at its smallest and largest batch size, and one cell of
+  every configuration no other model measured), then, while the budget lasts, the unmeasured cell that most often
+  wins or nearly wins a decision selection would make: the fastest and the cheapest (threads × latency)
+  configuration at each batch size, for each accuracy floor the model's recipes offer.
+* **Error** — leave-one-out over the model's measured cells (each predicted from all the others), the 80th
+  percentile of the relative errors, never below `MIN_ERROR`; a cell with no cross-model evidence counts double.
+
+Everything here is pure (no models run, no store): `profiler.search_profile` measures what `Search.next_cells`
+asks for and stores the result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: (backend, recipe, threads): what one measurement session runs (variants differing only by max batch share it).
+Group = tuple[str, str, int]
+#: One measurement: a configuration at one batch size.
+Cell = tuple[Group, int]
+
+#: Search rather than measure every cell when a model has more cells than this (`infaas profile` without
+#: --search/--exhaustive). A 2-core host has 16 configurations × 5 batch sizes = 80 for a CNN: exhaustive;
+#: a 16-core host 40 × 5 = 200: searched.
+SEARCH_THRESHOLD = 100
+#: Share of a model's cells the search measures (at least the anchors).
+DEFAULT_FRACTION = 0.10
+#: Another model's cells weigh less the further its level (log latency) is from this model's, at this scale ...
+LEVEL_SCALE = 1.5
+#: ... and the worse its log ratios reproduce this model's measured ones, at this scale.
+FIT_SCALE = 0.3
+#: A recipe whose log ratio to the reference configuration spreads less than this over at least this many
+#: other models is not anchored on a new model: the library predicts it.
+STEADY_SPREAD = 0.15
+STEADY_MODELS = 2
+#: Other models this similar (`Predictor` weight) or more count as "like this one" when choosing anchors.
+SIMILAR_WEIGHT = 0.1
+#: The weight of a configuration's own measured curve (another batch size of it, along this model's nearest
+#: measured curve) beside other models' ratios, whose weights are their similarity (1: alike).
+OWN_WEIGHT = 0.3
+#: The weight of another model's predicted cells beside its measured ones.
+PREDICTED_WEIGHT = 1 / 3
+#: Added to a predicted figure's error as the models it rests on are unlike this one (support 0: all of it).
+UNLIKE_ERROR = 0.5
+#: The smallest stated error of a predicted figure (measurement noise alone is about this).
+MIN_ERROR = 0.05
+#: The stated error when too few cells are measured to estimate it by leave-one-out.
+PRIOR_ERROR = 0.3
+
+
+@dataclass(frozen=True)
+class Space:
+    """A model's configuration space: the cells its variants need, and each configuration's measured accuracy."""
+
+    batches: Mapping[Group, tuple[int, ...]]  # configuration -> the batch sizes its variants take, ascending
+    accuracy: Mapping[Group, float | None] = field(default_factory=dict)
+
+    @property
+    def cells(self) -> list[Cell]:
+        return [(g, b) for g in sorted(self.batches) for b in self.batches[g]]
+
+
+def budget_for(space: Space, fraction: float = DEFAULT_FRACTION) -> int:
+    """Cells to measure: `fraction` of the space, at least one."""
+    return max(1, int(math.floor(fraction * len(space.cells) + 1e-9)))
+
+
+# -- the predictor --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Prediction:
+    ms: dict[Cell, float]  # every cell of the space: measured, or predicted
+    error: dict[Cell, float]  # a predicted cell's stated relative error (absent for measured ones)
+
+
+def _distance(c: Cell, a: Cell) -> float:
+    """How far measured cell `a` is from `c` as an anchor: the same configuration beats the same batch size."""
+    (g, b), (h, d) = c, a
+    step = abs(math.log(b / d)) / math.log(2)
+    if g == h:
+        return 0.5 * step
+    return (1.0 if g[:2] == h[:2] else 2.0) + step
+
+
+def _interpolate(known: Mapping[int, float], batch: int) -> float:
+    """Log latency at `batch` from a configuration's known batch sizes, linear in log-log (outside them: the
+    nearest two's slope, or linear in the batch size when only one is known)."""
+    sizes = sorted(known)
+    if batch in known:
+        return known[batch]
+    if len(sizes) == 1:
+        b0 = sizes[0]
+        return known[b0] + (math.log(batch / b0) if batch > b0 else 0.0)
+    lo = [b for b in sizes if b < batch]
+    hi = [b for b in sizes if b > batch]
+    a, c = (lo[-1], hi[0]) if lo and hi else (sizes[0], sizes[1]) if not lo else (sizes[-2], sizes[-1])
+    slope = (known[c] - known[a]) / math.log(c / a)
+    if not hi:
+        slope = max(slope, 0.0)  # beyond the largest: never faster than it
+    return known[a] + slope * math.log(batch / a)
+
+
+def _weighted_median(values: Sequence[float], weights: Sequence[float]) -> float:
+    order = np.argsort(values)
+    v, w = np.asarray(values)[order], np.asarray(weights)[order]
+    cum = np.cumsum(w)
+    return float(v[int(np.searchsorted(cum, cum[-1] / 2.0))])
+
+
+class Predictor:
+    """Predicts a model's cells from its measured ones and other models' cells on the same hardware.
+
+    A cell c is predicted from the model's nearest measured cell a (same configuration at the closest batch size,
+    else the same batch size, else the closest) through each other model k that has both: log c = log a + (log
+    k[c] - log k[a]), the weighted median over k. A model k weighs more the closer its level is to this model's
+    (similar cost, similar ratios) and the better its ratios reproduce this model's measured ones. Other models'
+    predicted cells (`library_predicted`) count at a third of the weight of measured ones.
+    """
+
+    def __init__(self, library: Mapping[str, Mapping[Cell, float]],
+                 library_predicted: Mapping[str, Mapping[Cell, float]] | None = None) -> None:
+        self.library: dict[str, dict[Cell, tuple[float, float]]] = {}
+        for name, row in (library_predicted or {}).items():
+            self.library.setdefault(name, {}).update({c: (math.log(ms), PREDICTED_WEIGHT) for c, ms in row.items()
+                                                      if ms > 0})
+        for name, row in library.items():
+            self.library.setdefault(name, {}).update({c: (math.log(ms), 1.0) for c, ms in row.items() if ms > 0})
+        self._seen = {c for name, row in library.items() for c in row}
+
+    def evidence(self, cell: Cell, measured: Mapping[Cell, float]) -> bool:
+        """Whether this cell was measured, here or on another model, so its prediction rests on a measurement."""
+        return cell in self._seen or cell in measured
+
+    def _similarity(self, logs: Mapping[Cell, float]) -> dict[str, float]:
+        out = {}
+        for name, row in self.library.items():
+            shared = [c for c in logs if c in row]
+            if not shared:
+                continue
+            level = float(np.mean([logs[c] - row[c][0] for c in shared]))
+            fit = [(logs[a] - logs[c]) - (row[a][0] - row[c][0]) for a in shared for c in shared if a < c]
+            rms = math.sqrt(float(np.mean(np.square(fit)))) if fit else 0.0
+            out[name] = math.exp(-0.5 * (level / LEVEL_SCALE) ** 2 - 0.5 * (rms / FIT_SCALE) ** 2) + 1e-6
+        return out
+
+    def raw(self, space: Space, measured: Mapping[Cell, float]) -> dict[Cell, float]:
+        """Predicted p50 ms of every cell (measured ones as measured).
+
+        log L(g, b) = log L(a) + [C(b) - C(d)] + Δ, from a measured cell a = (h, d) of this model: C is this
+        model's own batch curve (its best-measured configuration, interpolated in log-log, bent by the other
+        models' curvature), and Δ = [k(g, b) - k(h, d)] - [k(ref, b) - k(ref, d)] is how configuration g departs
+        from that curve on another model k — the interactions (threads pay at large batches, int8 on big graphs)
+        carry over between models better than absolute curves do. The weighted median over anchors and models.
+        """
+        if not measured:
+            raise ValueError("a prediction needs at least one measured cell of the model")
+        logs = {c: math.log(ms) for c, ms in measured.items()}
+        weights = self._similarity(logs)
+        own = {g: {b: logs[(g, b)] for b in space.batches[g] if (g, b) in logs} for g in space.batches}
+        ref = max(sorted(space.batches), key=lambda g: len(own[g]))
+        curve = self._curve(ref, own[ref], weights)
+        shaped = [g for g in sorted(space.batches) if len(own[g]) > 1]
+
+        def shape(g: Group):
+            """The batch curve of g's nearest configuration with two measured sizes (same recipe first)."""
+            if not shaped:
+                return curve
+            h = min(shaped, key=lambda h: (h[:2] != g[:2], h[0] != g[0], abs(h[2] - g[2])))
+            return curve if h == ref else self._curve(h, own[h], weights)
+        out: dict[Cell, float] = {}
+        support: dict[Cell, float] = {}  # how alike the models behind a predicted cell are to this one (0 … 1)
+
+        def closeness_max(c: Cell, near: list[Cell]) -> float:
+            return max(1.0 / (1.0 + _distance(c, a)) for a in near)
+
+        for c in space.cells:
+            if c in logs:
+                out[c] = logs[c]
+                continue
+            g, b = c
+            anchors = sorted(logs, key=lambda a: _distance(c, a))
+            near = [a for a in anchors if _distance(c, a) <= _distance(c, anchors[0]) + 0.75][:3]
+            values, wts = [], []
+            for a in near:
+                h, d = a
+                closeness = 1.0 / (1.0 + _distance(c, a))
+                shift = curve(b) - curve(d)
+                for name, w in weights.items():
+                    row = self.library[name]
+                    if c not in row or a not in row:
+                        continue
+                    if (ref, b) in row and (ref, d) in row:
+                        delta = (row[c][0] - row[a][0]) - (row[(ref, b)][0] - row[(ref, d)][0])
+                        values.append(logs[a] + shift + delta)
+                        wts.append(w * closeness * row[c][1] * row[a][1])
+                    else:  # k lacks the reference: its plain ratio, at a third of the weight
+                        values.append(logs[a] + row[c][0] - row[a][0])
+                        wts.append(w * closeness * row[c][1] * row[a][1] / 3)
+                if h == g:  # its own curve: weighs like a fairly similar model (outweighs unlike ones)
+                    along = shape(g)
+                    values.append(logs[a] + along(b) - along(d))
+                    wts.append(OWN_WEIGHT * closeness)
+            if values:
+                out[c] = _weighted_median(values, wts)
+                support[c] = max(wts) / closeness_max(c, near)
+        for g in sorted(space.batches):  # a configuration nobody measured anywhere: along this model's curve
+            known = {b: out[(g, b)] for b in space.batches[g] if (g, b) in out}
+            along = shape(g)
+            for b in space.batches[g]:
+                if (g, b) not in out and known:
+                    b0 = min(known, key=lambda k: abs(math.log(k / b)))
+                    out[(g, b)] = known[b0] + along(b) - along(b0)
+        for g in sorted(space.batches):  # nothing of g known: its recipe at other threads, scaled as the
+            siblings = [h for h in space.batches if h[:2] == g[:2] and h != g and (h, space.batches[g][0]) in out]
+            if (g, space.batches[g][0]) in out or not siblings:  # reference's recipe scales with threads here
+                continue
+            h = min(siblings, key=lambda h: abs(h[2] - g[2]))
+            for b in space.batches[g]:
+                if (h, b) in out:
+                    mine, theirs = (ref[0], ref[1], g[2]), (ref[0], ref[1], h[2])
+                    scale = out[(mine, b)] - out[(theirs, b)] if (mine, b) in out and (theirs, b) in out else 0.0
+                    out[(g, b)] = out[(h, b)] + scale
+        slowest = max(out.values())
+        for c in space.cells:  # nothing bears on it (no configuration of its kind measured anywhere): pessimistic
+            out.setdefault(c, slowest)
+        self.support = support
+        return {c: math.exp(v) for c, v in out.items()}
+
+    def _curve(self, ref: Group, own: dict[int, float], weights: Mapping[str, float]):
+        """This model's log batch curve: its reference configuration's measured sizes interpolated in log-log,
+        plus the other models' curvature between the two measured sizes around a batch size."""
+        cache: dict[int, float] = {}
+
+        def curve(b: int) -> float:
+            if b in cache:
+                return cache[b]
+            value = _interpolate(own, b)
+            lo = [s for s in own if s < b]
+            hi = [s for s in own if s > b]
+            if lo and hi:
+                lo_b, hi_b = max(lo), min(hi)
+                bends, wts = [], []
+                for name, w in weights.items():
+                    row = self.library[name]
+                    if all((ref, s) in row for s in (lo_b, b, hi_b)):
+                        theirs = {s: row[(ref, s)][0] for s in (lo_b, hi_b)}
+                        bends.append(row[(ref, b)][0] - _interpolate(theirs, b))
+                        wts.append(w * row[(ref, b)][1])
+                if bends:
+                    value += _weighted_median(bends, wts)
+            cache[b] = value
+            return value
+
+        return curve
+
+    def predict(self, space: Space, measured: Mapping[Cell, float]) -> Prediction:
+        """Every cell: measured ones as measured, the rest predicted with their stated relative error."""
+        raw = self.raw(space, measured)
+        support = self.support
+        base = self.loo_error(space, measured)
+        ms, error = {}, {}
+        for c in space.cells:
+            if c in measured:
+                ms[c] = measured[c]
+                continue
+            ms[c] = raw[c]
+            unlike = 1.0 - min(1.0, support.get(c, 0.0))  # the models behind it are unlike this one
+            error[c] = round(min(1.0, base + UNLIKE_ERROR * unlike), 3)
+        return Prediction(ms, error)
+
+    def loo_error(self, space: Space, measured: Mapping[Cell, float]) -> float:
+        """The 80th percentile of |predicted/measured - 1| over the model's measured cells, each predicted from the
+        others (at least MIN_ERROR; PRIOR_ERROR while fewer than three cells are measured)."""
+        if len(measured) < 3:
+            return PRIOR_ERROR
+        errors = []
+        for c in measured:
+            rest = {k: v for k, v in measured.items() if k != c}
+            guess = self.raw(space, rest)[c]
+            if math.isfinite(guess):
+                errors.append(abs(guess / measured[c] - 1.0))
+        if not errors:
+            return PRIOR_ERROR
+        return max(MIN_ERROR, float(np.quantile(errors, 0.8)))
+
+
+# -- what to measure ------------------------------------------------------------------------------------------
+
+def reference_group(space: Space, library: Mapping[str, Mapping[Cell, float]]) -> Group:
+    """The configuration to anchor on: the one other models measured most often (it ties the new model's level
+    to theirs), else the first ONNX-Runtime-like one with the fewest threads."""
+    counts: dict[Group, int] = {}
+    for row in library.values():
+        for g, _ in row:
+            if g in space.batches:
+                counts[g] = counts.get(g, 0) + 1
+    return min(space.batches, key=lambda g: (-counts.get(g, 0), g[2], g))
+
+
+def _steady(g: Group, ref: Group, library: Mapping[str, Mapping[Cell, float]]) -> bool:
+    """Whether configuration g runs at the same ratio to `ref` on every other model that measured both (at least
+    `STEADY_MODELS` of them, log ratios within `STEADY_SPREAD` of each other)."""
+    ratios = []
+    for row in library.values():
+        shared = sorted(b for (h, b) in row if h == g and (ref, b) in row)
+        if shared:
+            ratios.append(math.log(row[(g, shared[-1])] / row[(ref, shared[-1])]))
+    return len(ratios) >= STEADY_MODELS and float(np.std(ratios)) <= STEADY_SPREAD
+
+
+def anchor_cells(space: Space, library: Mapping[str, Mapping[Cell, float]],
+                 similar: Iterable[str] | None = None) -> list[Cell]:
+    """What a search measures first: the reference configuration at its smallest and largest batch size (this
+    model's level and batch curve); then, once those are measured and `similar` names the other models at this
+    one's level, every other recipe once, with the fewest threads at the largest batch size (recipes differ most
+    from model to model: int8 pays on some graphs, not on others) — unless its ratio to the reference is the same
+    on the similar models. A recipe no other model measured gets its smallest batch size too (the shape of its
+    curve); its other thread counts are left to the contenders."""
+    ref = reference_group(space, library)
+    sizes = space.batches[ref]
+    cells = [(ref, sizes[0])] + ([(ref, sizes[-1])] if len(sizes) > 1 else [])
+    if similar is None:
+        return cells
+    alike = {name: library[name] for name in similar if name in library}
+    seen = {g for row in library.values() for g, _ in row}
+    families: dict[tuple[str, str], list[Group]] = {}
+    for g in sorted(space.batches, key=lambda g: (g[:2], g[2])):
+        families.setdefault(g[:2], []).append(g)
+    for family, groups in families.items():
+        new = not any(g in seen for g in groups)
+        if not new and family != ref[:2] and _steady(groups[0], ref, alike):
+            continue  # its ratio to the reference is the same on every model like this one: the library knows it
+        for i, g in enumerate(groups):
+            if g == ref or (family == ref[:2] and not new):
+                continue
+            first, last = space.batches[g][0], space.batches[g][-1]
+            if i == 0:
+                cells += [(g, last)] + ([(g, first)] if new and first != last else [])
+    return list(dict.fromkeys(cells))
+
+
+def contenders(space: Space, prediction: Prediction, slack: float = 1.0) -> dict[Cell, float]:
+    """Cells that win, or come within their error (× `slack`) of winning, a decision selection would make: the
+    fastest, and the cheapest (threads × latency), configuration at each batch size for each accuracy floor. The
+    value of a cell: the number of decisions it contends in, weighted by how close it comes."""
+    floors = sorted({a for a in space.accuracy.values() if a is not None}) or [None]
+    score: dict[Cell, float] = {}
+    sizes = sorted({b for bs in space.batches.values() for b in bs})
+    for b in sizes:
+        for floor in floors:
+            groups = [g for g in space.batches if b in space.batches[g]
+                      and (floor is None or (space.accuracy.get(g) is not None and space.accuracy[g] >= floor))]
+            if not groups:
+                continue
+            for weight in (lambda g: 1.0, lambda g: float(g[2])):  # latency, and cost (price ∝ threads)
+                value = {g: weight(g) * prediction.ms[(g, b)] for g in groups if math.isfinite(prediction.ms[(g, b)])}
+                if not value:
+                    continue
+                # optimistic bound of each: its figure less its error; a contender can beat the best's pessimistic one
+                best_high = min(v * (1 + prediction.error.get((g, b), 0.0)) for g, v in value.items())
+                for g, v in value.items():
+                    low = v * max(0.1, 1 - slack * prediction.error.get((g, b), 0.0))
+                    if low <= best_high:  # how far below the best's pessimistic figure it may be
+                        score[(g, b)] = score.get((g, b), 0.0) + best_high / max(low, 1e-12)
+    return score
+
+
+@dataclass
+class Search:
+    """One model's search: ask `next_cells`, measure them, `observe` the figures, repeat; then `result`."""
+
+    space: Space
+    library: Mapping[str, Mapping[Cell, float]]
+    budget: int
+    measured: dict[Cell, float] = field(default_factory=dict)  # cells measured (before or during this search)
+    library_predicted: Mapping[str, Mapping[Cell, float]] = field(default_factory=dict)
+    predictor: Predictor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.predictor = Predictor(self.library, self.library_predicted)
+        self.failed: set[Cell] = set()  # cells whose measurement failed: not asked for again
+
+    def _anchors(self) -> list[Cell]:
+        first = anchor_cells(self.space, self.library)
+        if not all(c in self.measured or c in self.failed for c in first) or not self.measured:
+            return first
+        weights = self.predictor._similarity({c: math.log(ms) for c, ms in self.measured.items()})
+        return anchor_cells(self.space, self.library, [n for n, w in weights.items() if w >= SIMILAR_WEIGHT])
+
+    def next_cells(self, at_most: int = 4) -> list[Cell]:
+        """The cells to measure next (empty: done). Anchors come first, all at once; then up to `at_most` cells of
+        the most valuable contenders, those sharing a configuration kept together (one session measures them).
+        The budget stretches to the anchors."""
+        anchors = self._anchors()
+        left = max(self.budget, len(anchors)) - len(self.measured) - len(self.failed)
+        if left <= 0:
+            return []
+        todo = [c for c in anchors if c not in self.measured and c not in self.failed]
+        if todo:
+            return todo[:left]
+        if not self.measured:
+            return []
+        prediction = self.predictor.predict(self.space, self.measured)
+        done = set(self.measured) | self.failed
+        score = {c: s for c, s in contenders(self.space, prediction).items() if c not in done}
+        if not score:
+            score = {c: s for c, s in contenders(self.space, prediction, slack=3.0).items() if c not in done}
+        if not score:
+            return []
+        ranked = sorted(score, key=lambda c: (-score[c], c[1], c[0]))
+        first = ranked[0]
+        picked = [first] + [c for c in ranked[1:] if c[0] == first[0]]
+        picked += [c for c in ranked if c not in picked]
+        return picked[:min(at_most, left)]
+
+    def observe(self, cell: Cell, p50_ms: float) -> None:
+        if not p50_ms > 0:
+            raise ValueError(f"a measured latency must be positive, not {p50_ms!r}")
+        self.measured[cell] = float(p50_ms)
+
+    def result(self) -> Prediction:
+        return self.predictor.predict(self.space, self.measured)
+
+
+def run_search(space: Space, library: Mapping[str, Mapping[Cell, float]], budget: int,
+               measure, measured: Mapping[Cell, float] | None = None,
+               library_predicted: Mapping[str, Mapping[Cell, float]] | None = None) -> Prediction:
+    """Drive a Search with `measure(cells) -> {cell: p50 ms}` (the profiler's, or a table's in tests)."""
+    search = Search(space, library, budget, dict(measured or {}), dict(library_predicted or {}))
+    while cells := search.next_cells():
+        got = measure(cells)
+        for c in cells:
+            if c in got:
+                search.observe(c, got[c])
+            else:  # a failed measurement is not asked for again, and counts against the budget
+                search.failed.add(c)
+    return search.result() if search.measured else Prediction({}, {})  # nothing measured: nothing to predict
+
+
+def tail_ratios(measured_stats: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Median p95/p50, p99/p50 and mean/p50 over a model's measured cells: a predicted p50 gets its tail this way."""
+    ratios: dict[str, list[float]] = {"p95_ms": [], "p99_ms": [], "mean_ms": []}
+    for stats in measured_stats:
+        p50 = stats.get("p50_ms") or 0.0
+        if p50 > 0:
+            for key in ratios:
+                if stats.get(key):
+                    ratios[key].append(float(stats[key]) / p50)
+    defaults = {"p95_ms": 1.2, "p99_ms": 1.4, "mean_ms": 1.05}
+    return {k: float(np.median(v)) if v else defaults[k] for k, v in ratios.items()}
+
+
+def spaces_cells(spaces: Sequence[Space]) -> int:
+    return sum(len(s.cells) for s in spaces)
