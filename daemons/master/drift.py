@@ -55,8 +55,8 @@ class DriftWatch:
     def _profiles_now(self) -> dict[str, dict[int, float]]:
         if self._profiled_p50 is None:
             profiles = applicable_profiles(self.store.profiles())
-            self._profiled_p50 = {v: profiled_p50_ms(p.batches) for v, p in profiles.items()}
             self._predicted = {v: sizes for v, p in profiles.items() if (sizes := predicted_sizes(p.batches))}
+            self._profiled_p50 = {v: profiled_p50_ms(p.batches) for v, p in profiles.items()}
         return self._profiled_p50
 
     def _predicted_now(self) -> dict[str, list[int]]:

@@ -89,11 +89,15 @@ def profile_models(home: InfaasHome, names: Sequence[str], batch_sizes: Sequence
                    on_plan: Callable[[int], None] | None = None,
                    on_progress: Callable[[str], None] | None = None, mode: str = "exhaustive",
                    fraction: float = search.DEFAULT_FRACTION,
-                   threshold: int = search.SEARCH_THRESHOLD) -> ProfileReport:
+                   threshold: int = search.SEARCH_THRESHOLD,
+                   search_measure: Callable[..., tuple[float, int, dict[int, BatchProfile]]] | None = None,
+                   ) -> ProfileReport:
     """Profile every variant of the named models that this host can run; stored profiles are kept unless force.
 
     `mode` "exhaustive" measures every (configuration, batch size) cell; "search" measures `fraction` of a model's
     cells and predicts the rest (`toolkit.search`); "auto" searches models with more than `threshold` cells.
+    `search_measure` (the signature of `_measure_isolated`) replaces the search's measurements: benchmarks/search.py
+    replays a brute-force table through it, to judge the search's choices apart from run-to-run noise.
     """
     if mode not in PROFILE_MODES:
         raise InfaasError(f"profile mode must be one of {', '.join(PROFILE_MODES)}, not {mode!r}")
@@ -141,7 +145,8 @@ def profile_models(home: InfaasHome, names: Sequence[str], batch_sizes: Sequence
         report.measurements += len(needed)
         _store_group(home, model, hw_id, hw, members, load_ms, peak_bytes, per_batch, force, report)
     for model, (space, members) in searched:  # after the measured ones: what they measured warms the search
-        _search_model(home, model, space, members, force, settings, fraction, report, data_cache, on_progress)
+        _search_model(home, model, space, members, force, settings, fraction, report, data_cache, on_progress,
+                      search_measure or _measure_isolated)
     return report
 
 
@@ -206,9 +211,10 @@ def _library(home: InfaasHome, model: str, hw_ids: set[str]):
 
 def _search_model(home: InfaasHome, model: ModelRecord, space: search.Space, configured, force: bool,
                   settings: MeasureSettings, fraction: float, report: ProfileReport, data_cache,
-                  on_progress: Callable[[str], None] | None) -> None:
+                  on_progress: Callable[[str], None] | None, measure_group: Callable | None = None) -> None:
     """Measure the cells the search asks for (each configuration's in one session, stored as soon as measured, so
-    an interrupted search resumes where it stopped), then store every other cell predicted."""
+    an interrupted search resumes where it stopped), then store every other cell predicted. `measure_group` (the
+    signature of `_measure_isolated`, which it defaults to) takes the measurements: a benchmark replays a table."""
     groups, scratch = configured
     report.not_runnable.extend(scratch.not_runnable)
     hw = host_hardware()
@@ -246,7 +252,7 @@ def _search_model(home: InfaasHome, model: ModelRecord, space: search.Space, con
             label = f"{model.name} {g[0]}-{g[1]}-t{g[2]}"
             partial: dict[str, Any] = {}
             try:
-                load_ms, peak, per_batch = _measure_isolated(
+                load_ms, peak, per_batch = (measure_group or _measure_isolated)(
                     backend_named(g[0]), home.artifacts.verify(key_of[g][1]), g[1], g[2], model,
                     _model_data(home, model, data_cache), sorted(sizes), settings, partial)
             except BaseException as exc:
@@ -265,7 +271,8 @@ def _search_model(home: InfaasHome, model: ModelRecord, space: search.Space, con
 
     library, library_predicted = _library(home, model.name, set(hw_id.values()))
     prediction = search.run_search(space, library, search.budget_for(space, fraction), measure,
-                                   {c: float(stats["p50_ms"]) for c, stats in measured.items()}, library_predicted)
+                                   {c: float(stats["p50_ms"]) for c, stats in measured.items()}, library_predicted,
+                                   search.cap_for(space, fraction))
     _store_predicted(home, model, groups, key_of, hw_id, hw, prediction, measured, loads, report)
 
 

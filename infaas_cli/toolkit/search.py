@@ -5,21 +5,30 @@ variants take. The space grows multiplicatively (recipes × threads × batch siz
 only ever picks from a small front of it. `profile --search` measures a well-chosen subset and predicts the rest,
 each predicted figure with a stated relative error:
 
-* **Predictor** — low-rank completion of log latency over (models × cells) on one hardware id: the model being
-  profiled is one row, the models already profiled on that hardware (their *measured* cells only) are the others.
-  ``log p50[m, c] ≈ mu[m] + nu[c] + U[m]·V[c]`` (rank `RANK`, ridge-regularised, fit by alternating least squares),
-  so the ratio structure between recipes, threads and batch sizes learned on other models carries over, scaled
-  by the new model's own level and bent by its own interaction factors. A cell no model measured is interpolated
-  in log-log along its configuration's batch sizes.
-* **Choice** — anchors first (a reference configuration at its smallest and largest batch size, and one cell of
-  every configuration no other model measured), then, while the budget lasts, the unmeasured cell that most often
-  wins or nearly wins a decision selection would make: the fastest and the cheapest (threads × latency)
-  configuration at each batch size, for each accuracy floor the model's recipes offer.
-* **Error** — leave-one-out over the model's measured cells (each predicted from all the others), the 80th
-  percentile of the relative errors, never below `MIN_ERROR`; a cell with no cross-model evidence counts double.
+* **Predictor** — difference-in-differences transfer of log latency between models on one hardware id. A cell
+  (g, b) is predicted from this model's nearest measured cell a = (h, d): log L(g, b) = log L(a) + [C(b) - C(d)]
+  + Δ, where C is this model's own batch curve (its best-measured configuration, interpolated in log-log and bent
+  by the other models' curvature) and Δ = [k(g, b) - k(h, d)] - [k(ref, b) - k(ref, d)] is how g departs from that
+  curve on another model k already profiled here. Δ — threads paying off at large batches, int8 on big graphs,
+  OpenVINO's fixed overhead — carries over between models far better than absolute curves do. The estimate is the
+  weighted median over anchors and models; a model weighs more the closer its level (log latency) is to this
+  one's and the better its ratios reproduce this one's measured cells. Other models' *predicted* cells count at a
+  third of the weight of measured ones; where no other model knows a configuration, its own measured curve (or its
+  recipe at other threads, scaled as the reference recipe scales) stands in.
+* **Choice** — anchors first: the reference configuration (the one other models measured most) at its smallest and
+  largest batch size; then each recipe once (fewest threads, middle batch), unless the models like this one show
+  it steady relative to the reference or never near the best. Then, while the budget (`DEFAULT_FRACTION` of the
+  cells, at least the anchors) lasts: first each decision selection would make — the fastest and the cheapest
+  (threads × latency) configuration at each batch size for each accuracy floor — whose pick (as selection reads the
+  figures) is predicted, that pick (`picks`: an optimistic prediction would otherwise win unmeasured); then the
+  cells that may win such a decision, ranked by how far their optimistic figure (less its error) undercuts the
+  best's pessimistic one.
+* **Error** — leave-one-out over the model's measured cells (each predicted from all the others): the 80th
+  percentile of the relative errors, never below `MIN_ERROR` (`PRIOR_ERROR` while fewer than three are measured),
+  plus up to `UNLIKE_ERROR` as the models a figure rests on are unlike this one.
 
-Everything here is pure (no models run, no store): `profiler.search_profile` measures what `Search.next_cells`
-asks for and stores the result.
+Everything here is pure (no models run, no store): `profiler.profile_models(mode="search")` measures what
+`Search.next_cells` asks for and stores the result, predicted cells marked `measured: false`.
 """
 
 from __future__ import annotations
@@ -49,6 +58,10 @@ FIT_SCALE = 0.3
 #: other models is not anchored on a new model: the library predicts it.
 STEADY_SPREAD = 0.15
 STEADY_MODELS = 2
+#: ... nor one that ran more than this many times slower than the best on every model like this one.
+HOPELESS = 2.0
+#: Verifying predicted picks may stretch the budget this far (`cap_for`; 1: verification spends the budget).
+VERIFY_STRETCH = 1.0
 #: Other models this similar (`Predictor` weight) or more count as "like this one" when choosing anchors.
 SIMILAR_WEIGHT = 0.1
 #: The weight of a configuration's own measured curve (another batch size of it, along this model's nearest
@@ -57,11 +70,13 @@ OWN_WEIGHT = 0.3
 #: The weight of another model's predicted cells beside its measured ones.
 PREDICTED_WEIGHT = 1 / 3
 #: Added to a predicted figure's error as the models it rests on are unlike this one (support 0: all of it).
-UNLIKE_ERROR = 0.5
+UNLIKE_ERROR = 0.1
 #: The smallest stated error of a predicted figure (measurement noise alone is about this).
 MIN_ERROR = 0.05
+#: The stated error is this quantile of the leave-one-out errors.
+LOO_QUANTILE = 0.8
 #: The stated error when too few cells are measured to estimate it by leave-one-out.
-PRIOR_ERROR = 0.3
+PRIOR_ERROR = 0.2
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,11 @@ def budget_for(space: Space, fraction: float = DEFAULT_FRACTION) -> int:
     return max(1, int(math.floor(fraction * len(space.cells) + 1e-9)))
 
 
+def cap_for(space: Space, fraction: float = DEFAULT_FRACTION) -> int:
+    """The most cells measured with verification (`Search.cap`): `VERIFY_STRETCH` × the budget."""
+    return int(math.floor(VERIFY_STRETCH * budget_for(space, fraction) + 1e-9))
+
+
 # -- the predictor --------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -95,7 +115,7 @@ def _distance(c: Cell, a: Cell) -> float:
     step = abs(math.log(b / d)) / math.log(2)
     if g == h:
         return 0.5 * step
-    return (1.0 if g[:2] == h[:2] else 2.0) + step
+    return (0.5 if g[:2] == h[:2] else 2.0) + step
 
 
 def _interpolate(known: Mapping[int, float], batch: int) -> float:
@@ -117,6 +137,9 @@ def _interpolate(known: Mapping[int, float], batch: int) -> float:
 
 
 def _weighted_median(values: Sequence[float], weights: Sequence[float]) -> float:
+    """The value at half the total weight (values of zero weight never chosen while others weigh)."""
+    if not any(w > 0 for w in weights):
+        weights = [1.0] * len(values)
     order = np.argsort(values)
     v, w = np.asarray(values)[order], np.asarray(weights)[order]
     cum = np.cumsum(w)
@@ -124,14 +147,8 @@ def _weighted_median(values: Sequence[float], weights: Sequence[float]) -> float
 
 
 class Predictor:
-    """Predicts a model's cells from its measured ones and other models' cells on the same hardware.
-
-    A cell c is predicted from the model's nearest measured cell a (same configuration at the closest batch size,
-    else the same batch size, else the closest) through each other model k that has both: log c = log a + (log
-    k[c] - log k[a]), the weighted median over k. A model k weighs more the closer its level is to this model's
-    (similar cost, similar ratios) and the better its ratios reproduce this model's measured ones. Other models'
-    predicted cells (`library_predicted`) count at a third of the weight of measured ones.
-    """
+    """Predicts a model's cells from its measured ones and other models' cells on the same hardware (see the
+    module docstring)."""
 
     def __init__(self, library: Mapping[str, Mapping[Cell, float]],
                  library_predicted: Mapping[str, Mapping[Cell, float]] | None = None) -> None:
@@ -141,13 +158,10 @@ class Predictor:
                                                       if ms > 0})
         for name, row in library.items():
             self.library.setdefault(name, {}).update({c: (math.log(ms), 1.0) for c, ms in row.items() if ms > 0})
-        self._seen = {c for name, row in library.items() for c in row}
 
-    def evidence(self, cell: Cell, measured: Mapping[Cell, float]) -> bool:
-        """Whether this cell was measured, here or on another model, so its prediction rests on a measurement."""
-        return cell in self._seen or cell in measured
-
-    def _similarity(self, logs: Mapping[Cell, float]) -> dict[str, float]:
+    def similarity(self, logs: Mapping[Cell, float]) -> dict[str, float]:
+        """Each other model's weight for a model with these measured log latencies: exp(-level²/2 - misfit²/2),
+        the level (mean log difference) in `LEVEL_SCALE`s, the misfit of its ratios in `FIT_SCALE`s."""
         out = {}
         for name, row in self.library.items():
             shared = [c for c in logs if c in row]
@@ -171,7 +185,7 @@ class Predictor:
         if not measured:
             raise ValueError("a prediction needs at least one measured cell of the model")
         logs = {c: math.log(ms) for c, ms in measured.items()}
-        weights = self._similarity(logs)
+        weights = self.similarity(logs)
         own = {g: {b: logs[(g, b)] for b in space.batches[g] if (g, b) in logs} for g in space.batches}
         ref = max(sorted(space.batches), key=lambda g: len(own[g]))
         curve = self._curve(ref, own[ref], weights)
@@ -212,7 +226,7 @@ class Predictor:
                     else:  # k lacks the reference: its plain ratio, at a third of the weight
                         values.append(logs[a] + row[c][0] - row[a][0])
                         wts.append(w * closeness * row[c][1] * row[a][1] / 3)
-                if h == g:  # its own curve: weighs like a fairly similar model (outweighs unlike ones)
+                if h[:2] == g[:2]:  # its recipe's own curve: weighs like a fairly alike model (beats unlike ones)
                     along = shape(g)
                     values.append(logs[a] + along(b) - along(d))
                     wts.append(OWN_WEIGHT * closeness)
@@ -286,18 +300,23 @@ class Predictor:
 
     def loo_error(self, space: Space, measured: Mapping[Cell, float]) -> float:
         """The 80th percentile of |predicted/measured - 1| over the model's measured cells, each predicted from the
-        others (at least MIN_ERROR; PRIOR_ERROR while fewer than three cells are measured)."""
+        others (at least MIN_ERROR; PRIOR_ERROR while fewer than two can be left out)."""
         if len(measured) < 3:
             return PRIOR_ERROR
+        ref = max(sorted(space.batches), key=lambda g: sum((g, b) in measured for b in space.batches[g]))
         errors = []
         for c in measured:
+            if c[0] == ref or sum(k[0][:2] == c[0][:2] for k in measured) < 2:
+                # The reference curve's own points, a recipe's only measurement: without them the prediction
+                # would lack what every predicted cell has (the curve, its recipe's level), and overstate the error.
+                continue
             rest = {k: v for k, v in measured.items() if k != c}
             guess = self.raw(space, rest)[c]
             if math.isfinite(guess):
                 errors.append(abs(guess / measured[c] - 1.0))
-        if not errors:
+        if len(errors) < 2:
             return PRIOR_ERROR
-        return max(MIN_ERROR, float(np.quantile(errors, 0.8)))
+        return max(MIN_ERROR, float(np.quantile(errors, LOO_QUANTILE)))
 
 
 # -- what to measure ------------------------------------------------------------------------------------------
@@ -311,6 +330,19 @@ def reference_group(space: Space, library: Mapping[str, Mapping[Cell, float]]) -
             if g in space.batches:
                 counts[g] = counts.get(g, 0) + 1
     return min(space.batches, key=lambda g: (-counts.get(g, 0), g[2], g))
+
+
+def _hopeless(family: tuple[str, str], library: Mapping[str, Mapping[Cell, float]]) -> bool:
+    """Whether a recipe was more than `HOPELESS` times slower than the best measured configuration, at every batch
+    size where both were measured, on every model like this one (at least one)."""
+    verdicts = []
+    for row in library.values():
+        for b in {b for _, b in row}:
+            at_b = {g: ms for (g, bb), ms in row.items() if bb == b}
+            mine = [ms for g, ms in at_b.items() if g[:2] == family]
+            if mine and len(at_b) > len(mine):
+                verdicts.append(min(mine) > HOPELESS * min(at_b.values()))
+    return bool(verdicts) and all(verdicts)
 
 
 def _steady(g: Group, ref: Group, library: Mapping[str, Mapping[Cell, float]]) -> bool:
@@ -328,10 +360,11 @@ def anchor_cells(space: Space, library: Mapping[str, Mapping[Cell, float]],
                  similar: Iterable[str] | None = None) -> list[Cell]:
     """What a search measures first: the reference configuration at its smallest and largest batch size (this
     model's level and batch curve); then, once those are measured and `similar` names the other models at this
-    one's level, every other recipe once, with the fewest threads at the largest batch size (recipes differ most
-    from model to model: int8 pays on some graphs, not on others) — unless its ratio to the reference is the same
-    on the similar models. A recipe no other model measured gets its smallest batch size too (the shape of its
-    curve); its other thread counts are left to the contenders."""
+    one's level, every other recipe once, with the fewest threads at the middle batch size (recipes differ most
+    from model to model: int8 pays on some graphs, not on others) — unless its ratio to the reference is steady on
+    the similar models, or it never came within `HOPELESS` of the best on them. A recipe no other model measured
+    is measured once too (its level; its curve follows this model's, and verification measures it where it would
+    win). Other thread counts are left to the contenders."""
     ref = reference_group(space, library)
     sizes = space.batches[ref]
     cells = [(ref, sizes[0])] + ([(ref, sizes[-1])] if len(sizes) > 1 else [])
@@ -344,14 +377,13 @@ def anchor_cells(space: Space, library: Mapping[str, Mapping[Cell, float]],
         families.setdefault(g[:2], []).append(g)
     for family, groups in families.items():
         new = not any(g in seen for g in groups)
-        if not new and family != ref[:2] and _steady(groups[0], ref, alike):
-            continue  # its ratio to the reference is the same on every model like this one: the library knows it
-        for i, g in enumerate(groups):
-            if g == ref or (family == ref[:2] and not new):
-                continue
-            first, last = space.batches[g][0], space.batches[g][-1]
-            if i == 0:
-                cells += [(g, last)] + ([(g, first)] if new and first != last else [])
+        if not new and family != ref[:2] and (_steady(groups[0], ref, alike) or _hopeless(family, alike)):
+            continue  # the library knows it (a steady ratio), or it never came near winning on models like this
+        g = groups[0]  # the fewest threads
+        if g == ref or (family == ref[:2] and not new):
+            continue
+        mine = space.batches[g]
+        cells += [(g, mine[len(mine) // 2])]
     return list(dict.fromkeys(cells))
 
 
@@ -381,6 +413,25 @@ def contenders(space: Space, prediction: Prediction, slack: float = 1.0) -> dict
     return score
 
 
+def picks(space: Space, prediction: Prediction) -> list[Cell]:
+    """The cell each decision of `contenders` goes to as selection reads the figures (a predicted one at its
+    figure plus its error), the most-contested first: a predicted pick is the cell most worth measuring, since
+    selection would act on it (a 9× optimistic prediction wins every decision at its batch size until measured)."""
+    floors = sorted({a for a in space.accuracy.values() if a is not None}) or [None]
+    count: dict[Cell, int] = {}
+    for b in sorted({b for bs in space.batches.values() for b in bs}):
+        for floor in floors:
+            groups = [g for g in space.batches if b in space.batches[g]
+                      and (floor is None or (space.accuracy.get(g) is not None and space.accuracy[g] >= floor))]
+            for weight in (lambda g: 1.0, lambda g: float(g[2])):
+                value = {g: weight(g) * prediction.ms[(g, b)] * (1 + prediction.error.get((g, b), 0.0))
+                         for g in groups if math.isfinite(prediction.ms[(g, b)])}
+                if value:
+                    c = (min(value, key=lambda g: (value[g], g)), b)
+                    count[c] = count.get(c, 0) + 1
+    return sorted(count, key=lambda c: (-count[c], c[1], c[0]))
+
+
 @dataclass
 class Search:
     """One model's search: ask `next_cells`, measure them, `observe` the figures, repeat; then `result`."""
@@ -390,6 +441,7 @@ class Search:
     budget: int
     measured: dict[Cell, float] = field(default_factory=dict)  # cells measured (before or during this search)
     library_predicted: Mapping[str, Mapping[Cell, float]] = field(default_factory=dict)
+    cap: int = 0  # the most cells measured to verify predicted picks once the budget is spent (0: the budget)
     predictor: Predictor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -400,24 +452,27 @@ class Search:
         first = anchor_cells(self.space, self.library)
         if not all(c in self.measured or c in self.failed for c in first) or not self.measured:
             return first
-        weights = self.predictor._similarity({c: math.log(ms) for c, ms in self.measured.items()})
+        weights = self.predictor.similarity({c: math.log(ms) for c, ms in self.measured.items()})
         return anchor_cells(self.space, self.library, [n for n, w in weights.items() if w >= SIMILAR_WEIGHT])
 
     def next_cells(self, at_most: int = 4) -> list[Cell]:
-        """The cells to measure next (empty: done). Anchors come first, all at once; then up to `at_most` cells of
-        the most valuable contenders, those sharing a configuration kept together (one session measures them).
-        The budget stretches to the anchors."""
+        """The cells to measure next (empty: done). Anchors come first, all at once; then up to `at_most` predicted
+        picks (`picks`), then contenders, the most valuable first, those sharing a configuration kept together (one
+        session measures them). The budget stretches to the anchors; predicted picks may stretch it to `cap`."""
         anchors = self._anchors()
-        left = max(self.budget, len(anchors)) - len(self.measured) - len(self.failed)
-        if left <= 0:
-            return []
+        spent = len(self.measured) + len(self.failed)
+        left = max(self.budget, len(anchors)) - spent
         todo = [c for c in anchors if c not in self.measured and c not in self.failed]
-        if todo:
+        if todo and left > 0:
             return todo[:left]
         if not self.measured:
             return []
         prediction = self.predictor.predict(self.space, self.measured)
         done = set(self.measured) | self.failed
+        unverified = [c for c in picks(self.space, prediction) if c not in done]
+        if left <= 0 or unverified:  # a decision selection would make on a predicted figure: measure it first
+            room = max(self.cap, self.budget, len(anchors)) - spent
+            return unverified[:min(at_most, room)] if room > 0 else []
         score = {c: s for c, s in contenders(self.space, prediction).items() if c not in done}
         if not score:
             score = {c: s for c, s in contenders(self.space, prediction, slack=3.0).items() if c not in done}
@@ -440,9 +495,10 @@ class Search:
 
 def run_search(space: Space, library: Mapping[str, Mapping[Cell, float]], budget: int,
                measure, measured: Mapping[Cell, float] | None = None,
-               library_predicted: Mapping[str, Mapping[Cell, float]] | None = None) -> Prediction:
-    """Drive a Search with `measure(cells) -> {cell: p50 ms}` (the profiler's, or a table's in tests)."""
-    search = Search(space, library, budget, dict(measured or {}), dict(library_predicted or {}))
+               library_predicted: Mapping[str, Mapping[Cell, float]] | None = None, cap: int = 0) -> Prediction:
+    """Drive a Search with `measure(cells) -> {cell: p50 ms}` (the profiler's, or a table's in tests); `cap`: see
+    `Search.cap`."""
+    search = Search(space, library, budget, dict(measured or {}), dict(library_predicted or {}), cap)
     while cells := search.next_cells():
         got = measure(cells)
         for c in cells:
@@ -465,6 +521,3 @@ def tail_ratios(measured_stats: Iterable[Mapping[str, float]]) -> dict[str, floa
     defaults = {"p95_ms": 1.2, "p99_ms": 1.4, "mean_ms": 1.05}
     return {k: float(np.median(v)) if v else defaults[k] for k, v in ratios.items()}
 
-
-def spaces_cells(spaces: Sequence[Space]) -> int:
-    return sum(len(s.cells) for s in spaces)

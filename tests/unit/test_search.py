@@ -50,16 +50,46 @@ def test_a_cold_search_anchors_every_new_recipe_and_predicts_along_its_batch_cur
     sp = space()
     assert len(search.anchor_cells(sp, {})) == 2  # the reference's two ends first
     anchors = search.anchor_cells(sp, {}, similar=[])
-    # nothing measured elsewhere: each recipe at both ends of its batch curve, with the fewest threads
-    assert sorted(anchors) == sorted((g, b) for g in GROUPS if g[2] == 1 for b in (1, 32))
+    # nothing measured elsewhere: the reference at both ends, each other recipe once (middle batch, fewest threads)
+    assert sorted(anchors) == sorted([(GROUPS[0], 1), (GROUPS[0], 32)]
+                                     + [(g, 8) for g in GROUPS if g[2] == 1 and g != GROUPS[0]])
     truth = table(1.0)
     prediction = search.Predictor({}).predict(sp, {c: truth[c] for c in anchors})
     assert all(math.isfinite(v) and v > 0 for v in prediction.ms.values())
     # two threads: the reference recipe's thread scaling (predicted: no other model shows it) carries over
     assert prediction.ms[(("ov-cpu", "bf16", 2), 32)] < prediction.ms[(("ov-cpu", "bf16", 1), 32)] * 1.5
-    # bf16 t1 is measured at both ends: its middle follows its own curve
+    # bf16 t1 is measured in the middle: its ends follow the reference's curve
     g = ("ov-cpu", "bf16", 1)
-    assert prediction.ms[(g, 8)] == pytest.approx(truth[(g, 8)], rel=0.5)
+    assert prediction.ms[(g, 32)] == pytest.approx(truth[(g, 32)], rel=0.5)
+
+
+def test_a_predicted_pick_is_measured_before_selection_could_act_on_it():
+    """Other models run int8 ten times faster than fp32; on this one it is twice as slow. The prediction makes
+    int8 with two threads the fastest everywhere: verification measures it (within the budget), and at that batch
+    size int8 is no longer picked."""
+    def tab(level: float, speed: dict[str, float]) -> dict[search.Cell, float]:
+        return {(g, b): 0.02 + level * speed[g[1]] * b / g[2] ** 0.7 for g in GROUPS for b in SIZES}
+
+    fast_int8 = {"fp32": 1.0, "int8": 0.1, "bf16": 1.0}
+    library = {"a": tab(1.0, fast_int8), "b": tab(2.0, fast_int8)}
+    truth = tab(1.5, {"fp32": 1.0, "int8": 2.0, "bf16": 1.0})
+    sp = space()
+    anchors = search.anchor_cells(sp, library)
+    misled = search.Predictor(library).predict(sp, {c: truth[c] for c in anchors})
+    first = search.picks(sp, misled)[0]
+    assert first[0][1] == "int8" and first not in anchors  # the prediction's pick: unmeasured int8
+    asked: list[search.Cell] = []
+
+    def measure(cells):
+        asked.extend(cells)
+        return {c: truth[c] for c in cells}
+
+    budget = search.budget_for(sp, 0.2)
+    prediction = search.run_search(sp, library, budget, measure, cap=budget)
+    assert first in asked and len(asked) <= budget
+    b = first[1]  # where it was measured, int8 (twice as slow here) is no longer picked
+    picked = min(GROUPS, key=lambda g: prediction.ms[(g, b)] * (1 + prediction.error.get((g, b), 0)))
+    assert picked[1] != "int8", (b, picked)
 
 
 def test_the_search_measures_within_its_budget_and_finds_the_fastest():
