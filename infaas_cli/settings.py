@@ -115,6 +115,8 @@ class MasterSettings:
     prediction_cache_mib: int = 0  # result cache per model registered without --cache-mib, MiB (0: off)
     #: Pinned at start: MODEL or VARIANT = replicas, kept loaded and warm (a model: its fastest variant at batch 1).
     min_loaded: dict[str, int] = field(default_factory=dict)
+    rollout_warm_timeout_s: float = 60.0  # a roll-out switches after this even if the new version is not warm yet
+    rollout_drain_timeout_s: float = 60.0  # …and unloads the old one after this even with queries in flight
     log_level: str = "INFO"
     log_max_bytes: int = LOG_MAX_BYTES  # a --log-file rotates at this size (the gateway's too)
     log_backups: int = LOG_BACKUPS  # rotated files kept beside it (FILE.1 … FILE.N)
@@ -141,6 +143,8 @@ class MasterSettings:
                f"must be >= master.max_waiting_replies_per_client ({self.max_waiting_replies_per_client})")
         _check(0 <= self.prediction_cache_mib <= MAX_CACHE_MIB, "master.prediction_cache_mib",
                f"must be a size in MiB from 0 (no cache unless a model sets register --cache-mib) to {MAX_CACHE_MIB}")
+        _check(self.rollout_warm_timeout_s > 0, "master.rollout_warm_timeout_s", "must be > 0 seconds, e.g. 60")
+        _check(self.rollout_drain_timeout_s > 0, "master.rollout_drain_timeout_s", "must be > 0 seconds, e.g. 60")
         _check(self.log_level.upper() in LOG_LEVELS, "master.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         _check_log_rotation("master", self.log_max_bytes, self.log_backups)
         for name, replicas in self.min_loaded.items():

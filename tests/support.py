@@ -122,6 +122,19 @@ def build_catalog(path, models=SERVED):
     return home
 
 
+def retrained_logreg(path) -> Path:
+    """digits-logreg "retrained": its coefficients nudged, so a different file (a new version of the model) with the
+    same signature and nearly the same answers."""
+    model = onnx.load(str(ZOO["digits-logreg"].file))
+    (node,) = [n for n in model.graph.node if n.op_type == "LinearClassifier"]  # scikit-learn's, via skl2onnx
+    (coefficients,) = [a for a in node.attribute if a.name == "coefficients"]
+    scaled = [c * 1.01 for c in coefficients.floats]
+    del coefficients.floats[:]
+    coefficients.floats.extend(scaled)
+    onnx.save(model, str(path))
+    return Path(path)
+
+
 def digits_x(n: int) -> np.ndarray:
     return np.load(ZOO["digits-mlp"].validation)["x"][:n]
 
@@ -161,6 +174,7 @@ class _FakeVariant:
         self.queued = 0  # samples received and not yet answered
         self.last_used = time.monotonic()
         self.done: list[tuple[float, int, float]] = []  # (answered at, samples, latency ms)
+        self.ready_at = 0.0  # when its load finishes (monotonic): "loading" until then
 
 
 class FakeWorker:
@@ -170,14 +184,15 @@ class FakeWorker:
     "loaded" (a `load`, or an `infer` of a variant it does not hold, loads it and is answered `loaded`),
     answers `infer` with a `result` after `delay_s` (outputs from `infer_fn(body, inputs)`, else zeros of the
     shapes in `outputs[variant]`, else one float32 zero per sample), obeys `unload`, and records every message
-    it receives. `answer = False` leaves infers unanswered; `report()` overrides what its heartbeats claim for
+    it receives. A load takes `load_s` (heartbeats say "loading", infers wait for it, `loaded` comes after it).
+    `answer = False` leaves infers unanswered; `report()` overrides what its heartbeats claim for
     a variant; `kill()` is death: no more heartbeats or answers, the socket closed.
     """
 
     def __init__(self, endpoint: str, worker_id: str = "fake-0", *, cores: int = 4, memory_bytes: int = 8 << 30,
                  free_memory_bytes: int | None = None, backends=("ort-cpu",), interval_s: float = 0.05,
                  delay_s: float = 0.0, answer: bool = True, outputs: dict | None = None, infer_fn=None,
-                 preload=(), metrics_window_s: float = 1.0, start: bool = True) -> None:
+                 preload=(), metrics_window_s: float = 1.0, start: bool = True, load_s: float = 0.0) -> None:
         self.endpoint = endpoint
         self.worker_id = worker_id
         self.cores = cores
@@ -186,6 +201,8 @@ class FakeWorker:
         self.backends = list(backends)
         self.interval_s = interval_s
         self.delay_s = delay_s
+        self.load_s = load_s
+        self._loading: list[tuple[float, str]] = []  # (ready at, variant): `loaded` to send then
         self.answer = answer
         self.outputs = outputs or {}
         self.infer_fn = infer_fn
@@ -281,7 +298,11 @@ class FakeWorker:
                     self._send(msg)
                 while self._due and self._due[0][0] <= time.monotonic():
                     self._answer(heapq.heappop(self._due)[2])
-                wake = min(next_beat, self._due[0][0]) if self._due else next_beat
+                while self._loading and self._loading[0][0] <= time.monotonic():
+                    self._send(self._protocol.Message("loaded", m.LoadedBody(
+                        variant=heapq.heappop(self._loading)[1], load_time_ms=self.load_s * 1e3,
+                        worker_id=self.worker_id)))
+                wake = min([next_beat] + [q[0][0] for q in (self._due, self._loading) if q])
                 timeout_ms = max(0, min(20, int((wake - time.monotonic()) * 1e3)))
                 if sock.poll(timeout_ms, zmq.POLLIN):
                     for _ in range(1000):
@@ -314,7 +335,7 @@ class FakeWorker:
         for name, v in self.loaded.items():
             v.done = [d for d in v.done if now - d[0] <= self.metrics_window_s]
             served = sum(d[1] for d in v.done)
-            fields = dict(state="loaded", queue=v.queued, qps=len(v.done) / self.metrics_window_s,
+            fields = dict(state="loaded" if v.ready_at <= now else "loading", queue=v.queued, qps=len(v.done) / self.metrics_window_s,
                           samples_per_s=served / self.metrics_window_s,
                           latency_ms=sum(d[2] for d in v.done) / len(v.done) if v.done else 0.0,
                           threads=v.threads, replicas=v.replicas, idle_s=max(0.0, now - v.last_used))
@@ -356,6 +377,10 @@ class FakeWorker:
     def _load(self, spec, replicas: int = 1) -> _FakeVariant:
         v = self.loaded[spec.name] = _FakeVariant(spec.threads, spec.peak_memory_bytes, replicas)
         self._note_threads()
+        if self.load_s > 0:
+            v.ready_at = time.monotonic() + self.load_s
+            self._heapq.heappush(self._loading, (v.ready_at, spec.name))
+            return v
         self._send(self._protocol.Message("loaded", self._m.LoadedBody(variant=spec.name, load_time_ms=0.0,
                                                                        worker_id=self.worker_id)))
         return v
@@ -375,7 +400,7 @@ class FakeWorker:
             self.unanswered.append(msg)
             return
         self._seq += 1
-        self._heapq.heappush(self._due, (time.monotonic() + self.delay_s, self._seq, msg))
+        self._heapq.heappush(self._due, (max(time.monotonic(), v.ready_at) + self.delay_s, self._seq, msg))
 
     def _answer(self, msg) -> None:
         protocol, body = self._protocol, msg.body

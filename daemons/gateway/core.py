@@ -7,7 +7,9 @@ request id. It maps the Open Inference Protocol's words onto infaas's:
 * a model name that is an infaas model is a ``kind=model`` query (the SLO picks the variant);
 * a model name plus a version is a ``kind=variant`` query; the version is the variant's name without
   its ``MODEL/`` prefix (e.g. ``ort-cpu-int8s-t1-b32``), which is unique within the model;
-* ``TASK@DATASET`` is a model-less (``kind=task``) query.
+* ``TASK@DATASET`` is a model-less (``kind=task``) query;
+* a model's version V ≥ 2 is the model name ``MODEL@vV`` (version 1: ``MODEL``): a model name answers with the
+  version its version policy routes to, and every response's ``version`` parameter says which answered.
 
 The SLO travels in the request's parameters (`SLO_PARAMETERS`). Failures are `FrontError`s carrying an
 infaas error code; `http_status` and `grpc_code` come from one table (`STATUS`). Catalog knowledge
@@ -32,6 +34,7 @@ import zmq
 from infaas_cli import __version__ as INFAAS_VERSION
 from infaas_cli import protocol
 from infaas_cli.errors import ERROR_CODES
+from infaas_cli.policy.versions import canonical_id
 from infaas_cli.protocol import messages as m
 
 log = logging.getLogger("infaas.gateway")
@@ -168,7 +171,7 @@ class InferResult:
     model_name: str  # the infaas model that ran the query
     model_version: str  # the variant's version (its name without the "MODEL/" prefix)
     outputs: list[tuple[str, np.ndarray | list]]
-    parameters: dict[str, Any] = field(default_factory=dict)  # variant, worker, slo_met, latency_ms, ...
+    parameters: dict[str, Any] = field(default_factory=dict)  # variant, worker, slo_met, latency_ms, version, ...
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,7 @@ class Target:
     variant: str | None = None  # the full variant name (kind variant)
     task: str | None = None
     dataset: str | None = None
+    named: str | None = None  # the model as the query names it when that is not `model` (`M@v1`: version 1 itself)
 
 
 def version_of(variant: str, model: str) -> str:
@@ -399,9 +403,12 @@ class Front:
 
     def _resolve_in(self, catalog: dict[str, Any], name: str, version: str | None) -> Target | None:
         models = catalog["models"]
+        named = name
+        if canonical_id(name) in models:  # `M@v1` is version 1's record `M`, but asks for version 1 itself
+            name = canonical_id(name)
         if name in models:
             if not version:
-                return Target("model", model=name)
+                return Target("model", model=name, named=named if named != name else None)
             for v in models[name]["variants"]:
                 if version in (version_of(v["name"], name), v["name"]):
                     return Target("variant", model=name, variant=v["name"])
@@ -410,8 +417,7 @@ class Front:
             task, _, dataset = name.partition("@")
             if any(mod["task"] == task and mod["dataset"] == dataset for mod in models.values()):
                 return Target("task", task=task, dataset=dataset)
-            return None
-        for mod in models.values():  # a full variant name as the model name (gRPC clients may send one)
+        for mod in models.values():  # a full variant name as the model name (gRPC clients send one; `M@v2/…` too)
             for v in mod["variants"]:
                 if v["name"] == name and (not version or version == version_of(name, mod["name"])):
                     return Target("variant", model=mod["name"], variant=name)
@@ -465,7 +471,8 @@ class Front:
         models = self._models_of(catalog, target)
         data: list = []
         feeds = self._check_inputs(name, models, inputs, data)
-        body = {"kind": target.kind, "variant": target.variant, "model": target.model if target.kind == "model" else None,
+        body = {"kind": target.kind, "variant": target.variant,
+                "model": (target.named or target.model) if target.kind == "model" else None,
                 "task": target.task, "dataset": target.dataset, "inputs": feeds, **slo}
         try:
             query = protocol.body_of("query", body)
@@ -477,10 +484,12 @@ class Front:
             raise FrontError("internal", f"the master answered a query with {reply.type}")
         names = list(b.output_names) or [f"output_{i}" for i in range(len(b.outputs))]
         outputs = [(n, protocol.unpack_output(o, reply.frames)) for n, o in zip(names, b.outputs)]
-        model = b.model or (target.model if target.model else "")
+        # The model record that ran it (`M`, or `M@vV` for its version V): with the OIP version (the variant) it
+        # addresses that variant again; `version` says which version of the model answered.
+        model = b.variant.split("/", 1)[0] if "/" in b.variant else (b.model or target.model or "")
         params = {"variant": b.variant, "worker": b.worker, "slo_met": b.slo_met, "latency_ms": b.latency_ms,
                   "predicted_latency_ms": b.predicted_latency_ms, "needs_load": b.needs_load,
-                  "decision_us": b.decision_us}
+                  "decision_us": b.decision_us, "version": b.version}
         return InferResult(model_name=model, model_version=version_of(b.variant, model), outputs=outputs,
                            parameters={k: v for k, v in params.items() if v is not None})
 

@@ -23,6 +23,7 @@ from infaas_cli.policy.baselines import pin_variant, query_class
 from infaas_cli.backends.keys import backend_names, unavailable_reason
 from infaas_cli.policy.placement import need_of, place
 from infaas_cli.policy.selection import Query, select
+from infaas_cli.policy.versions import route_draw, split_id
 from infaas_cli.protocol import messages as m
 from infaas_daemons.common import log
 from infaas_daemons.master.cache import PredictionCache
@@ -68,7 +69,8 @@ class ClientHandlers:
         query = Query(kind=b.kind, variant=b.variant, model=b.model, task=b.task, dataset=b.dataset,
                       latency_ms=b.latency_ms, min_accuracy=b.min_accuracy, objective=b.objective or "cost",
                       max_cost_usd=b.max_cost_usd, batch_size=self._batch_hint(b, signature),
-                      slo_mode=b.slo_mode or "best_effort", inputs=signature)
+                      slo_mode=b.slo_mode or "best_effort", inputs=signature,
+                      route_draw=route_draw(msg.id) if b.kind == "model" else None)
         self._dispatch(route, msg.id, b.inputs, msg.frames, query, attempts=1, exclude=(), arrived=self.arrived,
                        t0=t0)
 
@@ -79,7 +81,7 @@ class ClientHandlers:
             info = index.infos.get(b.variant or "")
             names = [info.model] if info is not None else []
         elif b.kind == "model":
-            names = [b.model] if b.model else []
+            names = [index.model_id(b.model)] if b.model else []  # the version its route serves
         else:
             names = self.catalog.task_models(b.task, b.dataset)
         first_error: InfaasError | None = None
@@ -184,10 +186,11 @@ class ClientHandlers:
             self.slo.record(now, model, slo_class(query), slo_met)
         self.metrics.on_reply(model, hit.variant, query.task, latency_ms / 1e3, None, None, slo_met)
         self.queries_served += 1
+        base, version = split_id(model)
         self._reply(route, protocol.Message("reply", m.ReplyBody(
             outputs=hit.outputs, variant=hit.variant, worker=CACHE_WORKER, decision_us=decision_us,
             timing={"total_ms": latency_ms}, output_names=hit.output_names, latency_ms=latency_ms, slo_met=slo_met,
-            model=model, cached=True), id=client_id, frames=hit.frames))
+            model=base, cached=True, version=version), id=client_id, frames=hit.frames))
 
     def _on_status(self, route: tuple[bytes, ...], msg: protocol.Message) -> None:
         status = self.status(msg.body.workers_offset, msg.body.workers_limit)
@@ -228,6 +231,8 @@ class ClientHandlers:
                 "policy": self.policy, "pins": {"/".join(str(k) for k in key): v for key, v in self.pins.items()},
                 "pinned": {name: pin.describe() for name, pin in sorted(self.pinned.items())},
                 "removing": sorted(self.removing),
+                "versions": self.versions_status(),
+                "rollouts": [*self.rollout_history, *(ro.describe() for ro in self.rollouts.values())],
                 "autoscale_actions": list(self.actions),
                 "cluster_decisions": list(self.cluster_decisions),
                 "workers_total": len(self.workers), "workers_alive": self.workers_alive,
@@ -290,7 +295,10 @@ class ClientHandlers:
         for rec in self.catalog.store.models():
             if only is not None and rec.name != only:
                 continue
+            base, version = split_id(rec.name)
+            route = index.routes.get(base)
             models.append(m.CatalogModel(
+                version=version, serving=route is not None and version in route.versions,
                 name=rec.name, task=rec.task or "", dataset=rec.dataset or "",
                 inputs=[m.TensorSpec(**s) for s in rec.inputs], outputs=[m.TensorSpec(**s) for s in rec.outputs],
                 batch_dim=rec.batch_dim, max_batch=max(1, rec.max_batch), accuracy=rec.accuracy,
@@ -454,6 +462,7 @@ class WorkerHandlers:
         if entry is not None:
             entry.loaded.setdefault(msg.body.variant, 0)
             self._cluster_changed(entry)
+            self._rollout_warmed(worker_id, msg.body.variant)  # a roll-out waiting for it may switch now
 
     def _on_result(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:
         p = self._finish(msg.id, worker_id)
@@ -473,10 +482,12 @@ class WorkerHandlers:
         self.metrics.on_reply(p.model, p.variant, p.query.task, latency_ms / 1e3,
                               None if queue_ms is None else queue_ms / 1e3,
                               None if compute_ms is None else compute_ms / 1e3, slo_met)
+        base, version = split_id(p.model or p.variant)
         reply = protocol.Message("reply", m.ReplyBody(
             outputs=msg.body.outputs, variant=p.variant, worker=p.worker_id, decision_us=p.decision_us,
             timing=timing, needs_load=p.needs_load, attempts=p.attempts, output_names=p.output_names,
-            latency_ms=latency_ms, predicted_latency_ms=p.predicted_latency_ms, slo_met=slo_met, model=p.model or None),
+            latency_ms=latency_ms, predicted_latency_ms=p.predicted_latency_ms, slo_met=slo_met, model=base,
+            version=version),
             id=p.client_request_id, frames=msg.frames)  # the output frames go on untouched
         self.queries_served += 1
         if p.cache_key is not None and p.attempts == 1:

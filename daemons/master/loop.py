@@ -41,6 +41,7 @@ from infaas_daemons.master.drift import DriftWatch
 from infaas_daemons.master.handlers import ClientHandlers, WorkerHandlers
 from infaas_daemons.master.lifecycle import Lifecycle
 from infaas_daemons.master.metrics import MasterMetrics, metrics_host, start_server
+from infaas_daemons.master.rollout import Rollouts
 from infaas_daemons.master.state import CatalogView, ClientLedger, PendingQuery, SloLedger
 
 #: Messages handled per socket per loop turn, and the time a turn may spend on one socket (bounded, so the
@@ -53,7 +54,7 @@ FLUSH_AT = 32
 MAX_REFUSED = 10_000
 
 
-class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch, Lifecycle):
+class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch, Lifecycle, Rollouts):
     """The master daemon. `run()` blocks until `stop_event` is set."""
 
     def __init__(self, home: str | Path, settings: MasterSettings | None = None, *,
@@ -135,6 +136,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch, Lifecycle):
         self._cached_variants: dict[str, tuple] = {}  # model -> its variants when its cache was last valid
         self._configure_cache()
         self._init_lifecycle()  # pins (restored from the store) and removals
+        self._init_rollouts()  # each model's route, from the stored version policies
 
     @classmethod
     def from_settings(cls, settings: Settings, home: str | Path, endpoints_file: str | Path | None = None) -> Master:
@@ -164,6 +166,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch, Lifecycle):
     # -- catalog and cluster views ---------------------------------------------------------------------
     def _catalog_changed(self) -> None:
         self.catalog.changed()
+        self._settle_routes()  # a policy, version or profile may have moved a model's route (rollout.py)
         self._profiled_p50 = None
         self._options = None
         # The baselines keep their pins: a developer's pick does not change when a profile is re-measured
@@ -298,6 +301,7 @@ class Master(ClientHandlers, WorkerHandlers, Actions, DriftWatch, Lifecycle):
                     self._step(self._check_workers)
                     self._step(self._expire_pending)
                     self._step(self._advance_drains)
+                    self._step(self._advance_rollouts)
                     next_tick = time.monotonic() + min(0.25, self.heartbeat_interval_s / 2)
                 if time.monotonic() >= next_autoscale:
                     self.cache_stats = self.cache.stats()

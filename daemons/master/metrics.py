@@ -123,6 +123,7 @@ class MasterMetrics:
         self.slo_met: dict[RequestLabels, int] = {}
         self.slo_violations: dict[tuple[str, str, str, str], int] = {}  # (..., reason: late | failed)
         self.actions: dict[tuple[str], int] = {}
+        self.route_switches: dict[tuple[str, str], int] = {}  # (model, version) -> roll-out switches to it
         self.request_s = _Histogram(LATENCY_BUCKETS_S)
         self.queue_s = _Histogram(LATENCY_BUCKETS_S)
         self.compute_s = _Histogram(LATENCY_BUCKETS_S)
@@ -209,6 +210,11 @@ class MasterMetrics:
         key = (kind if kind in ACTION_KINDS else OTHER,)
         self.actions[key] = self.actions.get(key, 0) + 1
 
+    def on_switch(self, model: str, version: int) -> None:
+        """A roll-out switched a model's queries to `version` (its stable version, for a canary)."""
+        key = (self.model(model), str(version))
+        self.route_switches[key] = self.route_switches.get(key, 0) + 1
+
     # -- the scrape's side -------------------------------------------------------------------------------
     def describe(self) -> list:
         return []  # families are known only when collected (auto_describe is off)
@@ -231,6 +237,9 @@ class MasterMetrics:
                                      "and a worker, in seconds.", [])
         yield _counter("infaas_actions_total", "Control actions sent: load, unload, replicate, remove_replica, "
                        "upgrade, downgrade (switches), scale_out, scale_in, reprofile.", ["kind"], self.actions)
+        yield _counter("infaas_rollout_switches_total", "Roll-outs that switched a model's queries to a version "
+                       "(`infaas rollout`, or a new version under the latest policy).", ["model", "version"],
+                       self.route_switches)
         if self.master is not None:
             yield from self._state_families(self.master)
 
@@ -326,6 +335,18 @@ class MasterMetrics:
         yield _gauge("infaas_variant_pinned_replicas", "Replicas of a variant an operator pinned (`infaas load`, "
                      "master.min_loaded): kept loaded, never evicted or autoscaled away.",
                      ["model", "variant", "task"], pinned)
+        serving: dict[tuple[str, ...], float] = {}
+        canary: dict[tuple[str, ...], float] = {}
+        for name, route in dict(getattr(master, "routes", {})).items():
+            serving[(self.model(name),)] = route.stable
+            if route.canary is not None:
+                canary[(self.model(name), str(route.canary))] = route.percent
+        yield _gauge("infaas_model_serving_version", "The version answering a model's queries by name or task "
+                     "(the stable one during a canary).", ["model"], serving)
+        yield _gauge("infaas_model_canary_percent", "Percent of a model's queries a canary version answers.",
+                     ["model", "version"], canary)
+        yield _gauge("infaas_rollouts_in_progress", "Roll-outs warming a new version or draining the old one.", [],
+                     {(): len(getattr(master, "rollouts", {}))})
 
 
 def metrics_host(client_endpoint: str) -> str:

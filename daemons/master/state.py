@@ -12,6 +12,7 @@ from infaas_cli.catalog.listings import pick_profile
 from infaas_cli.catalog.records import VariantRecord
 from infaas_cli.catalog.store import MetadataStore
 from infaas_cli.policy.selection import PriceTable, Query, build_index
+from infaas_cli.policy.versions import Route
 from infaas_cli.protocol.messages import Hardware, Tensor, VariantSpec, WorkerMetrics
 from infaas_cli.toolkit.modelio import SignatureChecks
 
@@ -175,6 +176,8 @@ class CatalogView:
         self._task_models: dict[tuple, list[str]] | None = None
         #: Models selection must not route to (being removed); their records stay readable until deleted.
         self.hidden: set[str] = set()
+        #: Which version answers each model's queries (the master's roll-outs set it, daemons/master/rollout.py).
+        self.routes: dict[str, Route] = {}
 
     def changed(self) -> None:
         self._task_models = None
@@ -204,7 +207,7 @@ class CatalogView:
             hidden = self.hidden
             self._index = build_index([r for r in self.store.models() if r.name not in hidden],
                                       [v for v in self.store.variants() if v.model not in hidden],
-                                      self.store.profiles(), self.prices)
+                                      self.store.profiles(), self.prices, routes=self.routes)
         return self._index
 
     def model(self, name: str):

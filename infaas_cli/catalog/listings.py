@@ -8,11 +8,13 @@ from infaas_cli.toolkit.hardware import hardware_id, host_hardware
 from infaas_cli.catalog.records import ModelRecord, ProfileRecord, VariantRecord
 from infaas_cli.catalog.store import MetadataStore
 from infaas_cli.policy.profiles import applicable_profile
+from infaas_cli.policy.versions import split_id
 
 
 def model_view(model: ModelRecord, variant_count: int) -> dict[str, Any]:
+    base, version = split_id(model.name)
     return {
-        "name": model.name, "task": model.task, "dataset": model.dataset,
+        "name": model.name, "base": base, "version": version, "task": model.task, "dataset": model.dataset,
         "inputs": model.inputs, "outputs": model.outputs,
         "batch_dim": model.batch_dim, "max_batch": model.max_batch,
         "accuracy": model.accuracy, "accuracy_metric": model.accuracy_metric,
@@ -38,7 +40,8 @@ def pick_profile(variant: VariantRecord, profiles: list[ProfileRecord]) -> Profi
 
 def variant_view(variant: VariantRecord, profile: ProfileRecord | None) -> dict[str, Any]:
     return {
-        "name": variant.name, "model": variant.model, "backend": variant.backend,
+        "name": variant.name, "model": variant.model, "version": split_id(variant.model)[1],
+        "backend": variant.backend,
         "hardware": variant.hardware, "recipe": variant.recipe, "precision": variant.precision,
         "threads": variant.threads, "max_batch": variant.max_batch,
         "accuracy": variant.accuracy, "accuracy_metric": variant.accuracy_metric,
@@ -77,3 +80,30 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
             front.append(i)
             best_acc = points[i][1]
     return front
+
+
+def versions_view(store: MetadataStore, name: str) -> dict[str, Any]:
+    """Model `name`'s versions (each with its accuracy, variants and whether it is profiled), its stored version
+    policy and the route that policy gives on this catalog (`infaas versions`; the master's own route, which follows
+    through roll-outs, comes from its status)."""
+    from infaas_cli.catalog.records import VersionPolicyRecord
+    from infaas_cli.policy.versions import LATEST, VersionPolicy, resolve_route
+    from infaas_cli.toolkit.register import model_versions
+
+    versions = model_versions(store, name)
+    if not versions:
+        store.model(name)  # NotFoundError naming the known models
+    rows = []
+    for version, record in versions.items():
+        variants = store.variants(record.name)
+        profiled = {p.variant for p in store.profiles(record.name) if p.batches}
+        rows.append({"version": version, "name": record.name, "accuracy": record.accuracy,
+                     "accuracy_metric": record.accuracy_metric, "variants": len(variants),
+                     "profiled_variants": sum(1 for v in variants if v.name in profiled),
+                     "profiled": any(v.name in profiled for v in variants), "registered_at": record.registered_at,
+                     "artifact_sha256": record.artifact_sha256})
+    stored = store.get(VersionPolicyRecord, name)
+    policy = LATEST if stored is None else VersionPolicy(stored.mode, stored.version, stored.percent)
+    route = resolve_route(policy, [r["version"] for r in rows if r["profiled"]])
+    return {"model": name, "policy": policy.to_dict() | {"text": policy.describe()}, "versions": rows,
+            "route": None if route is None else route.to_dict()}

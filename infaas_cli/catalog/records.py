@@ -266,9 +266,33 @@ class PinRecord(Record):
         return self.variant
 
 
+@dataclass
+class VersionPolicyRecord(Record):
+    """Which versions of a model answer the queries naming it or its task (policy/versions.py): `latest` (the
+    default when none is stored), `pinned` `version`, or `canary` `version` for `percent` % of them. Replicated, so
+    the master follows it (through a roll-out) and a restarted master resumes it."""
+
+    table: ClassVar[str] = "version_policies"
+
+    model: str  # the model's name (version 1's record name)
+    mode: Literal["latest", "pinned", "canary"] = "latest"
+    version: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+    percent: Annotated[float, msgspec.Meta(gt=0, lt=100)] | None = None
+    set_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if (self.mode == "latest") != (self.version is None) or (self.mode == "canary") != (self.percent is not None):
+            raise ValueError(f"a {self.mode} policy {'takes no' if self.mode == 'latest' else 'names a'} version"
+                             f"{' and a percent' if self.mode == 'canary' else ''}")
+
+    @property
+    def key(self) -> str:
+        return self.model
+
+
 RECORD_TYPES: dict[str, type[Record]] = {
     cls.table: cls for cls in (ModelRecord, VariantRecord, ProfileRecord, ArtifactRecord, ReplicationRecord,
-                               ProfileHistoryRecord, PinRecord)
+                               ProfileHistoryRecord, PinRecord, VersionPolicyRecord)
 }
 #: Tables a source store may replicate to a master (never the master's own bookkeeping).
-REPLICATED_TABLES = ("models", "variants", "profiles", "artifacts", "profile_history")
+REPLICATED_TABLES = ("models", "variants", "profiles", "artifacts", "profile_history", "version_policies")

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from infaas_cli.catalog.artifacts import ArtifactStore, referenced_artifacts
-from infaas_cli.catalog.records import REPLICATED_TABLES, ArtifactRecord, ModelRecord, VariantRecord
+from infaas_cli.catalog.records import (REPLICATED_TABLES, ArtifactRecord, ModelRecord, VariantRecord,
+                                        VersionPolicyRecord)
 from infaas_cli.catalog.store import MetadataStore
+from infaas_cli.policy.versions import split_id
 
 
 @dataclass
@@ -32,8 +34,8 @@ def owned_keys(store: MetadataStore, model: str) -> list[tuple[str, str]]:
     profile history). Model names cannot hold '/', so `M/` never matches another model's records."""
     keys = []
     for table in REPLICATED_TABLES:
-        if table == ArtifactRecord.table:
-            continue  # shared by content: collected below once nothing uses them
+        if table in (ArtifactRecord.table, VersionPolicyRecord.table):
+            continue  # shared by content (collected below once nothing uses them), or by the model's versions
         keys += [(table, key) for key, _ in store.scan_raw(table, model) if key == model or
                  key.startswith(f"{model}/")]
     return keys
@@ -55,6 +57,10 @@ def remove_models(store: MetadataStore, artifacts: ArtifactStore, models: list[s
         released |= {v.artifact_sha256 for v in store.variants(name) if v.model == name}
         doomed.update(owned_keys(store, name))
     remaining_models = [m for m in store.models() if m.name not in models]
+    # A model's version policy goes with its last version (policy/versions.py: `M@vV` is version V of `M`).
+    left = {split_id(m.name)[0] for m in remaining_models}
+    doomed.update((VersionPolicyRecord.table, base) for base in {split_id(name)[0] for name in models} - left
+                  if store.get_raw(VersionPolicyRecord.table, base) is not None)
     remaining_variants = [v for v in store.variants() if (VariantRecord.table, v.name) not in doomed]
     unused = released - referenced_artifacts(remaining_models, remaining_variants)
     with store.transaction() as txn:

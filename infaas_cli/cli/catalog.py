@@ -55,8 +55,11 @@ _told_unavailable: set[str] = set()
 def register(
     path: Annotated[Path, typer.Argument(help="The ONNX model file.")],
     name: Annotated[str, typer.Option(help="Model name, e.g. digits-cnn-l.")],
-    task: Annotated[str, typer.Option(help="Task, e.g. digit-classification.")],
-    dataset: Annotated[str, typer.Option(help="Dataset, e.g. digits.")],
+    task: Annotated[Optional[str], typer.Option(help="Task, e.g. digit-classification (a new version: the model's).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset, e.g. digits (a new version: the model's).")] = None,
+    version: Annotated[Optional[int], typer.Option(
+        min=1, help="Register this version of the model (default: 1 for a new model, the next for an existing "
+                    "one). It takes traffic once profiled, as its version policy says (`infaas versions`).")] = None,
     validation: Annotated[Optional[Path], typer.Option(help=".npz with one array per input (or x) and optional y labels.")] = None,
     accuracy: Annotated[Optional[float], typer.Option(help="Known accuracy (0-1), only when no validation set exists.")] = None,
     replace: Annotated[bool, typer.Option(help="Replace a model of the same name and its variants.")] = False,
@@ -68,17 +71,25 @@ def register(
     no_generate: Annotated[bool, typer.Option("--no-generate", help="Register only; run `infaas generate` later.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Register an ONNX model: validate it, measure its accuracy, store it, generate its variants.
+    """Register an ONNX model, or a new version of one: validate it, measure its accuracy, store it, generate its
+    variants.
 
-    Registering the same file under the same name again finishes a registration that was interrupted before its
-    variants were generated.
+    A different file under a registered name is the model's next version (`--version` to choose it); registering the
+    same file under the same name again finishes a registration that was interrupted before its variants were
+    generated.
     """
     from infaas_cli.catalog.listings import model_view
+    from infaas_cli.policy.versions import version_id
     from infaas_cli.toolkit.generate import finish_hint, unfinished_registration
-    from infaas_cli.toolkit.register import register_model
+    from infaas_cli.toolkit.register import model_versions, register_model
 
     with open_home() as home:
-        resumed = None if replace else unfinished_registration(home, path, name, task, dataset, validation)
+        known = model_versions(home.store, name)
+        target = version_id(name, version if version is not None else max(known, default=1))
+        previous = known.get(version if version is not None else max(known, default=1))
+        resumed = None if replace else unfinished_registration(
+            home, path, target, task or (previous.task if previous else None),
+            dataset or (previous.dataset if previous else None), validation)
         if resumed is not None:
             record = resumed
             if not as_json:
@@ -87,22 +98,28 @@ def register(
                           highlight=False)
         else:
             try:
-                record = register_model(home, path, name, task, dataset, validation, accuracy, replace, cache_mib)
+                record = register_model(home, path, name, task, dataset, validation, accuracy, replace, cache_mib,
+                                        version)
             except AlreadyExistsError as exc:
-                if home.store.variants(name):
+                if home.store.variants(target):
                     raise
-                raise AlreadyExistsError(f"{exc}; {finish_hint(name)}") from None
+                raise AlreadyExistsError(f"{exc}; {finish_hint(target)}") from None
         result: dict[str, Any] = {"model": model_view(record, 0), "resumed": resumed is not None}
         if resumed is None and not as_json:
             acc = "unknown" if record.accuracy is None else f"{record.accuracy:.4f} ({record.accuracy_metric})"
             cache = "" if record.cache_mib is None else f", prediction cache {record.cache_mib} MiB"
-            err.print(f"registered [bold]{name}[/bold]: {len(record.inputs)} input(s), batch "
+            shown = name if record.name == name else f"{name} version {model_view(record, 0)['version']} " \
+                f"({record.name})"
+            err.print(f"registered [bold]{shown}[/bold]: {len(record.inputs)} input(s), batch "
                       f"{record.batch_dim} (max {record.max_batch}), accuracy {acc}{cache}", highlight=False)
             if record.accuracy is None:
                 err.print("[yellow]warning:[/yellow] no validation set and no --accuracy: queries with a "
                           "minimum accuracy will never pick this model", highlight=False)
         if not no_generate:
-            result["generate"] = _generate_and_report(home, name, as_json)
+            result["generate"] = _generate_and_report(home, record.name, as_json)
+            if record.name != name and not as_json:
+                err.print(f"profile it with `infaas profile {record.name}`: it takes traffic once profiled, as "
+                          f"the version policy of {name} says (`infaas versions {name}`)", highlight=False)
         maybe_push(home, quiet=as_json)
     if as_json:
         print_json(result)

@@ -266,6 +266,15 @@ def status(
             for name, r in rows.items():
                 att.add_row(f"{key} {name}", str(r["met"]), str(r["missed"]), f"{r['attainment']:.1%}")
         out.print(att)
+    for name, v in (m.get("versions") or {}).items():  # models with several versions, a version policy or a roll-out
+        serving = v.get("serving") or {}
+        route = "nothing profiled" if not serving else f"v{serving['version']}" + (
+            f" + canary v{serving['canary']} ({serving['percent']:g}%)" if serving.get("canary") else "")
+        ro = v.get("rollout")
+        moved = "" if not ro else f"; roll-out {ro['from']} → {ro['to']}: {ro['state']}" + (
+            f", switched after {(ro['switched_at'] - ro['started_at']) * 1e3:.0f} ms" if ro.get("switched_at") else "")
+        out.print(f"model {name}: versions {', '.join(map(str, v['versions']))}, policy {v['policy']}, serving "
+                  f"{route}{moved}", highlight=False)
     actions = m.get("autoscale_actions") or []
     if actions:
         out.print(f"policy {m.get('policy')}; last autoscaling actions:", highlight=False)
@@ -337,8 +346,8 @@ def query(
             [[row[c] for c in sorted(row)] for row in v])) for k, v in outputs.items()}
         np.savez(output, **arrays)
     if as_json:
-        print_json({"variant": result.variant, "model": result.model, "worker": result.worker,
-                     "decision_us": result.decision_us, "latency_ms": result.latency_ms,
+        print_json({"variant": result.variant, "model": result.model, "version": result.version,
+                     "worker": result.worker, "decision_us": result.decision_us, "latency_ms": result.latency_ms,
                      "predicted_latency_ms": result.predicted_latency_ms, "slo_met": result.slo_met,
                      "client_latency_ms": result.client_latency_ms, "timing": result.timing,
                      "needs_load": result.needs_load,
@@ -347,7 +356,8 @@ def query(
         return
     t = result.timing
     met = "" if result.slo_met is None else (", SLO met" if result.slo_met else ", SLO MISSED")
-    out.print(f"variant {result.variant} on {result.worker}: {result.latency_ms:.2f} ms end to end{met} "
+    out.print(f"variant {result.variant} (version {result.version}) on {result.worker}: "
+              f"{result.latency_ms:.2f} ms end to end{met} "
               f"(decision {result.decision_us:.1f} µs, queue {t.get('queue_ms', 0):.2f} ms, batch {t.get('batch_size')}, "
               f"inference {t.get('inference_ms', 0):.2f} ms{', cold load' if result.needs_load else ''})", highlight=False)
     for k, v in outputs.items():

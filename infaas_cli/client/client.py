@@ -64,6 +64,7 @@ class QueryResult:
     model: str | None = None
     output_names: list[str] = field(default_factory=list)
     cached: bool = False  # answered from the master's prediction cache (no worker ran it)
+    version: int = 1  # the version of `model` that answered (its version policy's pick for a query by model name)
 
     @property
     def outputs_by_name(self) -> dict[str, Any]:
@@ -262,7 +263,7 @@ class Client:
             needs_load=b.needs_load, extra={"attempts": b.attempts, "output_names": list(b.output_names)},
             slo_met=b.slo_met, predicted_latency_ms=b.predicted_latency_ms,
             client_latency_ms=(time.monotonic() - sent) * 1e3, model=b.model, output_names=list(b.output_names),
-            cached=b.cached)
+            cached=b.cached, version=b.version)
 
     # -- queries ---------------------------------------------------------------------------------------
     def submit(self, inputs: dict[str, np.ndarray], **slo: Any) -> str:

@@ -31,11 +31,12 @@ def pin_variant(query: Query, index: CatalogIndex) -> str:
     if query.kind == "variant":
         return query.variant  # type: ignore[return-value]
     if query.kind == "model":
-        candidates = [v for v in index.infos.values() if v.model == query.model and v.profiled]
+        model = index.model_id(query.model)  # the version its route serves
+        candidates = [v for v in index.infos.values() if v.model == model and v.profiled]
         what = f"model {query.model}"
     else:
-        candidates = [v for v in index.infos.values()
-                      if v.task == query.task and v.dataset == query.dataset and v.profiled]
+        candidates = [v for v in index.infos.values() if v.task == query.task and v.dataset == query.dataset
+                      and v.profiled and v.model in index.serving_models]
         what = f"task {query.task}/{query.dataset}"
     if not candidates:
         raise UnknownModelError(f"no profiled variant for {what}")

@@ -35,6 +35,7 @@ from infaas_cli.policy.latency import PRIOR_OVERHEAD_MS
 from infaas_cli.policy.cluster_view import ClusterView, GroupView, check_overhead_default
 from infaas_cli.policy.placement import WorkerState
 from infaas_cli.policy.profiles import applicable_profiles
+from infaas_cli.policy.versions import Route, canonical_id, default_routes, is_version_name, split_id, version_id
 
 #: The bundled price table, found relative to the package like the zoo manifest (a checkout layout).
 def _default_prices_path() -> Path:
@@ -243,6 +244,9 @@ class Query:
     slo_mode: str = "best_effort"  # one of SLO_MODES: what happens when queues make latency_ms unreachable
     #: The query's tensors as (name, dtype, shape) (`input_signature(feeds)`); None: not checked by selection.
     inputs: InputSignature | None = None
+    #: Its place in [0, 100) for a canary's split (`policy.versions.route_draw` of its request id); None: the
+    #: stable version answers a query by model name.
+    route_draw: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -460,15 +464,18 @@ class VariantInfo:
 class CatalogIndex:
     """Profiled variants laid out for vectorised filtering, plus name lookups for errors and kind="variant".
 
-    Arrays are indexed by position in `order` (sorted by task, dataset, model, name); `model_spans` and
-    `task_spans` map a model / a (task, dataset) to its (start, end) slice. `lat_ms[j]` and `cost_usd[j]`
-    hold each variant's latency / cost per query at batch bucket `buckets[j]` (inf where the bucket is
-    above the variant's max batch, which doubles as the max-batch filter).
+    Arrays are indexed by position in `order` (sorted by task, dataset, serving, model, name); `model_spans` and
+    `task_spans` map a model record / a (task, dataset) to its (start, end) slice. Of a model's versions only the
+    one its route serves (`routes`, policy/versions.py) is in its task's span: the others sort after it, reachable
+    by their own names. `lat_ms[j]` and `cost_usd[j]` hold each variant's latency / cost per query at batch
+    bucket `buckets[j]` (inf where the bucket is above the variant's max batch, which doubles as the max-batch
+    filter).
     """
 
     def __init__(self, infos: Iterable[VariantInfo], prices: PriceTable,
                  models: Mapping[str, tuple[str, str]] | None = None,
-                 signatures: Mapping[str, ModelSignature | None] | None = None) -> None:
+                 signatures: Mapping[str, ModelSignature | None] | None = None,
+                 routes: Mapping[str, Route] | None = None) -> None:
         self.prices = prices
         self.infos: dict[str, VariantInfo] = {}
         for info in infos:
@@ -489,7 +496,22 @@ class CatalogIndex:
             except InfaasError:
                 continue  # unpriceable hardware: by name only, rather than breaking every query
             selectable.append(info)
-        selectable.sort(key=lambda v: (v.task or "", v.dataset or "", v.model, v.name))
+        # Versions: queries naming a model (or its task) go to the version its route picks. A route the master did
+        # not give, or one naming a version with nothing profiled, is the default policy's: the highest profiled.
+        profiled: dict[str, set[int]] = {}
+        for v in selectable:
+            base, version = split_id(v.model)
+            profiled.setdefault(base, set()).add(version)
+        self.profiled_versions: dict[str, set[int]] = profiled
+        self.routes: dict[str, Route] = default_routes(profiled)
+        for base, route in (routes or {}).items():
+            if all(version in profiled.get(base, ()) for version in route.versions):
+                self.routes[base] = route
+        #: The model records whose variants answer queries by model name and by task (each model's routed version).
+        self.serving_models: set[str] = {version_id(base, route.stable) for base, route in self.routes.items()}
+        stable = self.serving_models
+        self._routed = {base: version_id(base, r.stable) for base, r in self.routes.items() if r.canary is None}
+        selectable.sort(key=lambda v: (v.task or "", v.dataset or "", v.model not in stable, v.model, v.name))
         self.order: list[VariantInfo] = selectable
         self.pos: dict[str, int] = {v.name: i for i, v in enumerate(selectable)}
         n = len(selectable)
@@ -498,7 +520,7 @@ class CatalogIndex:
         self.task_spans: dict[tuple[str, str], tuple[int, int]] = {}
         for i, v in enumerate(selectable):
             self._extend(self.model_spans, v.model, i, f"model {v.model}")
-            if v.task and v.dataset:
+            if v.task and v.dataset and v.model in stable:
                 self._extend(self.task_spans, (v.task, v.dataset), i, f"task {v.task}/{v.dataset}")
 
         max_batch_top = max((v.max_batch for v in selectable), default=1)
@@ -568,6 +590,17 @@ class CatalogIndex:
     def __len__(self) -> int:
         return len(self.order)
 
+    def model_id(self, name: str, draw: float | None = None) -> str:
+        """The model record a query naming `name` runs: a version named as such (`M@vV`; `M@v1` is `M`) itself, a
+        model's name the version its route picks (the canary for a `draw` below its percent)."""
+        found = self._routed.get(name)  # the common case, a dict lookup: a model's name, no canary
+        if found is not None:
+            return found
+        if is_version_name(name):
+            return canonical_id(name)
+        route = self.routes.get(name)
+        return name if route is None else version_id(name, route.pick(draw))
+
     def span_keys(self, start: int, end: int) -> list[tuple[int, np.ndarray | None, float]]:
         """Per placement key in the slice: (key code, its mask over the slice or None when it is the only one,
         the largest peak memory among its variants); cached per slice."""
@@ -605,11 +638,13 @@ class CatalogIndex:
 
 def build_index(models: Sequence[ModelRecord], variants: Sequence[VariantRecord],
                 profiles: Sequence[ProfileRecord], prices: PriceTable,
-                hardware_ids: Mapping[str, str] | None = None) -> CatalogIndex:
+                hardware_ids: Mapping[str, str] | None = None,
+                routes: Mapping[str, Route] | None = None) -> CatalogIndex:
     """Join the records into a CatalogIndex; a variant's profile is `profiles.applicable_profile`'s.
 
     `hardware_ids` maps a hardware kind ("cpu", "gpu", ...) to the hardware id whose profiles to prefer
-    for variants of that kind; without it, a variant's newest profile applies.
+    for variants of that kind; without it, a variant's newest profile applies. `routes`: which version serves each
+    model (policy/versions.py; default: the highest profiled).
     """
     model_by_name = {m.name: m for m in models}
     prefer = None
@@ -636,7 +671,7 @@ def build_index(models: Sequence[ModelRecord], variants: Sequence[VariantRecord]
             accuracy=v.accuracy, load_time_ms=float(p.load_time_ms) if p else 0.0,
             peak_memory_bytes=int(p.peak_memory_bytes) if p else 0, batch_latency_ms=tuple(sorted(batches))))
     return CatalogIndex(infos, prices, {m.name: (m.task, m.dataset) for m in models},
-                        {m.name: model_signature(m) for m in models})
+                        {m.name: model_signature(m) for m in models}, routes)
 
 
 # -- cluster -----------------------------------------------------------------------------------------
@@ -714,9 +749,11 @@ def select(query: Query, index: CatalogIndex, cluster: ClusterView | ClusterSnap
         cluster = cluster.view()
     if query.kind == "variant":
         return _select_variant(query, index, cluster)
+    model = None
     if query.kind == "model":
-        span = index.model_spans.get(query.model)
-        label = f"model {query.model}"
+        model = index.model_id(query.model, query.route_draw)
+        span = index.model_spans.get(model)
+        label = f"model {model}"
     else:
         span = index.task_spans.get((query.task, query.dataset))
         label = f"task {query.task}/{query.dataset}"
@@ -727,7 +764,7 @@ def select(query: Query, index: CatalogIndex, cluster: ClusterView | ClusterSnap
     if query.inputs is not None:
         accept = index.accepts(start, end, query.inputs)
         if accept is not None and not accept.any():
-            raise _refused_inputs(query, index)
+            raise _refused_inputs(query, index, model)
     group = cluster.group(index, start, end)
     if not group.any_runnable:
         raise _unavailable({v.placement_key for v in index.order[start:end]}, cluster.live_backends(),
@@ -929,9 +966,15 @@ def _unknown(query: Query, index: CatalogIndex) -> InfaasError:
                                      f"{_listing(names)} — see `infaas variants {model}`")
         return UnknownModelError(f"unknown variant '{query.variant}'; known models: {_listing(index.models)}")
     if query.kind == "model":
-        if query.model in index.models:
-            return NoVariantError(f"model {query.model} has no profiled variant yet; run "
-                                  f"`infaas profile {query.model}` (or query a variant by name)")
+        model = canonical_id(query.model)
+        if model in index.models:
+            return NoVariantError(f"model {model} has no profiled variant yet; run "
+                                  f"`infaas profile {model}` (or query a variant by name)")
+        base, version = split_id(model)
+        if version > 1 and base in index.models:
+            known = sorted(split_id(m)[1] for m in index.models if split_id(m)[0] == base)
+            return UnknownModelError(f"model {base} has no version {version}; its versions: "
+                                     f"{', '.join(map(str, known))} — see `infaas versions {base}`")
         return UnknownModelError(f"unknown model '{query.model}'; known models: {_listing(index.models)} — "
                                  "register it with `infaas register`")
     if (query.task, query.dataset) in index.task_pairs:
@@ -942,12 +985,14 @@ def _unknown(query: Query, index: CatalogIndex) -> InfaasError:
                              f"task/dataset pairs: {_listing(f'{t}/{d}' for t, d in index.task_pairs)}")
 
 
-def _refused_inputs(query: Query, index: CatalogIndex) -> InvalidInputError:
-    """No candidate model takes the query's tensors: name the signatures that exist."""
+def _refused_inputs(query: Query, index: CatalogIndex, model: str | None = None) -> InvalidInputError:
+    """No candidate model takes the query's tensors (`model`: the record a query by model runs): name the
+    signatures that exist."""
     given = describe_signature(query.inputs)
     if query.kind == "model":
-        sig = index.signatures[query.model]
-        return InvalidInputError(f"model {query.model} does not take these inputs ({sig.mismatch(query.inputs)}); "
+        model = model or query.model
+        sig = index.signatures[model]
+        return InvalidInputError(f"model {model} does not take these inputs ({sig.mismatch(query.inputs)}); "
                                  f"it takes {sig.describe()} — you sent {given}")
     by_signature: dict[str, list[str]] = {}
     for model, (task, dataset) in index.models.items():

@@ -39,6 +39,8 @@ Text = Annotated[str, Meta(max_length=MAX_TEXT)]
 Sha256 = Annotated[str, Meta(min_length=64, max_length=64, pattern="^[0-9a-f]{64}$")]
 Count = Annotated[int, Meta(ge=0, le=2**62)]
 Positive = Annotated[int, Meta(ge=1, le=2**31 - 1)]
+#: A model version (policy/versions.py): 1 is the model's first, `M`; V ≥ 2 its record `M@vV`.
+Version = Annotated[int, Meta(ge=1, le=1_000_000)]
 Finite = Annotated[float, Meta(ge=-1e300, le=1e300)]  # refuses NaN and infinities
 NonNegative = Annotated[float, Meta(ge=0, le=1e300)]
 Dim = Annotated[int, Meta(ge=0, le=2**31 - 1)]
@@ -131,6 +133,7 @@ class ReplyBody(Body):
     slo_met: bool | None = None
     model: Name | None = None
     cached: bool = False  # answered from the master's prediction cache (worker "cache"), no worker ran it
+    version: Version = 1  # the version of `model` that answered (`variant` belongs to it)
 
 
 #: Most workers one `status_reply` lists (a page; the summary counts them all).
@@ -186,6 +189,8 @@ class CatalogModel(Body):
     max_batch: Annotated[int, Meta(ge=1, le=65536)]
     accuracy: Annotated[float, Meta(ge=0, le=1)] | None = None
     variants: Annotated[list[CatalogVariant], Meta(max_length=MAX_ENTRIES)] = []
+    version: Version = 1  # `name` is version 1 of a model, or `MODEL@vV` its version V
+    serving: bool = True  # queries naming the model (or its task) reach this version now (its version policy)
 
 
 class CatalogReplyBody(Body):

@@ -180,6 +180,7 @@ def test_infer_by_model_json_and_binary_agree(cluster):
     params = result.get_response()["parameters"]
     assert params["variant"].startswith(f"{MODEL}/") and params["slo_met"] is True
     assert result.get_response()["model_version"] == params["variant"].split("/", 1)[1]
+    assert params["version"] == 1  # the model's version that answered (its only one here)
 
 
 def test_model_less_query_with_slo_parameters(cluster):
