@@ -264,8 +264,9 @@ class Lifecycle:
                 why.append(f"pinned ({', '.join(pinned[:3])})")
             if in_flight:
                 why.append(f"answering {in_flight} quer{'ies' if in_flight > 1 else 'y'}")
-            raise InfaasError(f"{label} is {' and '.join(why)}; pass --drain to stop routing, drain and unload it "
-                              "first", code="failed")
+            are, it = ("are", "them") if len(known) > 1 else ("is", "it")
+            raise InfaasError(f"{label} {are} {' and '.join(why)}; pass --drain to stop routing, drain and unload "
+                              f"{it} first", code="failed")
         self._hide(known)
         for variant in pinned:
             self.unpin(variant)
