@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -107,6 +111,19 @@ def wait_for(predicate, timeout_s: float = 15.0, interval_s: float = 0.05):
     raise AssertionError(f"condition not met within {timeout_s} s")
 
 
+def run_cli(home, *args: str, timeout_s: float = 90.0) -> subprocess.CompletedProcess:
+    """`infaas --home HOME ARGS…` as a user runs it, in a child process, with no INFAAS_* variable of this session."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFAAS_")}
+    return subprocess.run([sys.executable, "-m", "infaas_cli", "--home", str(home), *args], env=env,
+                          capture_output=True, text=True, timeout=timeout_s)
+
+
+def cli_json(result: subprocess.CompletedProcess):
+    """The JSON a successful `run_cli(..., "--json")` printed."""
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 def build_catalog(path, models=SERVED):
     from infaas_cli.catalog.home import InfaasHome
     from infaas_cli.toolkit.generate import generate_variants
@@ -148,7 +165,6 @@ def original_outputs(name: str, x: np.ndarray):
 # -- the master in-process, and fake workers speaking the real protocol --------------------------------
 
 import contextlib  # noqa: E402
-import os  # noqa: E402
 import threading  # noqa: E402
 
 
@@ -335,7 +351,8 @@ class FakeWorker:
         for name, v in self.loaded.items():
             v.done = [d for d in v.done if now - d[0] <= self.metrics_window_s]
             served = sum(d[1] for d in v.done)
-            fields = dict(state="loaded" if v.ready_at <= now else "loading", queue=v.queued, qps=len(v.done) / self.metrics_window_s,
+            fields = dict(state="loaded" if v.ready_at <= now else "loading", queue=v.queued,
+                          qps=len(v.done) / self.metrics_window_s,
                           samples_per_s=served / self.metrics_window_s,
                           latency_ms=sum(d[2] for d in v.done) / len(v.done) if v.done else 0.0,
                           threads=v.threads, replicas=v.replicas, idle_s=max(0.0, now - v.last_used))

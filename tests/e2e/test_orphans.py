@@ -15,15 +15,9 @@ import pytest
 
 from infaas_cli.client import Client
 from infaas_cli.cluster import embedded
-from support import wait_for
+from support import run_cli, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
-
-
-def _infaas(home, *args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFAAS_")}
-    return subprocess.run([sys.executable, "-m", "infaas_cli", "--home", str(home), *args], env=env,
-                          capture_output=True, text=True, timeout=timeout_s)
 
 
 def _gone(pid: int) -> bool:
@@ -44,13 +38,13 @@ def home(tmp_path):
 
 def test_down_stops_the_workers_of_a_killed_master(home):
     # Through the CLI, as a user runs it: knobs `up` has no option for reach the daemons by --set.
-    r = _infaas(home, "--set", "worker.master_grace_s=600", "--set", "autoscale.idle_unload_s=7", "up",
+    r = run_cli(home, "--set", "worker.master_grace_s=600", "--set", "autoscale.idle_unload_s=7", "up",
                 "--no-gateway", "--workers", "2", "--heartbeat-interval-s", "0.25")
     assert r.returncode == 0, r.stderr
     config = (home / "run" / "infaas.toml").read_text()
     assert "idle_unload_s = 7.0" in config and "master_grace_s = 600.0" in config
     # A worker host as the horizontal autoscaler's scale-out command starts one.
-    r = _infaas(home, "cluster", "host", "start", "--enforce", "none", "--json")
+    r = run_cli(home, "cluster", "host", "start", "--enforce", "none", "--json")
     assert r.returncode == 0, r.stderr
     record = embedded.read_cluster(home)
     assert all(e["create_time"] for e in [record["master"], *record["workers"]])
@@ -59,11 +53,11 @@ def test_down_stops_the_workers_of_a_killed_master(home):
     _kill_master(record)
     assert all(not _gone(p) for p in workers)  # a long grace: they wait for their master
 
-    r = _infaas(home, "down")
+    r = run_cli(home, "down")
     assert r.returncode == 0 and "stopped 3 process(es)" in r.stderr, r.stderr
     assert all(_gone(p) for p in workers)
     assert embedded.read_cluster(home) is None
-    hosts = json.loads(_infaas(home, "cluster", "host", "list", "--json").stdout)["hosts"]
+    hosts = json.loads(run_cli(home, "cluster", "host", "list", "--json").stdout)["hosts"]
     assert [h["stopped_at"] is not None for h in hosts] == [True]  # its bill is closed
 
 

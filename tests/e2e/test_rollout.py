@@ -6,9 +6,6 @@ switch points visible in `status` and the Prometheus metrics."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -17,22 +14,11 @@ import pytest
 
 from infaas_cli.client import Client, QueryFailed
 from infaas_cli.cluster import embedded
-from support import ZOO, build_catalog, digits_x, retrained_logreg
+from support import ZOO, build_catalog, cli_json, digits_x, retrained_logreg, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 MODEL = "digits-logreg"
-
-
-def _infaas(home, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFAAS_")}
-    return subprocess.run([sys.executable, "-m", "infaas_cli", "--home", str(home), *args], env=env,
-                          capture_output=True, text=True, timeout=timeout_s)
-
-
-def _json(result: subprocess.CompletedProcess):
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 class Stream:
@@ -84,7 +70,7 @@ def home(tmp_path):
 
 
 def test_roll_out_and_back_under_load_fails_no_query(home, tmp_path):
-    up = _infaas(home, "up", "--workers", "1", "--heartbeat-interval-s", "0.25", "--metrics-port", "0",
+    up = run_cli(home, "up", "--workers", "1", "--heartbeat-interval-s", "0.25", "--metrics-port", "0",
                  "--http-port", "0", "--grpc-port", "0")
     assert up.returncode == 0, up.stderr
     record = embedded.read_cluster(home)
@@ -98,27 +84,28 @@ def test_roll_out_and_back_under_load_fails_no_query(home, tmp_path):
 
         # A new version: registered (the next version, 2), then profiled — only then does it take traffic.
         v2 = str(retrained_logreg(tmp_path / "logreg-v2.onnx"))
-        registered = _json(_infaas(home, "register", v2, "--name", MODEL, "--validation", str(ZOO[MODEL].validation),
+        registered = cli_json(run_cli(home, "register", v2, "--name", MODEL, "--validation", str(ZOO[MODEL].validation),
                                    "--json"))
         assert registered["model"]["name"] == f"{MODEL}@v2" and registered["model"]["version"] == 2
         time.sleep(1.0)
         assert 2 not in {r[2] for r in stream.since(t0)}, "an unprofiled version took traffic"
         t_profile = time.time()
-        profiled = _infaas(home, "profile", f"{MODEL}@v2", "--batch-sizes", "1,8", "--budget-ms", "20", "--json")
+        profiled = run_cli(home, "profile", f"{MODEL}@v2", "--batch-sizes", "1,8", "--budget-ms", "20", "--json",
+                           timeout_s=120.0)
         assert profiled.returncode == 0, profiled.stderr
         t_pushed = time.time()
         moved = time_until(lambda: all_on(stream, 2, t_profile), 60.0)
         figures["latest_v2"] = {"profile_command_s": round(t_pushed - t_profile, 3),
                                 "all_traffic_on_new_after_profile_start_s": round(moved, 3)}
 
-        listing = _json(_infaas(home, "versions", MODEL, "--json"))
+        listing = cli_json(run_cli(home, "versions", MODEL, "--json"))
         assert [(r["version"], r["profiled"], r["serving"]) for r in listing["versions"]] == [(1, True, False),
                                                                                             (2, True, True)]
         assert listing["policy"]["mode"] == "latest"
 
         for to in (1, 2):  # roll back, then forward again: the same command
             t_cmd = time.time()
-            result = _json(_infaas(home, "rollout", MODEL, "--to", str(to), "--json"))
+            result = cli_json(run_cli(home, "rollout", MODEL, "--to", str(to), "--json"))
             ro = result["rollout"]
             assert (ro["to_version"], ro["state"]) == (to, "done") and result["policy"] == f"pinned {to}"
             moved = time_until(lambda: all_on(stream, to, t_cmd), 30.0)
@@ -140,7 +127,7 @@ def test_roll_out_and_back_under_load_fails_no_query(home, tmp_path):
     assert not failures, failures[:5]
     assert {r[2] for r in rows} == {1, 2}
 
-    status = _json(_infaas(home, "status", "--json"))["master"]
+    status = cli_json(run_cli(home, "status", "--json"))["master"]
     assert status["queries_failed"] == 0
     view = status["versions"][MODEL]
     assert view["policy"] == "pinned 2" and view["serving"]["version"] == 2 and view["versions"] == [1, 2]
@@ -151,7 +138,7 @@ def test_roll_out_and_back_under_load_fails_no_query(home, tmp_path):
     assert metric(text, "infaas_model_serving_version", model=MODEL) == 2.0
     assert metric(text, "infaas_rollout_switches_total", model=MODEL, version="2") == 2.0
     assert metric(text, "infaas_rollout_switches_total", model=MODEL, version="1") == 1.0
-    human = _infaas(home, "status").stdout
+    human = run_cli(home, "status").stdout
     assert f"model {MODEL}: versions 1, 2, policy pinned 2, serving v2; roll-out v1 → v2: done" in human
 
     # At the gateway (Open Inference Protocol): the model's name answers with its policy's version, `M@v1` with v1.
