@@ -151,9 +151,29 @@ def _parse_batch_sizes(text: str) -> list[int]:
     return sizes
 
 
+def _every_version(store, names: list[str]) -> list[str]:
+    """The record names to profile: `M@vV` is that version; a model's plain name is every version of it (stored
+    profiles are kept, so the versions already profiled cost nothing), as a user who registered v2 expects."""
+    from infaas_cli.policy.versions import canonical_id, is_version_name, split_id
+
+    versions: dict[str, list[str]] = {}
+    for record in store.models():
+        base, version = split_id(record.name)
+        if version > 1:
+            versions.setdefault(base, []).append(record.name)
+    targets: list[str] = []
+    for name in names:
+        if is_version_name(name):
+            targets.append(canonical_id(name))
+        else:
+            targets += [name, *sorted(versions.get(name, ()), key=lambda n: split_id(n)[1])]
+    return list(dict.fromkeys(targets))
+
+
 @command()
 def profile(
-    names: Annotated[Optional[list[str]], typer.Argument(help="Models to profile.")] = None,
+    names: Annotated[Optional[list[str]], typer.Argument(
+        help="Models to profile: a model's name covers every version of it, M@vV one version.")] = None,
     all_models: Annotated[bool, typer.Option("--all", help="Profile every registered model.")] = False,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,4,8,16,32",
     force: Annotated[bool, typer.Option(help="Measure again even where a profile is stored.")] = False,
@@ -185,7 +205,7 @@ def profile(
         raise InfaasError("--search-threshold must be >= 0 cells, e.g. 100")
     mode = "search" if search else "exhaustive" if exhaustive else "auto"
     with open_home() as home:
-        targets = [m.name for m in home.store.models()] if all_models else list(names or [])
+        targets = [m.name for m in home.store.models()] if all_models else _every_version(home.store, names or [])
         if not targets:
             raise InfaasError("name a model to profile, or pass --all")
         with progress(quiet=as_json) as bar:

@@ -179,3 +179,15 @@ def test_the_gateway_names_a_version_as_its_record():
     assert front._resolve_in(catalog, "x@v1", None) == Target("task", task="x", dataset="v1")  # no model x
     assert front._resolve_in(catalog, variant["name"], None) == Target("variant", model="m@v2",
                                                                          variant=variant["name"])
+
+
+def test_profile_by_model_name_covers_every_version():
+    """`infaas profile M` after registering M's version 2 profiles it too; `M@v2` names one version, `M@v1` is M."""
+    from types import SimpleNamespace
+
+    from infaas_cli.cli.catalog import _every_version
+
+    store = SimpleNamespace(models=lambda: [SimpleNamespace(name=n) for n in ("m", "m@v10", "m@v2", "other")])
+    assert _every_version(store, ["m"]) == ["m", "m@v2", "m@v10"]
+    assert _every_version(store, ["m@v2", "other"]) == ["m@v2", "other"]
+    assert _every_version(store, ["m@v1", "m"]) == ["m", "m@v2", "m@v10"]
