@@ -347,10 +347,8 @@ class ClientHandlers:
         for w in list(self.workers.values()):
             if only is not None and w.worker_id != only:
                 continue
-            if w.alive and (name in w.loaded or name in w.variant_metrics):
-                w.loaded.pop(name, None)
-                self._cluster_changed(w)
-                self._send_worker(w.identity, protocol.Message("unload", m.UnloadBody(variant=name)))
+            if w.alive and self._holds(w, name):
+                self._unload_on(w, [name])
                 log.info("unload %s on %s (asked by a client)", name, w.worker_id)
         if only is None:
             self.named_variants.pop(name, None)

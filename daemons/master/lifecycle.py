@@ -82,6 +82,23 @@ class Lifecycle:
     def _live(self) -> dict[str, Any]:
         return {wid: w for wid, w in self.workers.items() if w.alive and wid not in self.draining}
 
+    def _in_flight(self, variants: Iterable[str] | set[str]) -> int:
+        """Queries sent to any of `variants` and not answered yet."""
+        return sum(1 for p in self.pending.values() if p.variant in variants)
+
+    def _unload_on(self, w, variants: Iterable[str]) -> list[str]:
+        """Unload `variants` from worker `w` (forgetting the copies dispatched there, the view refreshed once); the
+        variants whose unload was sent."""
+        variants = list(variants)
+        sent = [v for v in variants if self._forget_and_unload(w, v)]
+        if variants:
+            self._cluster_changed(w)
+        return sent
+
+    def _forget_and_unload(self, w, variant: str) -> bool:
+        w.loaded.pop(variant, None)
+        return self._send_worker(w.identity, protocol.Message("unload", m.UnloadBody(variant=variant)))
+
     # -- pins ----------------------------------------------------------------------------------------------
     def pin(self, variant: str, replicas: int, worker: str | None, source: str = "operator") -> Pin:
         """Pin a variant (replacing an earlier pin of it) and start loading it where the pin wants it."""
@@ -253,7 +270,7 @@ class Lifecycle:
         holders = sorted(wid for wid, w in self.workers.items()
                          if w.alive and any(self._holds(w, v) for v in variants))
         pinned = sorted(v for v in variants if v in self.pinned)
-        in_flight = sum(1 for p in self.pending.values() if p.variant in variants)
+        in_flight = self._in_flight(variants)
         label = ", ".join(known)
         if not body.drain and (holders or pinned or in_flight):
             why = []
@@ -294,7 +311,7 @@ class Lifecycle:
     def _advance_drain(self, drain: _Drain) -> None:
         now = time.monotonic()
         if drain.unloads_sent_at is None:
-            in_flight = sum(1 for p in self.pending.values() if p.variant in drain.variants)
+            in_flight = self._in_flight(drain.variants)
             if in_flight:
                 if now >= drain.deadline:
                     waited_s = drain.deadline - drain.started
@@ -319,13 +336,11 @@ class Lifecycle:
             if not w.alive:
                 continue
             held = sorted(v for v in drain.variants if self._holds(w, v))
-            for variant in held:
-                w.loaded.pop(variant, None)
-                self._send_worker(w.identity, protocol.Message("unload", m.UnloadBody(variant=variant)))
+            self._unload_on(w, held)
+            for _ in held:
                 self.metrics.on_action("unload")
-                drain.unloaded_on.add(w.worker_id)
             if held:
-                self._cluster_changed(w)
+                drain.unloaded_on.add(w.worker_id)
 
     def _answer_drain(self, drain: _Drain) -> None:
         if drain in self.drains:
@@ -358,13 +373,12 @@ class Lifecycle:
         variants = self.store.variants()
         names = {v.name for v in variants}
         for w in self.workers.values():
+            if not w.alive:
+                continue
             gone = sorted(v for v in set(w.loaded) | set(w.variant_metrics) if v not in names)
-            for variant in gone if w.alive else ():
-                w.loaded.pop(variant, None)
-                self._send_worker(w.identity, protocol.Message("unload", m.UnloadBody(variant=variant)))
+            self._unload_on(w, gone)
+            for variant in gone:
                 log.info("unload %s on %s: removed from the catalog", variant, w.worker_id)
-            if gone and w.alive:
-                self._cluster_changed(w)
         for variant in [v for v in self.pinned if v not in names]:
             self.unpin(variant)
         removed = self.artifacts.collect_garbage(referenced_artifacts(self.store.models(), variants))

@@ -123,8 +123,7 @@ class Rollouts:
             self._routes_changed()
 
     def _routes_changed(self) -> None:
-        self.catalog.routes = dict(self.routes)
-        self.catalog.changed()
+        self.catalog.set_routes(self.routes)
         self._options = None
 
     # -- roll-outs ---------------------------------------------------------------------------------------
@@ -139,7 +138,7 @@ class Rollouts:
         self.rollouts[name] = ro
         index = self.catalog.index()
         old_ids = {version_id(name, v) for v in current.versions}
-        live = {wid: w for wid, w in self.workers.items() if w.alive and wid not in self.draining}
+        live = self._live()
         held = {wid: [v for v in self._held(w) if v.split("/", 1)[0] in old_ids] for wid, w in live.items()}
         held = {wid: vs for wid, vs in held.items() if vs}
         for version in target.versions:
@@ -206,7 +205,7 @@ class Rollouts:
                 log.warning("roll-out of %s: %s", ro.model, ro.note)
             self._switch(ro)
         if ro.state == "draining":
-            in_flight = sum(1 for p in self.pending.values() if p.variant in ro.retiring)
+            in_flight = self._in_flight(ro.retiring)
             if in_flight and now - ro.switched < self.settings.rollout_drain_timeout_s:
                 return
             self._retire(ro)
@@ -217,7 +216,7 @@ class Rollouts:
         old_ids = {version_id(ro.model, v) for v in ro.source.versions if v not in ro.target.versions}
         ro.retiring = {v for w in self.workers.values() for v in self._held(w) | set(w.variant_metrics)
                        if v.split("/", 1)[0] in old_ids}
-        ro.drained_queries = sum(1 for p in self.pending.values() if p.variant in ro.retiring)
+        ro.drained_queries = self._in_flight(ro.retiring)
         self.routes[ro.model] = ro.target
         ro.state, ro.switched_at, ro.switched = "draining", time.time(), time.monotonic()
         self._routes_changed()
@@ -234,21 +233,17 @@ class Rollouts:
             if not w.alive:
                 continue
             gone = sorted(v for v in ro.retiring if v.split("/", 1)[0] not in serving and self._holds(w, v)
-                          and not self.pinned_replicas(v, w.worker_id) and v not in self.pinned)
-            for variant in gone:
-                w.loaded.pop(variant, None)
-                if self._send_worker(w.identity, protocol.Message("unload", m.UnloadBody(variant=variant))):
-                    ro.unloaded.append(f"{w.worker_id}:{variant}")
-                    self.metrics.on_action("unload")
-            if gone:
-                self._cluster_changed(w)
+                          and v not in self.pinned)
+            for variant in self._unload_on(w, gone):
+                ro.unloaded.append(f"{w.worker_id}:{variant}")
+                self.metrics.on_action("unload")
 
     def _end_rollout(self, ro: Rollout, state: str, note: str = "", keep: Route | None = None) -> None:
         """Close a roll-out; a cancelled one unloads what it warmed unless `keep` (the next route) serves it."""
         if state == "cancelled":
             kept = {version_id(ro.model, v) for v in keep.versions} if keep is not None else set()
             ro.retiring = {v for (_, v) in ro.warming if v.split("/", 1)[0] not in kept}
-            if not any(p.variant in ro.retiring for p in self.pending.values()):
+            if not self._in_flight(ro.retiring):
                 self._retire(ro)
         ro.state, ro.finished_at = state, time.time()
         if note:

@@ -186,6 +186,13 @@ class CatalogView:
         self._specs.clear()
         self._checks.clear()
 
+    def set_routes(self, routes: dict[str, Route]) -> None:
+        """A roll-out moved a model's route: only the index (its model and task spans) depends on it; the records,
+        variant specs and input checks cached for the query path stay."""
+        self.routes = dict(routes)
+        self._index = None
+        self._task_models = None
+
     def task_models(self, task: str | None, dataset: str | None) -> list[str]:
         """The models a model-less query for (task, dataset) may run, by name."""
         if self._task_models is None:
