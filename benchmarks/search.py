@@ -40,7 +40,7 @@ import onnx
 
 from infaas_cli.backends.keys import placement_key
 from infaas_cli.catalog.home import InfaasHome
-from infaas_cli.catalog.records import BatchProfile, ProfileRecord, VariantRecord
+from infaas_cli.catalog.records import BatchProfile, ProfileRecord, VariantRecord, is_predicted
 from infaas_cli.errors import InfaasError
 from infaas_cli.policy.placement import WorkerState
 from infaas_cli.policy.selection import ClusterSnapshot, Query, build_index, load_prices, select
@@ -191,7 +191,7 @@ class Judge:
             errors, covered = [], []
             for p in profiles:
                 for b, s in p.batches.items() if p.model == name else ():
-                    if not s.get("measured", True) and (p.variant, b) in self.truth:
+                    if is_predicted(s) and (p.variant, b) in self.truth:
                         err = abs(s["p50_ms"] / self.truth[(p.variant, b)] - 1)
                         errors.append(err)
                         covered.append(err <= s["predicted_error"])

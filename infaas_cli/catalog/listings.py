@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from infaas_cli.toolkit.hardware import hardware_id, host_hardware
-from infaas_cli.catalog.records import ModelRecord, ProfileRecord, VariantRecord
+from infaas_cli.catalog.records import ModelRecord, ProfileRecord, VariantRecord, is_predicted
 from infaas_cli.catalog.store import MetadataStore
 from infaas_cli.policy.profiles import applicable_profile
 from infaas_cli.policy.versions import split_id
@@ -57,7 +57,7 @@ def variant_view(variant: VariantRecord, profile: ProfileRecord | None) -> dict[
 def batch_view(stats: dict[str, Any]) -> dict[str, Any]:
     """One batch size's profile with `measured` and `predicted_error` always present (entries stored before
     `profile --search` existed were all measured)."""
-    return {**stats, "measured": bool(stats.get("measured", True)), "predicted_error": stats.get("predicted_error")}
+    return {**stats, "measured": not is_predicted(stats), "predicted_error": stats.get("predicted_error")}
 
 
 def variants_view(store: MetadataStore, model: str | None = None) -> list[dict[str, Any]]:

@@ -164,6 +164,12 @@ class BatchProfile:
     predicted_error: float | None = None
 
 
+def is_predicted(stats: dict[str, Any]) -> bool:
+    """Whether a stored batch entry (a ProfileRecord's `batches[b]`, a plain dict) was predicted rather than timed;
+    entries written before predictions existed have no `measured` and count as measured."""
+    return stats.get("measured", True) is False
+
+
 #: A batch size as a profile's key: the selector reads it back with int().
 BatchSizeKey = Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{0,5}$")]
 

@@ -273,6 +273,7 @@ def variants(
 ) -> None:
     """List a model's variants with measured accuracy, load time, memory and latency per batch size."""
     from infaas_cli.catalog.listings import variants_view
+    from infaas_cli.catalog.records import is_predicted
 
     if name is None and not all_models:
         raise InfaasError("name a model, or pass --all")
@@ -286,9 +287,9 @@ def variants(
     def cell(stats: dict[str, Any], key: str, spec: str = ".3g") -> str:
         """A figure, marked '~' where it was predicted (`profile --search`) rather than measured."""
         text = fmt(stats.get(key), spec)
-        return f"~{text}" if stats and not stats.get("measured", True) else text
+        return f"~{text}" if stats and is_predicted(stats) else text
 
-    predicted = any(not s.get("measured", True) for r in rows for s in r["profiles"].values())
+    predicted = any(is_predicted(s) for r in rows for s in r["profiles"].values())
     table = Table(title=f"variants — p50 ms per batch size, p99 at batch {batch_size}",
                   caption="~ predicted (profile --search), not measured" if predicted else None)
     for col in ("variant", "acc %", "load ms", "mem MiB", *[f"b{b}" for b in sizes], f"p99 b{batch_size}",

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from infaas_cli.catalog.records import is_predicted
 from infaas_cli.errors import InfaasError
 
 #: Largest batch bucket (the protocol's largest batch size).
@@ -278,7 +279,7 @@ def predicted_sizes(batches: Mapping[str, Mapping[str, Any]]) -> list[int]:
     out = []
     for size, stats in batches.items():
         try:
-            if stats.get("measured", True) is False:
+            if is_predicted(stats):
                 out.append(int(size))
         except (AttributeError, TypeError, ValueError):
             continue

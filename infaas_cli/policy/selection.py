@@ -30,7 +30,7 @@ import numpy as np
 
 from infaas_cli.backends import keys as backend_keys
 from infaas_cli.errors import InfaasError, InvalidInputError
-from infaas_cli.catalog.records import ModelRecord, ProfileRecord, TensorSpec, VariantRecord
+from infaas_cli.catalog.records import ModelRecord, ProfileRecord, TensorSpec, VariantRecord, is_predicted
 from infaas_cli.policy.latency import PRIOR_OVERHEAD_MS
 from infaas_cli.policy.cluster_view import ClusterView, GroupView, check_overhead_default
 from infaas_cli.policy.placement import WorkerState
@@ -660,7 +660,7 @@ def build_index(models: Sequence[ModelRecord], variants: Sequence[VariantRecord]
             for key, stats in p.batches.items():
                 try:
                     ms = float(stats["p95_ms"])
-                    if stats.get("measured", True) is False:  # predicted (`profile --search`): its error bound added
+                    if is_predicted(stats):  # predicted (`profile --search`): its error bound added
                         ms *= 1.0 + max(0.0, float(stats.get("predicted_error") or 0.0))
                     batches.append((int(key), ms))
                 except (KeyError, TypeError, ValueError):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from infaas_cli.catalog.listings import pareto_front
+from infaas_cli.catalog.records import is_predicted
 from infaas_cli.errors import InfaasError
 
 #: colour per backend (colour-blind-safe Okabe-Ito hues); an unlisted backend takes the next spare one.
@@ -67,7 +68,7 @@ def shared_points(variants: Iterable[dict[str, Any]], batch_size: int) -> list[P
             continue
         key = (v["model"], v["backend"], v["recipe"], v.get("precision") or "", v["threads"],
                v.get("artifact_sha256"), float(stats["p50_ms"]), float(v["accuracy"]) * 100,
-               bool(stats.get("measured", True)))
+               not is_predicted(stats))
         groups.setdefault(key, []).append(int(v["max_batch"]))
     points = [PlotPoint(model, backend, recipe, precision, threads, latency, accuracy, measured,
                         tuple(sorted(batches)))

@@ -31,7 +31,7 @@ from infaas_cli.toolkit.generate import load_model_validation
 from infaas_cli.toolkit.hardware import hardware_id, host_hardware
 from infaas_cli.catalog.home import InfaasHome
 from infaas_cli.toolkit.modelio import synthetic_inputs, take_batch
-from infaas_cli.catalog.records import BatchProfile, ModelRecord, ProfileRecord, VariantRecord, profile_key
+from infaas_cli.catalog.records import BatchProfile, ModelRecord, ProfileRecord, VariantRecord, is_predicted, profile_key
 
 
 @dataclass
@@ -203,7 +203,7 @@ def _library(home: InfaasHome, model: str, hw_ids: set[str]):
         if g is None or p.hardware_id not in hw_ids:
             continue
         for b, stats in p.batches.items():
-            target = measured if stats.get("measured", True) else predicted
+            target = predicted if is_predicted(stats) else measured
             if stats.get("p50_ms", 0) > 0:
                 target[p.model][(g, int(b))] = float(stats["p50_ms"])
     return dict(measured), dict(predicted)
@@ -228,7 +228,7 @@ def _search_model(home: InfaasHome, model: ModelRecord, space: search.Space, con
                 stats = stored.batches.get(str(b))
                 if stats is not None:
                     stored_cells.add((g, b))
-                    if stats.get("measured", True):
+                    if not is_predicted(stats):
                         measured[(g, b)] = stats
     if not force and all(c in stored_cells for c in space.cells):
         report.skipped_stored += sum(len(members) for members in groups.values())
@@ -330,7 +330,7 @@ def _configurations(home: InfaasHome, model: ModelRecord, batch_sizes, force: bo
         stored = home.store.get(ProfileRecord, profile_key(variant.name, hw_id))
         wanted = batch_sizes_for(variant, model, batch_sizes)
         if stored is not None and not force:  # a predicted figure (`--search`) is not a measurement: measure it
-            wanted = [b for b in wanted if not stored.batches.get(str(b), {}).get("measured", False)]
+            wanted = [b for b in wanted if str(b) not in stored.batches or is_predicted(stored.batches[str(b)])]
         if not wanted:
             report.skipped_stored += 1
             continue

@@ -69,3 +69,25 @@ def test_search_measures_a_few_cells_predicts_the_rest_and_resumes(cli):
 def test_search_and_exhaustive_exclude_each_other(tmp_path):
     r = CliRunner().invoke(app, ["profile", "x", "--search", "--exhaustive"], env={"INFAAS_HOME": str(tmp_path)})
     assert r.exit_code != 0 and "exclude each other" in r.output
+
+
+def test_entries_stored_before_predictions_existed_count_as_measured(cli, tmp_path):
+    """A profile written before `measured` existed has no such key: `profile` keeps it (it used to measure it again)."""
+    from infaas_cli.catalog.home import InfaasHome
+    from infaas_cli.catalog.records import ProfileRecord
+
+    e = ZOO["digits-logreg"]
+    cli("register", e.file, "--name", "digits-logreg", "--task", e.task, "--dataset", e.dataset, "--validation",
+        e.validation, "--json")
+    cli("profile", "digits-logreg", "--exhaustive", "--batch-sizes", "1,8", "--budget-ms", "2", "--json")
+    with InfaasHome(tmp_path / "home") as home:
+        old = [ProfileRecord(**{**vars(p), "batches": {
+            b: {k: v for k, v in s.items() if k not in ("measured", "predicted_error")} for b, s in p.batches.items()}})
+            for p in home.store.profiles()]
+        with home.store.transaction() as txn:
+            for p in old:
+                txn.put_profile(p)
+        assert all("measured" not in s for p in home.store.profiles() for s in p.batches.values())
+    again = json.loads(cli("profile", "digits-logreg", "--exhaustive", "--batch-sizes", "1,8", "--budget-ms", "2",
+                           "--json").stdout)
+    assert again["measurements"] == 0 and again["already_stored"] > 0
