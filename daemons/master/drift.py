@@ -37,12 +37,13 @@ class DriftWatch:
         self.reprofiles: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self._profiled_p50: dict[str, dict[int, float]] | None = None  # per catalog change
         self._predicted: dict[str, list[int]] = {}  # variant -> its predicted batch sizes (with _profiled_p50)
-        self.predicted_served: dict[str, str] = {}  # predicted variant -> the worker that served it last
+        self.predicted_served: dict[str, str] = {}  # variant -> the worker that served it last (see refine)
         self.worker_slowdown: dict[str, float] = {}  # worker -> observed/profiled inference time (>= 1)
 
     def _observe_inference(self, variant: str, worker_id: str, timing: dict[str, float], batch: int) -> None:
-        if variant in self._predicted_now():  # refine: its profile becomes measured where it serves
-            self.predicted_served[variant] = worker_id
+        # Where it serves, for the online refinement of predicted profiles; `_refine_predicted` (the control tick)
+        # drops the variants that are not predicted, so the result path never reads the profile store.
+        self.predicted_served[variant] = worker_id
         ms = timing.get("inference_ms")
         if ms is not None:
             self.latency_observer.observe(variant, worker_id, int(timing.get("batch_size", batch)), ms,
