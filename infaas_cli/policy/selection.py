@@ -22,7 +22,7 @@ import math
 import tomllib
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -436,16 +436,17 @@ class VariantInfo:
     peak_memory_bytes: int
     #: (batch size, p95 latency ms), ascending by batch size; empty when the variant is not profiled.
     batch_latency_ms: tuple[tuple[int, float], ...] = ()
+    #: What a worker must advertise to run it: its backend, plus the host capabilities its recipe needs
+    #: ("ov-cpu+bf16"); workers, rankings and placement are matched on it, never on the backend alone. Derived once
+    #: (a query that must load a variant reads it).
+    placement_key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "placement_key", backend_keys.placement_key(self.backend, self.recipe))
 
     @property
     def profiled(self) -> bool:
         return bool(self.batch_latency_ms)
-
-    @property
-    def placement_key(self) -> str:
-        """What a worker must advertise to run it: its backend, plus the host capabilities its recipe needs
-        ("ov-cpu+bf16"); workers, rankings and placement are matched on it, never on the backend alone."""
-        return backend_keys.placement_key(self.backend, self.recipe)
 
     def latency_ms(self, batch_size: int) -> float | None:
         """Latency at the smallest profiled batch >= batch_size; beyond the largest, scaled linearly from it.
