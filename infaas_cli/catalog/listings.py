@@ -82,13 +82,23 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def model_versions(store: MetadataStore, name: str) -> dict[int, ModelRecord]:
+    """Every registered version of model `name` (version → its record), in version order."""
+    found = {}
+    for record in [store.get(ModelRecord, name)] + store.scan(ModelRecord, f"{name}@v"):
+        if record is not None:
+            base, version = split_id(record.name)
+            if base == name:
+                found[version] = record
+    return dict(sorted(found.items()))
+
+
 def versions_view(store: MetadataStore, name: str) -> dict[str, Any]:
     """Model `name`'s versions (each with its accuracy, variants and whether it is profiled), its stored version
     policy and the route that policy gives on this catalog (`infaas versions`; the master's own route, which follows
     through roll-outs, comes from its status)."""
     from infaas_cli.catalog.records import VersionPolicyRecord
     from infaas_cli.policy.versions import LATEST, VersionPolicy, resolve_route
-    from infaas_cli.toolkit.register import model_versions
 
     versions = model_versions(store, name)
     if not versions:

@@ -81,7 +81,8 @@ def register(
     from infaas_cli.catalog.listings import model_view
     from infaas_cli.policy.versions import version_id
     from infaas_cli.toolkit.generate import finish_hint, unfinished_registration
-    from infaas_cli.toolkit.register import model_versions, register_model
+    from infaas_cli.catalog.listings import model_versions
+    from infaas_cli.toolkit.register import register_model
 
     with open_home() as home:
         known = model_versions(home.store, name)

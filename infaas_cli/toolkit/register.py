@@ -11,8 +11,9 @@ from infaas_cli.errors import AlreadyExistsError, InfaasError, InvalidValidation
 from infaas_cli.catalog.home import InfaasHome
 from infaas_cli.toolkit.modelio import inspect_model, load_validation, top1_accuracy
 from infaas_cli.catalog.records import MAX_CACHE_MIB, ArtifactRecord, ModelRecord, ProfileRecord, VariantRecord
+from infaas_cli.catalog.listings import model_versions
 from infaas_cli.catalog.store import MetadataStore
-from infaas_cli.policy.versions import MAX_VERSION, split_id, version_id
+from infaas_cli.policy.versions import MAX_VERSION, version_id
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -30,17 +31,6 @@ def check_cache_mib(cache_mib: int | None) -> int | None:
                           f"from 0 (never cache it) to {MAX_CACHE_MIB}, e.g. --cache-mib 64, or leave it out to "
                           "use the master's default (master.prediction_cache_mib)")
     return cache_mib
-
-
-def model_versions(store: MetadataStore, name: str) -> dict[int, ModelRecord]:
-    """Every registered version of model `name` (version → its record), in version order."""
-    found = {}
-    for record in [store.get(ModelRecord, name)] + store.scan(ModelRecord, f"{name}@v"):
-        if record is not None:
-            base, version = split_id(record.name)
-            if base == name:
-                found[version] = record
-    return dict(sorted(found.items()))
 
 
 def registration_target(store: MetadataStore, path: str | Path, name: str, version: int | None,
