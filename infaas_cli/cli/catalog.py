@@ -155,19 +155,15 @@ def _parse_batch_sizes(text: str) -> list[int]:
 def _every_version(store, names: list[str]) -> list[str]:
     """The record names to profile: `M@vV` is that version; a model's plain name is every version of it (stored
     profiles are kept, so the versions already profiled cost nothing), as a user who registered v2 expects."""
-    from infaas_cli.policy.versions import canonical_id, is_version_name, split_id
+    from infaas_cli.catalog.listings import model_versions
+    from infaas_cli.policy.versions import canonical_id, is_version_name
 
-    versions: dict[str, list[str]] = {}
-    for record in store.models():
-        base, version = split_id(record.name)
-        if version > 1:
-            versions.setdefault(base, []).append(record.name)
     targets: list[str] = []
     for name in names:
         if is_version_name(name):
             targets.append(canonical_id(name))
-        else:
-            targets += [name, *sorted(versions.get(name, ()), key=lambda n: split_id(n)[1])]
+        else:  # the plain name first, so that an unknown model is reported as the user spelled it
+            targets += [name, *(r.name for v, r in model_versions(store, name).items() if v > 1)]
     return list(dict.fromkeys(targets))
 
 

@@ -18,13 +18,16 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 def model_ids(store, name: str, version: int | None = None) -> list[str]:
     """The model records `remove NAME [--version V]` deletes: one version (v1 is the plain name, a later version V
     its own record `NAME@vV`), or the model with every version."""
+    from infaas_cli.catalog.listings import model_versions
+    from infaas_cli.policy.versions import version_id
+
     if version is not None:
         if version < 1:
             raise InfaasError(f"--version must be 1 or more, not {version}", code="bad_request")
-        wanted = name if version == 1 else f"{name}@v{version}"
+        wanted = version_id(name, version)
         store.model(wanted)  # NotFoundError naming the known models
         return [wanted]
-    ids = [m.name for m in store.models() if m.name == name or m.name.startswith(f"{name}@v")]
+    ids = [record.name for record in model_versions(store, name).values()]
     if not ids:
         store.model(name)  # raises, naming the known models
     return sorted(ids)

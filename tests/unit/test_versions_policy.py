@@ -183,11 +183,17 @@ def test_the_gateway_names_a_version_as_its_record():
 
 def test_profile_by_model_name_covers_every_version():
     """`infaas profile M` after registering M's version 2 profiles it too; `M@v2` names one version, `M@v1` is M."""
-    from types import SimpleNamespace
-
+    from infaas_cli.catalog.records import ModelRecord
+    from infaas_cli.catalog.store import MemoryStore
     from infaas_cli.cli.catalog import _every_version
 
-    store = SimpleNamespace(models=lambda: [SimpleNamespace(name=n) for n in ("m", "m@v10", "m@v2", "other")])
+    store = MemoryStore()
+    with store.transaction() as txn:
+        for n in ("m", "m@v10", "m@v2", "other"):
+            txn.put(ModelRecord(name=n, task="t", dataset="d", artifact_sha256="0" * 64, source_file=f"{n}.onnx",
+                                size_bytes=1, inputs=[], outputs=[], batch_dim="dynamic", max_batch=8, opset=17,
+                                producer="test", accuracy=None, accuracy_metric="declared", validation_sha256=None,
+                                validation_samples=0, registered_at=0.0))
     assert _every_version(store, ["m"]) == ["m", "m@v2", "m@v10"]
     assert _every_version(store, ["m@v2", "other"]) == ["m@v2", "other"]
     assert _every_version(store, ["m@v1", "m"]) == ["m", "m@v2", "m@v10"]
