@@ -156,16 +156,20 @@ def unload_cmd(
 
 # -- versions and roll-outs ------------------------------------------------------------------------------------
 
-def _master_versions(name: str) -> dict[str, Any] | None:
-    """The master's view of model `name`'s versions (policy, route, roll-out), or None without a reachable master."""
-    from infaas_cli.client import MasterUnreachableError
-
-    if not _master_known():
-        return None
+def _master_versions(name: str, c=None) -> dict[str, Any] | None:
+    """The master's view of model `name`'s versions (policy, route, roll-out), or None without a reachable master.
+    `c`: an open client to ask (a poll asks many times), else one is opened for this question."""
+    if c is None:
+        if not _master_known():
+            return None
+        try:
+            with client(timeout_s=5.0) as c:
+                return _master_versions(name, c)
+        except InfaasError:  # MasterUnreachableError included
+            return None
     try:
-        with client(timeout_s=5.0) as c:
-            return (c.status(workers_limit=0)["master"].get("versions") or {}).get(name, {})
-    except (MasterUnreachableError, InfaasError):
+        return (c.status(workers_limit=0)["master"].get("versions") or {}).get(name, {})
+    except InfaasError:
         return None
 
 
@@ -276,26 +280,28 @@ def rollout(
     maybe_push(home, quiet=as_json)
     want = route.to_dict()
     result: dict[str, Any] = {"model": model, "policy": policy.describe(), "route": want, "master": None}
-    if wait and _master_known():
+    known = _master_known()
+    if wait and known:
         deadline = time.monotonic() + timeout_s
-        while True:
-            master = _master_versions(model)
-            done = _rollout_done(master, want, since) if master else None
-            if done is not None:
-                result["master"], result["rollout"] = master, done
-                break
-            if time.monotonic() >= deadline:
-                state = (master or {}).get("rollout") or {}
-                raise InfaasError(f"{model} is not on {route.describe()} after {timeout_s:g} s (roll-out "
-                                  f"{state.get('state', 'not started')}: {state.get('note') or 'see `infaas status`'})"
-                                  "; the master keeps rolling out — `infaas versions` shows where it is",
-                                  code="unavailable")
-            time.sleep(0.1)
+        with client(timeout_s=5.0) as c:  # one connection for the whole poll
+            while True:
+                master = _master_versions(model, c)
+                done = _rollout_done(master, want, since) if master else None
+                if done is not None:
+                    result["master"], result["rollout"] = master, done
+                    break
+                if time.monotonic() >= deadline:
+                    state = (master or {}).get("rollout") or {}
+                    raise InfaasError(f"{model} is not on {route.describe()} after {timeout_s:g} s (roll-out "
+                                      f"{state.get('state', 'not started')}: "
+                                      f"{state.get('note') or 'see `infaas status`'}); the master keeps rolling out — "
+                                      "`infaas versions` shows where it is", code="unavailable")
+                time.sleep(0.1)
     if as_json:
         print_json(result)
         return
     ro = result.get("rollout")
-    if ro is None and not _master_known():
+    if ro is None and not known:
         out.print(f"{model}: policy {policy.describe()} set ({route.describe()}); no master to roll it out now — the "
                   "next `infaas push` takes it there", highlight=False)
     elif ro is None:
