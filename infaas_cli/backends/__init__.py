@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 
 from infaas_cli.backends.base import Availability, Backend, BuildInput, Recipe, Runner, Skipped
-from infaas_cli.backends.keys import describe_needs, placement_key, provided_keys, split_key
+from infaas_cli.backends.keys import provided_keys
 from infaas_cli.errors import NotFoundError
 
 
@@ -42,12 +42,16 @@ def backend(name: str) -> Backend:
 def advertised_keys() -> list[str]:
     """The placement keys this host provides: each available backend, and its capability keys (what a worker
     advertises to the master)."""
-    keys: list[str] = []
-    for b in all_backends():
-        if b.availability().available:
-            keys.extend(provided_keys(b.name, b.capabilities()))
-    return keys
+    return [key for b in all_backends() for key in provided_by(b) or ()]
+
+
+def provided_by(b: Backend, available: bool | None = None) -> list[str] | None:
+    """The placement keys backend `b` provides on this host; None when it is not available here (`available`: its
+    availability when the caller has asked already)."""
+    if available is None:
+        available = b.availability().available
+    return provided_keys(b.name, b.capabilities()) if available else None
 
 
 __all__ = ["BACKENDS", "Availability", "Backend", "BuildInput", "Recipe", "Runner", "Skipped", "advertised_keys",
-           "all_backends", "backend", "describe_needs", "placement_key", "provided_keys", "split_key"]
+           "all_backends", "backend", "provided_by"]

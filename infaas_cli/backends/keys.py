@@ -52,8 +52,8 @@ def provided_keys(backend: str, capabilities: Iterable[str]) -> list[str]:
     one key per distinct need of its recipes that the host meets."""
     have = set(capabilities)
     keys = [backend]
-    for needs in RECIPE_NEEDS.get(backend, {}).values():
-        key = SEPARATOR.join((backend, *sorted(needs)))
+    for recipe, needs in RECIPE_NEEDS.get(backend, {}).items():
+        key = placement_key(backend, recipe)
         if set(needs) <= have and key not in keys:
             keys.append(key)
     return keys
@@ -66,7 +66,11 @@ def describe_capability(capability: str) -> str:
 def describe_needs(key: str) -> str:
     """What a key needs beyond its backend, for people: "needs a CPU with BF16"; "" for a plain backend."""
     _, needs = split_key(key)
-    return "needs " + " and ".join(describe_capability(c) for c in needs) if needs else ""
+    return "needs " + _wants(needs) if needs else ""
+
+
+def _wants(needs: Iterable[str]) -> str:
+    return " and ".join(describe_capability(c) for c in needs)
 
 
 def backend_names(keys: Iterable[str]) -> list[str]:
@@ -75,11 +79,6 @@ def backend_names(keys: Iterable[str]) -> list[str]:
     for key in keys:
         seen.setdefault(split_key(key)[0], None)
     return list(seen)
-
-
-def capabilities_of(keys: Iterable[str]) -> list[str]:
-    """The keys that name a capability beyond a backend ("ov-cpu+bf16"), in order."""
-    return [k for k in keys if SEPARATOR in k]
 
 
 def unavailable_reason(keys: Iterable[str], live: Iterable[str], what: str) -> str:
@@ -95,8 +94,7 @@ def unavailable_reason(keys: Iterable[str], live: Iterable[str], what: str) -> s
         return f"no live worker runs {which}; start one with `infaas worker` or `infaas up`"
     reasons = [f"no live worker runs {which}"] if absent else []
     for b, needs in lacking:
-        wants = " and ".join(describe_capability(c) for c in needs)
-        reasons.append(f"{b} {'+'.join(needs)} variants need {wants}, which no live {b} worker has")
+        reasons.append(f"{b} {'+'.join(needs)} variants need {_wants(needs)}, which no live {b} worker has")
     return (f"no live worker can run {what}: {'; '.join(reasons)} — start a worker on a host that has it "
             "(`infaas backends` says what each host can run), or query by model or task so that another variant "
             "serves")

@@ -26,14 +26,14 @@ def _recipe_rows(backend: str, provided: set[str] | None) -> list[dict[str, Any]
 def host_backends() -> dict[str, Any]:
     """This host: each backend (available, or why not) with its capability-bound recipes, and the placement
     keys a worker here would advertise."""
-    from infaas_cli.backends import all_backends
-    from infaas_cli.backends.keys import provided_keys
+    from infaas_cli.backends import all_backends, provided_by
     from infaas_cli.toolkit.hardware import cpu_model
 
     rows, keys = [], []
     for b in all_backends():
         a = b.availability()
-        provided = set(provided_keys(b.name, b.capabilities())) if a.available else None
+        offered = provided_by(b, a.available)
+        provided = None if offered is None else set(offered)
         keys.extend(sorted(provided or ()))
         rows.append({"backend": b.name, "hardware": b.hardware, "available": a.available, "reason": a.reason,
                      "recipes": _recipe_rows(b.name, provided)})
