@@ -364,11 +364,12 @@ class ClientHandlers:
         b: m.ChangesBody = msg.body
         entries = [{f: getattr(e, f) for f in e.__struct_fields__} for e in b.entries]
         applied, last = self.catalog.store.apply_replicated(b.source, entries)
+        needed = self.catalog.needed_artifacts()
         if applied:
-            self._replicated(b.entries)  # removals: hidden models, unloads, unused artifacts (lifecycle.py)
+            self._replicated(b.entries, needed)  # removals: hidden models, unloads, unused artifacts (lifecycle.py)
             self._catalog_changed()
             log.info("applied %d change(s) from %s, now at %d", applied, b.source, last)
-        missing = sorted(s for s in self.catalog.needed_artifacts() if not self.artifacts.has(s))
+        missing = sorted(s for s in needed if not self.artifacts.has(s))
         self._reply(route, protocol.Message("ack", m.AckBody(last_seq=last, applied=applied,
                                                              missing_artifacts=missing), id=msg.id))
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infaas_cli import protocol
-from infaas_cli.catalog.artifacts import referenced_artifacts
 from infaas_cli.catalog.records import ModelRecord, PinRecord, VariantRecord
 from infaas_cli.errors import InfaasError
 from infaas_cli.policy.placement import need_of, place
@@ -60,7 +59,8 @@ class Lifecycle:
 
     def _init_lifecycle(self) -> None:
         self.pinned: dict[str, Pin] = {}
-        self.removing: set[str] = set()  # models hidden from selection until replication deletes (or re-puts) them
+        # Models hidden from selection until replication deletes (or re-puts) them: the catalog view's own set.
+        self.removing: set[str] = self.catalog.hidden
         self.drains: list[_Drain] = []
         self._pin_sent: dict[tuple[str, str], tuple[int, float]] = {}  # (variant, worker) -> (replicas, when sent)
         self._config_pins_done: set[str] = set()  # min_loaded keys resolved (or dropped by an unload) this run
@@ -301,7 +301,6 @@ class Lifecycle:
         added = set(models) - self.removing
         if added:
             self.removing |= added
-            self.catalog.hidden = set(self.removing)
             self._catalog_changed()
 
     def _advance_drains(self) -> None:
@@ -358,16 +357,15 @@ class Lifecycle:
             "unavailable", f"{why}; the models stay hidden from queries — run `infaas remove` again to finish, or "
             "raise --timeout-s", drain.request_id))
 
-    def _replicated(self, entries: Iterable[Any]) -> None:
+    def _replicated(self, entries: Iterable[Any], needed: set[str]) -> None:
         """After replication: a re-put model is visible again; deleted models leave `removing`; variants that left
-        the catalog are unloaded wherever a worker still holds them; unused artifacts are collected."""
+        the catalog are unloaded wherever a worker still holds them; artifacts not `needed` (by the catalog now) are
+        collected."""
         put_models = {e.key for e in entries if e.table == ModelRecord.table and e.op == "put"}
         deleted = any(e.op == "delete" and e.table in ("models", "variants") for e in entries)
         known = {rec.name for rec in self.store.models()}
-        keep = (self.removing - put_models) & known
-        if keep != self.removing:
-            self.removing = keep
-            self.catalog.hidden = set(keep)
+        self.removing -= put_models
+        self.removing &= known
         if not deleted:
             return
         variants = self.store.variants()
@@ -381,6 +379,6 @@ class Lifecycle:
                 log.info("unload %s on %s: removed from the catalog", variant, w.worker_id)
         for variant in [v for v in self.pinned if v not in names]:
             self.unpin(variant)
-        removed = self.artifacts.collect_garbage(referenced_artifacts(self.store.models(), variants))
+        removed = self.artifacts.collect_garbage(needed)
         if removed:
             log.info("collected %d unused artifact(s), %d bytes", len(removed), sum(size for _, size in removed))
