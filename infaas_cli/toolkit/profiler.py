@@ -271,8 +271,7 @@ def _search_model(home: InfaasHome, model: ModelRecord, space: search.Space, con
 
     library, library_predicted = _library(home, model.name, set(hw_id.values()))
     prediction = search.run_search(space, library, search.budget_for(space, fraction), measure,
-                                   {c: float(stats["p50_ms"]) for c, stats in measured.items()}, library_predicted,
-                                   search.cap_for(space, fraction))
+                                   {c: float(stats["p50_ms"]) for c, stats in measured.items()}, library_predicted)
     _store_predicted(home, model, groups, key_of, hw_id, hw, prediction, measured, loads, report)
 
 

@@ -63,8 +63,6 @@ STEADY_SPREAD = 0.15
 STEADY_MODELS = 3
 #: ... nor one that ran more than this many times slower than the best on every model like this one.
 HOPELESS = 2.0
-#: Verifying predicted picks may stretch the budget this far (`cap_for`; 1: verification spends the budget).
-VERIFY_STRETCH = 1.0
 #: Other models this similar (`Predictor` weight) or more count as "like this one" when choosing anchors.
 SIMILAR_WEIGHT = 0.1
 #: The weight of a configuration's own measured curve (another batch size of it, along this model's nearest
@@ -97,11 +95,6 @@ class Space:
 def budget_for(space: Space, fraction: float = DEFAULT_FRACTION) -> int:
     """Cells to measure: `fraction` of the space, at least one."""
     return max(1, int(math.floor(fraction * len(space.cells) + 1e-9)))
-
-
-def cap_for(space: Space, fraction: float = DEFAULT_FRACTION) -> int:
-    """The most cells measured with verification (`Search.cap`): `VERIFY_STRETCH` × the budget."""
-    return int(math.floor(VERIFY_STRETCH * budget_for(space, fraction) + 1e-9))
 
 
 # -- the predictor --------------------------------------------------------------------------------------------
