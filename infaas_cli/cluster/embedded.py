@@ -97,7 +97,7 @@ def cluster_file(home: str | Path | None = None) -> Path:
     return run_dir(home) / "cluster.json"
 
 
-def _write_cluster(home: Path, record: dict[str, Any]) -> None:
+def write_cluster(home: Path, record: dict[str, Any]) -> None:
     path = cluster_file(home)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2))
@@ -207,7 +207,7 @@ def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: f
     master = _spawn(["master", "--endpoints-file", str(ep_file), *(master_args or [])], "master", home)
     # In the record from its first moment: an `up` interrupted from here on leaves nothing `down` cannot stop.
     record: dict[str, Any] = {"master": identity(master.pid), "workers": [], "config": str(config_path(home))}
-    _write_cluster(home, record)
+    write_cluster(home, record)
     deadline = time.monotonic() + START_TIMEOUT_S
     endpoints = wait_for_endpoints(ep_file, master, deadline)
     if endpoints is None:
@@ -230,7 +230,7 @@ def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: f
         wid = f"local-{i}"
         proc = _spawn(["worker", "--worker-id", wid], wid, home)
         record["workers"].append({**identity(proc.pid), "worker_id": wid})
-        _write_cluster(home, record)
+        write_cluster(home, record)
     if stale:
         record["stopped_stale"] = stale
     with Client(endpoints["client_endpoint"], timeout_s=5.0, curve_secret_key=settings.security.curve_secret_key,
@@ -249,7 +249,7 @@ def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: f
             down(home)
             raise
         record["fronts"].update(fronts)
-        _write_cluster(home, record)
+        write_cluster(home, record)
     return record
 
 

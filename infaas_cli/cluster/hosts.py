@@ -256,15 +256,12 @@ def _register_with_cluster(home: Path, record: dict[str, Any]) -> None:
     """List the host among the embedded cluster's workers, so that `infaas down` stops it too."""
     from infaas_cli.cluster import embedded
 
-    path = embedded.cluster_file(home)
     cluster = embedded.read_cluster(home)
     if cluster is None:
         return
     cluster.setdefault("workers", []).append({"pid": record["pid"], "create_time": record.get("create_time"),
                                               "worker_id": record["worker_id"], "host": True})
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cluster, indent=2))
-    tmp.replace(path)
+    embedded.write_cluster(home, cluster)
 
 
 def stop_host(home: str | Path | None = None, worker_id: str | None = None, *, drain_s: float = 0.0) -> dict[str, Any]:
