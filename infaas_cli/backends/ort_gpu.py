@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import shutil
 from pathlib import Path
 
@@ -9,20 +12,89 @@ import onnxruntime as ort
 
 from infaas_cli.backends.base import Availability, Backend, BuildInput, Recipe, Skipped
 from infaas_cli.backends.ort_cpu import OrtSession, session_options
+from infaas_cli.errors import BackendUnavailableError
 from infaas_cli.toolkit.hardware import nvidia_gpus
 
 FP32 = Recipe("fp32", "fp32", "fp32 as registered")
 FP16 = Recipe("fp16", "fp16", "fp16 weights and activations")
 
 
+#: The provider's own library in onnxruntime/capi, whose load fails, naming the missing library, where the CUDA or
+#: TensorRT libraries it links are absent (onnxruntime itself then falls back to the CPU with a log line only).
+_PROVIDER_LIBRARY = {"CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
+                     "TensorrtExecutionProvider": "libonnxruntime_providers_tensorrt.so"}
+
+
+@functools.cache
+def _preload() -> None:
+    """Load the CUDA and cuDNN libraries onnxruntime-gpu links from the nvidia-* wheels (PyTorch's, say) wherever
+    they are installed, once: onnxruntime's own preload_dlls looks only in the directory holding onnxruntime. The
+    libraries it needs are its own list (for the CUDA version it was built with); a no-op without either."""
+    needed = getattr(ort, "_get_nvidia_dll_paths", None)
+    try:
+        import nvidia  # the namespace package of the nvidia-* wheels, across every site directory
+    except ImportError:
+        return
+    if needed is None:
+        return
+    for relative in needed(False, True, True):
+        for root in nvidia.__path__:
+            lib = Path(root).parent.joinpath(*relative)
+            if lib.is_file():
+                with contextlib.suppress(OSError):
+                    ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+                break
+
+
+@functools.cache
 def _gpu_reason(provider: str) -> str | None:
+    """Why `provider` cannot run here, or None: it is compiled in, an NVIDIA GPU is present, its libraries load
+    and a one-node session opened with it keeps it (checked once per process)."""
     problems = []
     if provider not in ort.get_available_providers():
         problems.append(f"onnxruntime {ort.__version__} was built without {provider} "
                         "(install the 'tensorrt' extra, which brings onnxruntime-gpu)")
     if not nvidia_gpus():
         problems.append("no NVIDIA GPU found (nvidia-smi missing or reports none)")
-    return "; ".join(problems) or None
+    if problems:
+        return "; ".join(problems)
+    _preload()
+    capi = Path(ort.__file__).parent / "capi"
+    try:
+        ctypes.CDLL(str(capi / "libonnxruntime_providers_shared.so"), mode=ctypes.RTLD_GLOBAL)
+        ctypes.CDLL(str(capi / _PROVIDER_LIBRARY[provider]))
+    except OSError as e:
+        hint = "install TensorRT 10 (its libnvinfer)" if provider.startswith("Tensorrt") else \
+            "install the CUDA 13 and cuDNN 9 libraries (e.g. onnxruntime-gpu[cuda,cudnn])"
+        return f"{provider}'s libraries do not load ({e}): {hint}"
+    return _probe_session(provider)
+
+
+def _probe_session(provider: str) -> str | None:
+    """A one-node graph opened with `provider`: None when the session keeps the provider."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 10)
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), providers=list(dict.fromkeys([provider, "CPUExecutionProvider"])))
+    except Exception as e:  # noqa: BLE001 - the provider's own failure is the reason to report
+        return f"a session with {provider} fails: {e}"
+    if provider not in session.get_providers():
+        return f"onnxruntime falls back to {session.get_providers()} when asked for {provider}"
+    return None
+
+
+def kept_provider(session: ort.InferenceSession, provider: str, variant: str) -> ort.InferenceSession:
+    """The session, once it is known to run on `provider`: onnxruntime falls back to the CPU silently, and a
+    GPU variant served by the CPU would be a lie in every profile and reply."""
+    if session.get_providers()[0] != provider:
+        raise BackendUnavailableError(f"{variant}: onnxruntime opened it on {session.get_providers()}, not "
+                                      f"{provider}; `infaas backends` says what this host lacks")
+    return session
 
 
 class OrtCudaBackend(Backend):
@@ -54,7 +126,8 @@ class OrtCudaBackend(Backend):
 
     def load(self, artifact: Path, recipe: str, threads: int) -> OrtSession:
         opts = session_options(threads, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-        return OrtSession(ort.InferenceSession(str(artifact), opts, providers=self.providers(recipe)))
+        session = ort.InferenceSession(str(artifact), opts, providers=self.providers(recipe))
+        return OrtSession(kept_provider(session, self.provider, f"{self.name}-{recipe}"))
 
 
 class OrtTensorrtBackend(OrtCudaBackend):
