@@ -9,19 +9,24 @@ batch size 1, 8, 32 × accuracy floor (none, the model's best less 0.5 pt) × ob
 1.5× the fastest's latency) — selection (`policy.selection.select`, with every variant loaded on one idle worker)
 picks a variant from each set of profiles; the search's pick is judged by its brute-force figures.
 
+The judge is brute force repeated `--rounds` times (default 3), each cell's figures the median over the rounds: one
+pass on a shared 2-core machine does not reproduce itself within 5 % on microsecond models (a quiet or a busy
+moment decides their p95), so a single pass is a poor "best" to be within 5 % of.
+
 Two evaluations of the same search code (`profile_models(mode="search")`, `toolkit.search.Search`):
 
-* **replay** — brute force measures every cell once; the search then runs with a measuring function that returns
-  each asked-for cell's brute-force measurement (what it would have measured, minus run-to-run noise). This is how
-  Triton Model Analyzer / Morphling-style searches are evaluated: it isolates the search's choices from noise.
-* **live** — the search measures for itself, as `infaas profile --search` does; judged against the first brute
-  force, so measurement noise counts against it. A second brute-force run judged the same way gives the noise
-  floor: how often noise alone moves a pick by more than 5 %.
+* **replay** — the search runs with a measuring function that returns each asked-for cell's brute-force figures
+  (what it would have measured, minus run-to-run noise). This is how Triton Model Analyzer / Morphling-style
+  searches are evaluated: it isolates the search's choices from noise.
+* **live** — the search measures for itself, once per cell, as `infaas profile --search` does; measurement noise
+  counts against it. One more brute-force pass judged the same way gives the noise floor of a single pass: how often
+  noise alone moves a pick by more than 5 %.
 
 Target (issue 12): the search's pick within 5 % of the brute-force best for every SLO class while measuring ≤ 15 %
 of the (configuration, batch size) cells. Prints a table and writes JSON.
 
-    python benchmarks/search.py [--quick | --budget-ms MS] [--replay] [--output benchmarks/results/search.json]
+    python benchmarks/search.py [--quick | --budget-ms MS] [--rounds N] [--replay]
+                                [--output benchmarks/results/search.json]
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from infaas_cli.errors import InfaasError
 from infaas_cli.policy.placement import WorkerState
 from infaas_cli.policy.selection import ClusterSnapshot, Query, build_index, load_prices, select
 from infaas_cli.toolkit.generate import generate_variants
-from infaas_cli.toolkit.hardware import host_hardware
+from infaas_cli.toolkit.hardware import hardware_id, host_hardware
 from infaas_cli.toolkit.profiler import MeasureSettings, profile_models
 from infaas_cli.toolkit.register import register_model
 from infaas_cli.toolkit.zoo import load_manifest
@@ -158,6 +163,31 @@ def forget(home: InfaasHome, profiles: list[ProfileRecord]) -> None:
             txn.delete(ProfileRecord.table, p.key)
 
 
+def stored_table(path: Path) -> list[ProfileRecord]:
+    """The judge's table an earlier run wrote (`judge_table`), as this host's profiles."""
+    hw = host_hardware()
+    return [ProfileRecord(**{**row, "hardware": hw,
+                             "hardware_id": hardware_id(row["hardware_id"].split("-", 1)[0], hw)})
+            for row in json.loads(path.read_text())["judge_table"]]
+
+
+def median_of(rounds: list[list[ProfileRecord]]) -> list[ProfileRecord]:
+    """Each variant's profile with every figure the median over brute-force rounds (the judge's table)."""
+    by_variant: dict[str, list[ProfileRecord]] = {}
+    for profiles in rounds:
+        for p in profiles:
+            by_variant.setdefault(p.variant, []).append(p)
+    out = []
+    for first, *rest in by_variant.values():
+        group = [first, *rest]
+        batches = {b: {k: (float(np.median([g.batches[b][k] for g in group])) if isinstance(v, float) else v)
+                       for k, v in stats.items()}
+                   for b, stats in first.batches.items() if all(b in g.batches for g in group)}
+        out.append(dataclasses.replace(first, batches=batches,
+                                       load_time_ms=float(np.median([g.load_time_ms for g in group]))))
+    return out
+
+
 class Judge:
     """Judges sets of profiles against the brute-force ones: per model, the share of SLO classes whose pick is
     within 5 % of the brute-force best (by p95, as selection reads it, and by p50), and how good the predictions
@@ -222,10 +252,10 @@ def _pct(value) -> str:
 
 
 def report(results: dict, brute_s: float) -> None:
-    """The table: per model, the replayed search, the live search and the second brute force."""
+    """The table: per model, the replayed search, the live search and one more brute-force pass."""
     modes = [m for m in ("replay", "live", "repeat") if m in results]
-    heads = {"replay": "── replay (BF table) ──", "live": "── live search ──", "repeat": "── 2nd BF ──"}
-    widths = {"replay": 37, "live": 20, "repeat": 11}
+    heads = {"replay": "── replay (BF table) ──", "live": "── live search ──", "repeat": "── 1 BF pass ──"}
+    widths = {"replay": 37, "live": 20, "repeat": 14}
     print("\n" + f"{'':21s}" + " ".join(f"{heads[m]:^{widths[m]}s}" for m in modes))
     cols = {"replay": f"{'measured':>9s} {'p95':>5s} {'p50':>5s} {'err':>4s} {'in stated':>9s}",
             "live": f"{'measured':>9s} {'p95':>5s} {'p50':>4s}", "repeat": f"{'p95':>5s} {'p50':>5s}"}
@@ -255,8 +285,8 @@ def report(results: dict, brute_s: float) -> None:
     print(line)
     print("p95/p50: SLO classes whose pick is within 5 % of the brute-force best, judged by p95 (what selection "
           "reads) or p50. replay: the search measuring nothing, handed the brute-force figures of the cells it "
-          "asks for (its choices, without run-to-run noise); live: the search measuring for itself; 2nd BF: a "
-          "second brute force judged the same way (the noise floor of a live comparison). err: median "
+          "asks for (its choices, without run-to-run noise); live: the search measuring for itself; 1 BF pass: one "
+          "more brute-force pass judged the same way (the noise floor of a live comparison). err: median "
           "|predicted/measured - 1| of predicted cells; in stated: share within their stated error.")
     for m in ("replay", "live"):
         if m in results:
@@ -276,10 +306,17 @@ def main() -> int:
     parser.add_argument("--budget-ms", type=float, default=150.0,
                         help="measuring time per cell (default 150: the brute-force table is the judge, and at "
                              "60 ms a second brute force agreed with the first on only 60-73 %% of the classes)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="brute-force passes whose per-cell median is the judge (default 3)")
     parser.add_argument("--replay", action="store_true",
                         help="only the replayed search (one brute force, no second one, no live search)")
+    parser.add_argument("--judge-table", type=Path, default=None,
+                        help="replay against the judge's table of an earlier run's JSON instead of measuring one "
+                             "(same models, same host kind): the search's choices alone, in seconds")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "search.json")
     args = parser.parse_args()
+    if args.judge_table is not None:
+        args.replay, args.rounds = True, 0
     settings = MeasureSettings(budget_ms=20.0 if args.quick else args.budget_ms, min_runs=10)
 
     with tempfile.TemporaryDirectory(prefix="infaas-search-") as tmp, InfaasHome(Path(tmp) / "home") as home:
@@ -287,17 +324,21 @@ def main() -> int:
         names = build(home, Path(tmp))
         print(f"registered and generated {len(names)} models in {time.perf_counter() - t0:.1f} s", flush=True)
 
-        t0 = time.perf_counter()
-        brute = profile_models(home, names, force=True, settings=settings, mode="exhaustive")
-        brute_s = time.perf_counter() - t0
-        bf_profiles = home.store.profiles()
-        print(f"brute force: {brute.measurements} cells in {brute_s:.1f} s", flush=True)
+        rounds, brute_s, brute_cells = [], 0.0, 0
+        for i in range(args.rounds):
+            t0 = time.perf_counter()
+            brute = profile_models(home, names, force=True, settings=settings, mode="exhaustive")
+            brute_s = time.perf_counter() - t0  # one pass: what profiling without search costs
+            rounds.append(home.store.profiles())
+            brute_cells = brute.measurements
+            print(f"brute force {i + 1}/{args.rounds}: {brute.measurements} cells in {brute_s:.1f} s", flush=True)
+        bf_profiles = median_of(rounds) if rounds else stored_table(args.judge_table)
         variants = home.store.variants()
         models = home.store.models()
         runs = {}
         if not args.replay:
-            # The noise floor: a second brute force, judged like the search, shows how often measurement noise
-            # alone moves a pick by more than 5 %.
+            # The noise floor: one more brute-force pass, judged like the search, shows how often measurement
+            # noise alone moves a pick by more than 5 %.
             profile_models(home, names, force=True, settings=settings, mode="exhaustive")
             runs["repeat"] = (home.store.profiles(), None, 0.0)
         forget(home, home.store.profiles())
@@ -314,7 +355,9 @@ def main() -> int:
             results[mode] = {**judge_all(profiles, per_model)[1], "search_s": seconds}
     report(results, brute_s)
     result = {"host": host_hardware(), "python": platform.python_version(), "quick": args.quick,
-              "measure_settings": vars(settings), "brute_force_cells": brute.measurements, "brute_force_s": brute_s,
+              "measure_settings": vars(settings), "brute_force_cells": brute_cells, "brute_force_s": brute_s,
+              "judge_rounds": args.rounds,
+              "judge_table": [dataclasses.asdict(p) for p in bf_profiles],
               **results, "target": "≤ 15 % of cells measured; the pick within 5 % of the brute-force best"}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2, default=str))
