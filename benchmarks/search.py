@@ -163,6 +163,14 @@ def forget(home: InfaasHome, profiles: list[ProfileRecord]) -> None:
             txn.delete(ProfileRecord.table, p.key)
 
 
+def table_row(p: ProfileRecord) -> dict:
+    """A judge's profile as the JSON keeps it (the host is the run's `host`)."""
+    keep = ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "throughput_qps", "runs")
+    return {"variant": p.variant, "model": p.model, "hardware_id": p.hardware_id, "load_time_ms": p.load_time_ms,
+            "peak_memory_bytes": p.peak_memory_bytes,
+            "batches": {b: {k: stats[k] for k in keep} for b, stats in p.batches.items()}}
+
+
 def stored_table(path: Path) -> list[ProfileRecord]:
     """The judge's table an earlier run wrote (`judge_table`), as this host's profiles."""
     hw = host_hardware()
@@ -357,7 +365,7 @@ def main() -> int:
     result = {"host": host_hardware(), "python": platform.python_version(), "quick": args.quick,
               "measure_settings": vars(settings), "brute_force_cells": brute_cells, "brute_force_s": brute_s,
               "judge_rounds": args.rounds,
-              "judge_table": [dataclasses.asdict(p) for p in bf_profiles],
+              "judge_table": [table_row(p) for p in bf_profiles],
               **results, "target": "≤ 15 % of cells measured; the pick within 5 % of the brute-force best"}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2, default=str))
