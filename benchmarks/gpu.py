@@ -111,7 +111,8 @@ def serve(home: Path, models: list[str], variants: list[dict], x: np.ndarray) ->
                         if done:
                             row.update(variants=sorted({r.variant for r in done}),
                                        slo_met=sum(bool(r.slo_met) for r in done) / len(done),
-                                       first_ms=done[0].latency_ms,
+                                       first_ms=done[0].latency_ms, first_timing=done[0].timing,
+                                       first_needs_load=done[0].needs_load,
                                        p50_ms=float(np.median([r.latency_ms for r in done])),
                                        predicted_ms=done[-1].predicted_latency_ms)
                         else:
@@ -169,7 +170,9 @@ def main() -> int:
     for q in result["serving"]["model_less"]:
         print(f"model-less b{q['batch']} ≥ {q['min_accuracy']:.0%} within {q['latency_ms']} ms: "
               + (f"{', '.join(q['variants'])} (p50 {q['p50_ms']:.2f} ms, first {q['first_ms']:.2f} ms, predicted "
-                 f"{q['predicted_ms']:.2f} ms, met {q['slo_met']:.0%})" if "variants" in q
+                 f"{q['predicted_ms']:.2f} ms, met {q['slo_met']:.0%})"
+                 + (f"; first: {json.dumps(q['first_timing'])}" if q["first_ms"] > 5 * q["p50_ms"] else "")
+                 if "variants" in q
                  else f"{q['error']}: {q['reason'][:120]}"))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1, default=str))

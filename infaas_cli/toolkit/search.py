@@ -19,7 +19,11 @@ each predicted figure with a stated relative error:
   scales only the work: int8 measured at batch 8 is not predicted as much faster at batch 1, where overhead rules.
 * **Choice** — anchors first: the reference configuration (the one other models measured most) at its smallest and
   largest batch size; then each recipe once (fewest threads, middle batch), unless the models like this one show
-  it steady relative to the reference or never near the best. Then, while the budget (`DEFAULT_FRACTION` of the
+  it steady relative to the reference or never near the best; then, on a model slow enough for threads to matter,
+  each backend's first anchor again with the most threads (`thread_anchors`): how threads pay off depends on the
+  runtime and the model, and other models' predicted cells cannot say it (without it OpenVINO int8 at 2 threads,
+  1.4-1.5× faster on digits-cnn-l at batch 8 and 32, was predicted no faster than at 1). The measured ratio
+  predicts the backend's other recipes at that thread count. Then, while the budget (`DEFAULT_FRACTION` of the
   cells, at least the anchors) lasts: first each decision selection would make — the fastest and the cheapest
   (threads × latency) configuration at each batch size for each accuracy floor — whose pick (as selection reads the
   figures) is predicted, that pick (`picks`: an optimistic prediction would otherwise win unmeasured); then the
@@ -78,6 +82,12 @@ MIN_ERROR = 0.05
 LOO_QUANTILE = 0.8
 #: The stated error when too few cells are measured to estimate it by leave-one-out.
 PRIOR_ERROR = 0.2
+#: Threads are anchored (`thread_anchors`) only on a model whose first anchors take this long (its reference at
+#: the largest batch): below it a call is mostly overhead that more threads cannot share (on the zoo, the tiny
+#: models' and digits-cnn-s's best thread count is 1 at every batch size) ...
+THREAD_FLOOR_MS = 0.3
+#: ... and only while the anchors stay within this share of the model's cells (the benchmark's 15 %).
+ANCHOR_SHARE = 0.15
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,19 @@ def _overhead(known: Mapping[int, float]) -> float:
     s0, s1 = sorted(known)[:2]
     l0, l1 = math.exp(known[s0]), math.exp(known[s1])
     return min(l0, max(0.0, l0 - (l1 - l0) / (s1 - s0) * s0))
+
+
+def _thread_pair(g: Group, own: Mapping[Group, Mapping[int, float]]) -> tuple[Group, Group, int] | None:
+    """A measured pair of g's backend: (fewer-thread group, more-thread group, batch) of one recipe at one batch."""
+    for lo in sorted(own):
+        if lo[0] != g[0]:
+            continue
+        for hi in sorted(own):
+            if hi[:2] == lo[:2] and hi[2] > lo[2]:
+                shared = sorted(set(own[lo]) & set(own[hi]))
+                if shared:
+                    return lo, hi, shared[-1]
+    return None
 
 
 def _weighted_median(values: Sequence[float], weights: Sequence[float]) -> float:
@@ -261,6 +284,17 @@ class Predictor:
                     mine, theirs = (ref[0], ref[1], g[2]), (ref[0], ref[1], h[2])
                     scale = out[(mine, b)] - out[(theirs, b)] if (mine, b) in out and (theirs, b) in out else 0.0
                     out[(g, b)] = out[(h, b)] + scale
+        for g in sorted(space.batches):  # threads as this model's own measured pair of the same backend says
+            pair = _thread_pair(g, own)
+            if pair is None:
+                continue
+            (lo, hi, d) = pair
+            if g[2] != hi[2] or any((g, b) in logs for b in space.batches[g]):
+                continue
+            base = (g[0], g[1], lo[2])
+            for b in space.batches[g]:
+                if (base, b) in out:
+                    out[(g, b)] = out[(base, b)] + (own[hi][d] - own[lo][d])
         slowest = max(out.values())
         for c in space.cells:  # nothing bears on it (no configuration of its kind measured anywhere): pessimistic
             out.setdefault(c, slowest)
@@ -380,14 +414,16 @@ def _steady(g: Group, ref: Group, library: Mapping[str, Mapping[Cell, float]]) -
 
 
 def anchor_cells(space: Space, library: Mapping[str, Mapping[Cell, float]],
-                 similar: Iterable[str] | None = None) -> list[Cell]:
+                 similar: Iterable[str] | None = None, level_ms: float | None = None) -> list[Cell]:
     """What a search measures first: the reference configuration at its smallest and largest batch size (this
     model's level and batch curve); then, once those are measured and `similar` names the other models at this
     one's level, every other recipe once, with the fewest threads at the middle batch size (recipes differ most
     from model to model: int8 pays on some graphs, not on others) — unless its ratio to the reference is steady on
     the similar models, or it never came within `HOPELESS` of the best on them. A recipe no other model measured
     is measured once too (its level; its curve follows this model's, and verification measures it where it would
-    win). Other thread counts are left to the contenders."""
+    win). Where the first anchors' slowest figure (`level_ms`) reaches `THREAD_FLOOR_MS`, each backend's first
+    anchor again with the most threads (`thread_anchors`), while the anchors stay within `ANCHOR_SHARE` of the
+    cells. Other thread counts are left to the contenders."""
     ref = reference_group(space, library)
     sizes = space.batches[ref]
     cells = [(ref, sizes[0])] + ([(ref, sizes[-1])] if len(sizes) > 1 else [])
@@ -407,7 +443,26 @@ def anchor_cells(space: Space, library: Mapping[str, Mapping[Cell, float]],
             continue
         mine = space.batches[g]
         cells += [(g, mine[len(mine) // 2])]
+    if level_ms is not None and level_ms >= THREAD_FLOOR_MS:
+        extra = thread_anchors(space, cells)
+        room = int(ANCHOR_SHARE * len(space.cells)) - len(dict.fromkeys(cells))
+        cells += extra[:max(0, room)]
     return list(dict.fromkeys(cells))
+
+
+def thread_anchors(space: Space, anchors: list[Cell]) -> list[Cell]:
+    """Per backend, its first anchored configuration again with the most threads at the same batch size: how
+    threads pay off differs by runtime (OpenVINO's streams, ONNX Runtime's intra-op pool) and by model, and no
+    other model's predicted cells can say it."""
+    out, seen = [], set()
+    for g, b in anchors:
+        if g[0] in seen:
+            continue
+        seen.add(g[0])
+        widest = max((h for h in space.batches if h[:2] == g[:2] and b in space.batches[h]), key=lambda h: h[2])
+        if widest != g:
+            out.append((widest, b))
+    return out
 
 
 def contenders(space: Space, prediction: Prediction, slack: float = 1.0) -> dict[Cell, float]:
@@ -476,7 +531,8 @@ class Search:
         if not all(c in self.measured or c in self.failed for c in first) or not self.measured:
             return first
         weights = self.predictor.similarity({c: math.log(ms) for c, ms in self.measured.items()})
-        return anchor_cells(self.space, self.library, [n for n, w in weights.items() if w >= SIMILAR_WEIGHT])
+        level = max(self.measured.get(c, 0.0) for c in first)
+        return anchor_cells(self.space, self.library, [n for n, w in weights.items() if w >= SIMILAR_WEIGHT], level)
 
     def next_cells(self, at_most: int = 4) -> list[Cell]:
         """The cells to measure next (empty: done). Anchors come first, all at once; then up to `at_most` predicted

@@ -84,11 +84,13 @@ def test_a_predicted_pick_is_measured_before_selection_could_act_on_it():
     threads is no longer picked."""
     def tab(level: float, int8_t2: float) -> dict[search.Cell, float]:
         t2 = {"fp32": 0.7, "int8": int8_t2, "bf16": 0.7}
-        return {(g, b): 0.02 + level * SPEED[g[1]] * b * (t2[g[1]] if g[2] == 2 else 1.0)
+        # × 0.004: quick enough that the search anchors no thread count, so that only verification can catch it
+        return {(g, b): 0.004 * (0.02 + level * SPEED[g[1]] * b * (t2[g[1]] if g[2] == 2 else 1.0))
                 for g in GROUPS for b in SIZES}
 
     library = {"a": tab(1.0, 0.05), "b": tab(2.0, 0.05)}
     truth = tab(1.5, 2.0)
+    assert max(truth.values()) < search.THREAD_FLOOR_MS
     sp = space()
     anchors = search.anchor_cells(sp, library)
     misled = search.Predictor(library).predict(sp, {c: truth[c] for c in anchors})
@@ -169,3 +171,32 @@ def test_selection_adds_a_predicted_figures_error_bound():
     index = build_index([model], variants, profiles, PriceTable(1.0, 1.0, 1.0))
     assert index.infos["m/a"].latency_ms(1) == 2.0
     assert index.infos["m/b"].latency_ms(1) == pytest.approx(2.5)
+
+
+def test_threads_are_anchored_per_backend_where_they_can_pay_and_their_ratio_carries_to_its_other_recipes():
+    """No other model measured more than one thread: without measuring it here, four threads would be predicted no
+    faster than one. A model slow enough for threads to matter anchors each backend's first configuration again
+    with the most threads; OpenVINO's measured pay-off (3×) then predicts its other recipe at four threads, while
+    ONNX Runtime's (none here) predicts its own."""
+    groups = [(backend, r, t) for backend, recipes in (("ort-cpu", ("fp32", "int8")), ("ov-cpu", ("bf16", "int8")))
+              for r in recipes for t in (1, 2, 4)]
+    speed = {"fp32": 1.0, "int8": 0.4, "bf16": 0.25}
+
+    def truth(g: search.Group, b: int) -> float:
+        gain = (g[2] ** 0.8) if g[0] == "ov-cpu" else 1.0  # ORT: no faster with threads; OpenVINO: 3× at four
+        return 0.05 + 0.1 * speed[g[1]] * b / gain
+
+    sp = search.Space({g: SIZES for g in groups}, {g: 0.9 for g in groups})
+    first = search.anchor_cells(sp, {})
+    level = max(truth(*c) for c in first)
+    assert level >= search.THREAD_FLOOR_MS
+    anchors = search.anchor_cells(sp, {}, similar=[], level_ms=level)
+    threads = [c for c in anchors if c[0][2] > 1]
+    assert sorted(g[0] for g, _ in threads) == ["ort-cpu", "ov-cpu"]  # one per backend, at the most threads
+    assert all(g[2] == 4 for g, _ in threads) and len(anchors) <= int(search.ANCHOR_SHARE * len(sp.cells))
+    prediction = search.Predictor({}).predict(sp, {c: truth(*c) for c in anchors})
+    other = next(g for g in groups if g[0] == "ov-cpu" and g[2] == 4 and not any(a[0] == g for a in anchors))
+    assert prediction.ms[(other, 8)] == pytest.approx(truth(other, 8), rel=0.15)
+    assert prediction.ms[(other, 8)] < prediction.ms[((other[0], other[1], 1), 8)] / 2
+    # a model too quick for threads to matter spends nothing on them
+    assert not [c for c in search.anchor_cells(sp, {}, similar=[], level_ms=0.01) if c[0][2] > 1]
