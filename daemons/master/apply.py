@@ -31,8 +31,9 @@ def _cores(w: WorkerEntry) -> int:
 
 
 class Actions:
-    #: (the options it was derived from, per set of advertised placement keys: the options such a worker runs)
-    _options_by_keys: tuple[dict[str, VariantOption], dict[frozenset[str], dict[str, VariantOption]]] | None = None
+    #: Per set of advertised placement keys, the options such a worker runs: derived from `_options`, so emptied
+    #: where `_options` is rebuilt (in _options_on, after the catalog or the routes changed and set it to None).
+    _options_by_keys: dict[frozenset[str], dict[str, VariantOption]]
 
     def _provision_static(self, variant: str) -> None:
         """The static baseline's fixed replicas: its pinned variant on every live worker where it fits
@@ -119,15 +120,13 @@ class Actions:
         cached per set of advertised keys until the options are rebuilt."""
         if self._options is None:
             self._options = options_from_index(self.catalog.index())
-        cached = self._options_by_keys
-        if cached is None or cached[0] is not self._options:
-            cached = self._options_by_keys = (self._options, {})
+            self._options_by_keys = {}
         keys = frozenset(w.backends)
-        found = cached[1].get(keys)
+        found = self._options_by_keys.get(keys)
         if found is None:
             infos = self.catalog.index().infos
-            found = cached[1][keys] = {name: opt for name, opt in self._options.items()
-                                       if infos[name].placement_key in keys}
+            found = self._options_by_keys[keys] = {name: opt for name, opt in self._options.items()
+                                                   if infos[name].placement_key in keys}
         return found
 
     def _apply(self, w: WorkerEntry, action) -> None:

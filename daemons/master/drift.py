@@ -78,8 +78,7 @@ class DriftWatch:
             done = self.reprofile_last.get((variant, self._hardware_id_of(worker_id)))
             if done is not None and now - done < self.drift_config.reprofile_cooldown_s:
                 continue
-            finding = DriftFinding(variant, worker_id, sizes[0], 0.0, 0.0, 1.0, 0)
-            if self._send_reprofile(w, finding, sizes, reason="predicted"):
+            if self._send_reprofile(w, variant, sizes, reason="predicted"):
                 return True
         return False
 
@@ -134,11 +133,14 @@ class DriftWatch:
                 # elsewhere); a re-profile now would make the slow figure the profile and hide it.
                 continue
             sizes = sorted(b for b in self._profiles_now().get(f.variant, {}))
-            if self._send_reprofile(w, f, sizes, reason="drift"):
+            if self._send_reprofile(w, f.variant, sizes, reason="drift", finding=f):
                 return
 
-    def _send_reprofile(self, w, f: DriftFinding, sizes: list[int], reason: str) -> bool:
-        """Ask worker `w` to re-profile `f.variant` at `sizes` (low priority: only when it has room). True if sent."""
+    def _send_reprofile(self, w, variant: str, sizes: list[int], reason: str,
+                        finding: DriftFinding | None = None) -> bool:
+        """Ask worker `w` to re-profile `variant` at `sizes` (low priority: only when it has room). True if sent.
+        `finding` is the drift that asks for it (none for the refinement of predicted figures): its figures go
+        into the status entry and the log."""
         if w.worker_id in self.draining or w.metrics is None:
             return False
         ok, why = can_reprofile([vm.queue for vm in w.metrics.variants.values()], w.metrics.process_cpu_percent,
@@ -146,25 +148,26 @@ class DriftWatch:
         if not ok:
             log.debug("%s on %s, but not re-profiling now: %s", reason, w.worker_id, why)
             return False
-        spec = self.catalog.variant_spec(f.variant)
+        spec = self.catalog.variant_spec(variant)
         sizes = sorted(b for b in sizes if b <= spec.max_batch)[:64] or [1]
-        msg = protocol.Message("reprofile", m.ReprofileBody(variant=f.variant, spec=spec, batch_sizes=sizes,
+        msg = protocol.Message("reprofile", m.ReprofileBody(variant=variant, spec=spec, batch_sizes=sizes,
                                                            budget_ms=self.drift_config.reprofile_budget_ms))
         if not self._send_worker(w.identity, msg):
             return False
         now = time.monotonic()
         hw = self._hardware_id_of(w.worker_id)
-        entry = {"at": round(time.time(), 3), "worker": w.worker_id, "hardware_id": hw, **f.to_dict(),
-                 "reason": reason, "status": "sent", "sent_s": now}
+        entry = {"at": round(time.time(), 3), "worker": w.worker_id, "hardware_id": hw, "variant": variant,
+                 **(finding.to_dict() if finding is not None else {}), "reason": reason, "status": "sent",
+                 "sent_s": now}
         self.reprofiles_inflight[msg.id] = entry
         self.reprofiles.append(entry)
-        self.reprofile_last[(f.variant, hw)] = now
+        self.reprofile_last[(variant, hw)] = now
         self.metrics.on_action("reprofile")
-        if reason == "predicted":
+        if finding is None:
             log.info("%s serves on %s with predicted figures (profile --search); measuring them there",
-                     f.variant, w.worker_id)
+                     variant, w.worker_id)
         else:
-            log.info("drift: %s; re-profiling it on %s", f.describe(), w.worker_id)
+            log.info("drift: %s; re-profiling it on %s", finding.describe(), w.worker_id)
         return True
 
     def _on_reprofiled(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:

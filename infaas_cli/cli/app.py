@@ -74,22 +74,22 @@ def _conventional(params: list) -> None:
                 param.metavar = metavar
 
 
-class InfaasCommand(typer.core.TyperCommand):
-    """A command whose --help uses conventional metavars (--help itself included: it is added here)."""
+class _ConventionalParams:
+    """Mixed into a click command or group (before it in the bases): its parameters, --help included (click adds
+    it in get_params), shown with conventional metavars."""
 
     def get_params(self, ctx: Any) -> list:
-        params = super().get_params(ctx)
+        params = super().get_params(ctx)  # type: ignore[misc]
         _conventional(params)
         return params
 
 
-class InfaasGroup(typer.core.TyperGroup):
+class InfaasCommand(_ConventionalParams, typer.core.TyperCommand):
+    """A command whose --help uses conventional metavars (--help itself included)."""
+
+
+class InfaasGroup(_ConventionalParams, typer.core.TyperGroup):
     """The app's group: its global options (--install-completion …) with conventional metavars too."""
-
-    def get_params(self, ctx: Any) -> list:
-        params = super().get_params(ctx)
-        _conventional(params)
-        return params
 
 
 # -- enumerations: choices that --help lists, shell completion offers and a wrong value is a usage error -------

@@ -19,7 +19,9 @@ app.add_typer(zoo_app, name="zoo")
 # -- register / generate -----------------------------------------------------------------------
 
 
-def _generate_and_report(home, name: str, as_json: bool) -> dict[str, Any]:
+def _generate_and_report(home, name: str, as_json: bool, told_unavailable: set[str]) -> dict[str, Any]:
+    """Generate a model's variants and report them. `told_unavailable`: the backends whose unavailability this
+    command has reported already (the same for every model, so said once; each command brings its own set)."""
     from infaas_cli.toolkit.generate import generate_variants
 
     with err.status(f"generating variants of {name}…") as status:
@@ -40,15 +42,12 @@ def _generate_and_report(home, name: str, as_json: bool) -> dict[str, Any]:
         for (backend, reason), recipes in recipes_by_reason.items():
             err.print(f"  skipped {backend} {', '.join(recipes)}: {escape(reason)}", highlight=False, soft_wrap=True)
         for b, r in report.unavailable:
-            if b not in _told_unavailable:  # the same for every model: said once per command
-                _told_unavailable.add(b)
+            if b not in told_unavailable:
+                told_unavailable.add(b)
                 err.print(f"  [dim]{b}: not available on this host: {escape(r)}[/dim]", highlight=False,
                           soft_wrap=True)
     return summary
 
-
-#: Backends whose unavailability this command has already reported.
-_told_unavailable: set[str] = set()
 
 
 @command()
@@ -117,7 +116,7 @@ def register(
                 err.print("[yellow]warning:[/yellow] no validation set and no --accuracy: queries with a "
                           "minimum accuracy will never pick this model", highlight=False)
         if not no_generate:
-            result["generate"] = _generate_and_report(home, record.name, as_json)
+            result["generate"] = _generate_and_report(home, record.name, as_json, set())
             if record.name != name and not as_json:
                 err.print(f"profile it with `infaas profile {record.name}`: it takes traffic once profiled, as "
                           f"the version policy of {name} says (`infaas versions {name}`)", highlight=False)
@@ -133,7 +132,7 @@ def generate(
 ) -> None:
     """Build the variants of a model with every backend available on this host."""
     with open_home() as home:
-        summary = _generate_and_report(home, name, as_json)
+        summary = _generate_and_report(home, name, as_json, set())
         maybe_push(home, quiet=as_json)
     if as_json:
         print_json(summary)
@@ -403,6 +402,7 @@ def zoo_register(
     from infaas_cli.toolkit.zoo import load_manifest
 
     entries = load_manifest(manifest)
+    told_unavailable: set[str] = set()
     with open_home() as home:
         for e in entries:
             if home.store.get(ModelRecord, e.name) is not None and not replace:
@@ -413,5 +413,5 @@ def zoo_register(
                       f"{record.accuracy * 100:.2f}%" if record.accuracy is not None else
                       f"registered [bold]{e.name}[/bold]", highlight=False)
             if not no_generate:
-                _generate_and_report(home, e.name, False)
+                _generate_and_report(home, e.name, False, told_unavailable)
         maybe_push(home)

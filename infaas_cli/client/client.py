@@ -213,32 +213,37 @@ class Client:
         self.close()
 
     # -- low level -------------------------------------------------------------------------------------
-    def _send(self, msg: protocol.Message) -> str:
+    def _send(self, msg: protocol.Message, timeout_s: float | None = None) -> str:
         # Zero-copy above ZeroMQ's copy threshold: the arrays must not change until the reply arrives.
         frames = protocol.encode(msg)
         # A DEALER with no usable connection (the master down, or refusing our keys) would block the send for
-        # ever: wait as long as for an answer, then say so.
-        if not self._sock.poll(int(self.timeout_s * 1e3), zmq.POLLOUT):
+        # ever: wait as long as for an answer (`timeout_s`, default this client's), then say so.
+        wait_s = self.timeout_s if timeout_s is None else timeout_s
+        if not self._sock.poll(int(wait_s * 1e3), zmq.POLLOUT):
             raise MasterUnreachableError(
-                f"cannot send to the master at {self.endpoint} within {self.timeout_s:g} s; is it running, and does "
+                f"cannot send to the master at {self.endpoint} within {wait_s:g} s; is it running, and does "
                 "it accept this client's keys? Start one with `infaas up`, or point --master / INFAAS_MASTER at it")
         self._sock.send_multipart(frames, zmq.NOBLOCK, copy=not protocol.zero_copy(frames))
         self._sent_at[msg.id] = time.monotonic()
         return msg.id
 
-    def _receive_one(self, deadline: float) -> protocol.Message:
+    def _receive_one(self, deadline: float, timeout_s: float) -> protocol.Message:
+        """The next message, waiting until `deadline`; `timeout_s` is the whole wait, named in the error."""
         remaining_ms = int(max(0.0, deadline - time.monotonic()) * 1e3)
         if not self._sock.poll(remaining_ms, zmq.POLLIN):
             raise MasterUnreachableError(
-                f"no answer from the master at {self.endpoint} within {self.timeout_s:g} s; is it running? "
+                f"no answer from the master at {self.endpoint} within {timeout_s:g} s; is it running? "
                 "Start one with `infaas up`, or point --master / INFAAS_MASTER at it")
         return protocol.decode(self._sock.recv_multipart(copy=False))
 
-    def _request(self, msg: protocol.Message) -> protocol.Message:
-        self._send(msg)
-        deadline = time.monotonic() + self.timeout_s
+    def _request(self, msg: protocol.Message, timeout_s: float | None = None) -> protocol.Message:
+        """Send and wait for the answer to `msg`, up to `timeout_s` (default this client's timeout) for the send
+        and again for the answer; other answers arriving meanwhile are kept for gather()."""
+        wait_s = self.timeout_s if timeout_s is None else timeout_s
+        self._send(msg, wait_s)
+        deadline = time.monotonic() + wait_s
         while True:
-            reply = self._receive_one(deadline)
+            reply = self._receive_one(deadline, wait_s)
             if reply.id == msg.id:
                 self._sent_at.pop(msg.id, None)
                 if reply.type == "error":
@@ -273,9 +278,10 @@ class Client:
 
     def gather(self, ids: list[str], timeout_s: float | None = None) -> dict[str, QueryResult | QueryFailed]:
         """Wait for the answers to submitted queries (each a QueryResult or a QueryFailed)."""
-        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        wait_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + wait_s
         while any(i not in self._done for i in ids):
-            self._store_reply(self._receive_one(deadline))
+            self._store_reply(self._receive_one(deadline, wait_s))
         return {i: self._done.pop(i) for i in ids}
 
     def query(self, inputs: dict[str, np.ndarray], **slo: Any) -> QueryResult:
@@ -311,13 +317,9 @@ class Client:
     def remove(self, models: list[str], drain: bool = False, timeout_s: float = 30.0) -> dict[str, Any]:
         """Before deleting models' records: the master refuses while they serve, or (drain) stops routing to them,
         waits for their queries and unloads them everywhere. Waits up to `timeout_s` (plus this client's own)."""
-        saved = self.timeout_s
-        self.timeout_s = saved + timeout_s if drain else saved
-        try:
-            body = RemoveBody(models=models, drain=drain, timeout_s=timeout_s)
-            return _plain(self._request(protocol.Message("remove", body)).body)
-        finally:
-            self.timeout_s = saved
+        body = RemoveBody(models=models, drain=drain, timeout_s=timeout_s)
+        wait_s = self.timeout_s + timeout_s if drain else self.timeout_s
+        return _plain(self._request(protocol.Message("remove", body), timeout_s=wait_s).body)
 
     # -- replication -------------------------------------------------------------------------------------
     def push(self, store: MetadataStore, artifacts: ArtifactStore) -> dict[str, Any]:

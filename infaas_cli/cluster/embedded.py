@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,14 +134,17 @@ def _daemon_env(home: Path) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1"}
 
 
-def _spawn(args: list[str], name: str, home: Path) -> subprocess.Popen:
-    """Start `infaas ARGS` (a daemon command) logging to run/NAME.log (rotated); stdout and stderr to run/NAME.out."""
-    rdir = run_dir(home)
-    with open(rdir / f"{name}.out", "ab") as console:
-        return subprocess.Popen([sys.executable, "-m", "infaas_cli", "--config", str(config_path(home)), *args,
-                                 "--log-file", str(rdir / f"{name}.log")],
+def spawn(args: list[str], name: str, home: Path, *, config: Path | None = None, log_dir: Path | None = None,
+          preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
+    """Start `infaas ARGS` (a daemon command) with `config` (default run/infaas.toml), logging to LOG_DIR/NAME.log
+    (rotated), its stdout and stderr to LOG_DIR/NAME.out (LOG_DIR default run/); `preexec_fn` runs in the child
+    before exec (a worker host's CPU budget)."""
+    log_dir = log_dir or run_dir(home)
+    with open(log_dir / f"{name}.out", "ab") as console:
+        return subprocess.Popen([sys.executable, "-m", "infaas_cli", "--config", str(config or config_path(home)),
+                                 *args, "--log-file", str(log_dir / f"{name}.log")],
                                 stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=_daemon_env(home), start_new_session=True)
+                                env=_daemon_env(home), start_new_session=True, preexec_fn=preexec_fn)
 
 
 def _write_config(path: Path, settings: Settings) -> None:
@@ -204,7 +207,7 @@ def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: f
         settings.master, client_endpoint="tcp://127.0.0.1:0", worker_endpoint="tcp://127.0.0.1:0",
         data_dir=str(home / "master"))), home)
     _write_config(config_path(home), settings)
-    master = _spawn(["master", "--endpoints-file", str(ep_file), *(master_args or [])], "master", home)
+    master = spawn(["master", "--endpoints-file", str(ep_file), *(master_args or [])], "master", home)
     # In the record from its first moment: an `up` interrupted from here on leaves nothing `down` cannot stop.
     record: dict[str, Any] = {"master": identity(master.pid), "workers": [], "config": str(config_path(home))}
     write_cluster(home, record)
@@ -228,7 +231,7 @@ def up(workers: int = 1, home: str | Path | None = None, heartbeat_interval_s: f
     record["fronts"] = {"metrics": endpoints.get("metrics_endpoint")}
     for i in range(workers):
         wid = f"local-{i}"
-        proc = _spawn(["worker", "--worker-id", wid], wid, home)
+        proc = spawn(["worker", "--worker-id", wid], wid, home)
         record["workers"].append({**identity(proc.pid), "worker_id": wid})
         write_cluster(home, record)
     if stale:
@@ -262,7 +265,7 @@ def _start_gateway(home: Path, deadline: float) -> tuple[dict[str, Any], dict[st
     ep_file = gateway_endpoints_file(home)
     ep_file.unlink(missing_ok=True)
     rdir = run_dir(home)
-    proc = _spawn(["gateway", "--endpoints-file", str(ep_file)], "gateway", home)
+    proc = spawn(["gateway", "--endpoints-file", str(ep_file)], "gateway", home)
     bound = wait_for_endpoints(ep_file, proc, max(deadline, time.monotonic() + 10.0))
     if bound is not None:
         return ({**bound, **identity(proc.pid)},

@@ -25,8 +25,6 @@ import hashlib
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -211,15 +209,9 @@ def start_host(home: str | Path | None = None, cores: int = 1, cpu_quota: float 
                 os.sched_setaffinity(0, cpus)
 
         launched_at = time.time()
-        env = embedded._daemon_env(home)
-        # Like `infaas up`'s daemons: the log rotates (worker.log_max_bytes), crash output goes to ID.out.
-        with open(log_dir / f"{worker_id}.out", "ab") as console:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "infaas_cli", "--home", str(home), "--config", str(config),
-                 "worker", "--worker-id", worker_id, "--cores", str(cores),
-                 "--log-file", str(log_dir / f"{worker_id}.log")],
-                stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                start_new_session=True, preexec_fn=confine)
+        # As `infaas up` starts its daemons (INFAAS_HOME=home): the log rotates, crash output goes to ID.out.
+        proc = embedded.spawn(["worker", "--worker-id", worker_id, "--cores", str(cores)], worker_id, home,
+                              config=config, log_dir=log_dir, preexec_fn=confine)
         record = {"worker_id": worker_id, **identity(proc.pid), "cores": cores, "cpu_quota": quota, "enforcement": kind,
                   "cgroup": str(cgroup) if cgroup else None, "cpus": sorted(cpus) if cpus else None,
                   "launched_at": launched_at, "stopped_at": None}

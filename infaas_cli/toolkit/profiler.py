@@ -12,6 +12,7 @@ crashes the runtime costs only its own profile.
 
 from __future__ import annotations
 
+import functools
 import gc
 import multiprocessing
 import time
@@ -124,30 +125,42 @@ def profile_models(home: InfaasHome, names: Sequence[str], batch_sizes: Sequence
         data = _model_data(home, model, data_cache)
         artifact = home.artifacts.verify(sha)
         needed = _needed(members)
-        label = f"{model.name} {backend_name}-{recipe}-t{threads}"
-        partial: dict[str, Any] = {}  # the batch sizes measured so far, kept when the rest fails or is interrupted
-        try:
-            load_ms, peak_bytes, per_batch = _measure_isolated(
-                backend, artifact, recipe, threads, model, data, needed, settings, partial)
-        except BaseException as exc:
-            if partial.get("batches"):  # a resumed `profile` measures only the batch sizes still missing
-                report.measurements += len(partial["batches"])
-                _store_group(home, model, hw_id, hw, members, partial["load_ms"], partial["peak"],
-                             partial["batches"], force, report)
-            if not isinstance(exc, Exception):
-                raise  # Ctrl-C: stop here, with every finished measurement stored
-            report.failed.append((label, " ".join(str(exc).split())[:300]))  # one broken variant must not stop others
-            continue
-        finally:
-            if on_progress:
-                for b in needed:
-                    on_progress(f"{label} b{b}")
-        report.measurements += len(needed)
-        _store_group(home, model, hw_id, hw, members, load_ms, peak_bytes, per_batch, force, report)
+
+        def store(load_ms: float, peak: int, per_batch: dict[int, BatchProfile]) -> None:
+            report.measurements += len(per_batch)
+            _store_group(home, model, hw_id, hw, members, load_ms, peak, per_batch, force, report)
+
+        _measure_guarded(functools.partial(_measure_isolated, backend, artifact, recipe, threads, model, data, needed,
+                                           settings),
+                         f"{model.name} {backend_name}-{recipe}-t{threads}", needed, store, report, on_progress)
     for model, (space, members) in searched:  # after the measured ones: what they measured warms the search
         _search_model(home, model, space, members, force, settings, fraction, report, data_cache, on_progress,
                       search_measure or _measure_isolated)
     return report
+
+
+def _measure_guarded(measure: Callable[[dict[str, Any]], tuple[float, int, dict[int, BatchProfile]]], label: str,
+                     sizes: Sequence[int], store: Callable[[float, int, dict[int, BatchProfile]], None],
+                     report: ProfileReport, on_progress: Callable[[str], None] | None) -> None:
+    """One configuration's measurement, `measure(partial)` (`_measure_isolated` with its other arguments bound),
+    handed to `store(load ms, peak bytes, {batch size: BatchProfile})`. A failure is recorded in `report` and
+    the caller goes on (one broken variant must not stop the others), after storing the batch sizes measured
+    before it, so that a resumed `profile` measures only those still missing; Ctrl-C stores them too and stops."""
+    partial: dict[str, Any] = {}  # the batch sizes measured so far, kept when the rest fails or is interrupted
+    try:
+        load_ms, peak, per_batch = measure(partial)
+    except BaseException as exc:
+        if partial.get("batches"):
+            store(partial["load_ms"], partial["peak"], partial["batches"])
+        if not isinstance(exc, Exception):
+            raise
+        report.failed.append((label, " ".join(str(exc).split())[:300]))
+        return
+    finally:
+        if on_progress:
+            for b in sizes:
+                on_progress(f"{label} b{b}")
+    store(load_ms, peak, per_batch)
 
 
 def _store_group(home: InfaasHome, model: ModelRecord, hw_id: str, hw: dict[str, Any], members, load_ms: float,
@@ -249,24 +262,11 @@ def _search_model(home: InfaasHome, model: ModelRecord, space: search.Space, con
         for g, b in cells:
             by_group[g].append(b)
         for g, sizes in by_group.items():
-            label = f"{model.name} {g[0]}-{g[1]}-t{g[2]}"
-            partial: dict[str, Any] = {}
-            try:
-                load_ms, peak, per_batch = (measure_group or _measure_isolated)(
+            _measure_guarded(  # the artifact's check and the inputs inside the guard: their failure is g's alone
+                lambda partial: (measure_group or _measure_isolated)(
                     backend_named(g[0]), home.artifacts.verify(key_of[g][1]), g[1], g[2], model,
-                    _model_data(home, model, data_cache), sorted(sizes), settings, partial)
-            except BaseException as exc:
-                if partial:
-                    store(g, partial["load_ms"], partial["peak"], partial["batches"])
-                if not isinstance(exc, Exception):
-                    raise
-                report.failed.append((label, " ".join(str(exc).split())[:300]))
-                continue
-            finally:
-                if on_progress:
-                    for b in sizes:
-                        on_progress(f"{label} b{b}")
-            store(g, load_ms, peak, per_batch)
+                    _model_data(home, model, data_cache), sorted(sizes), settings, partial),
+                f"{model.name} {g[0]}-{g[1]}-t{g[2]}", sizes, functools.partial(store, g), report, on_progress)
         return {c: float(measured[c]["p50_ms"]) for c in cells if c in measured}
 
     library, library_predicted = _library(home, model.name, set(hw_id.values()))

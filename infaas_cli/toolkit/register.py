@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from infaas_cli.backends.ort_cpu import run_original
+from infaas_cli.catalog.artifacts import referenced_artifacts
 from infaas_cli.errors import AlreadyExistsError, InfaasError, InvalidValidationDataError
 from infaas_cli.catalog.home import InfaasHome
 from infaas_cli.toolkit.modelio import inspect_model, load_validation, top1_accuracy
@@ -33,14 +35,13 @@ def check_cache_mib(cache_mib: int | None) -> int | None:
     return cache_mib
 
 
-def registration_target(store: MetadataStore, path: str | Path, name: str, version: int | None,
+def registration_target(store: MetadataStore, digest: Callable[[], str | None], name: str, version: int | None,
                         replace: bool) -> int:
-    """The version a `register` of `path` as `name` writes: `version` when given (refused when it exists, unless
+    """The version a `register` of a file as `name` writes: `version` when given (refused when it exists, unless
     `replace`); else 1 for a new model, the next version for an existing one — unless the file is that of a
     registered version already, which is refused (or, with `replace`, that version is replaced), or the latest
-    version never got its variants (an interrupted register: finished first, `generate.finish_hint`)."""
-    from infaas_cli.catalog.artifacts import sha256_file
-
+    version never got its variants (an interrupted register: finished first, `generate.finish_hint`).
+    `digest()` gives the file's sha256 (None: unreadable), asked only for the next version's check."""
     versions = model_versions(store, name)
     if version is not None:
         if isinstance(version, bool) or not 1 <= version <= MAX_VERSION:
@@ -55,10 +56,7 @@ def registration_target(store: MetadataStore, path: str | Path, name: str, versi
         return version
     if not versions:
         return 1
-    try:
-        sha = sha256_file(path)
-    except OSError:
-        sha = None  # inspect_model reports the unreadable file
+    sha = digest()
     same = [v for v, record in versions.items() if record.artifact_sha256 == sha]
     if same:
         if replace:
@@ -106,10 +104,39 @@ def register_model(home: InfaasHome, path: str | Path, name: str, task: str | No
     dataset and signature of the model (task and dataset default to the model's). `cache_mib` is the master's
     prediction cache for this model (0: never cached); None leaves it to the master's
     `master.prediction_cache_mib` (a later version inherits its model's).
+
+    The file is read and hashed once, as it is copied into the artifact store: where the next version's check
+    needs its digest, or else after validation. A refused registration takes its copy out again (unless some
+    record uses that very file).
     """
+    stored: list[str] = []  # the model file's sha256, once it is in the artifact store
+    try:
+        return _register(home, Path(path), stored, name, task, dataset, validation, accuracy, replace, cache_mib,
+                         version)
+    except BaseException:
+        if stored:
+            home.artifacts.collect_garbage(referenced_artifacts(home.store.models(), home.store.variants()), stored)
+        raise
+
+
+def _register(home: InfaasHome, path: Path, stored: list[str], name: str, task: str | None, dataset: str | None,
+              validation: str | Path | None, accuracy: float | None, replace: bool, cache_mib: int | None,
+              version: int | None) -> ModelRecord:
+    """register_model's work; `stored` receives the model file's sha256 as soon as it is copied in."""
+    def put_model() -> str:
+        if not stored:
+            stored.append(home.artifacts.put_file(path))
+        return stored[0]
+
+    def digest() -> str | None:
+        try:
+            return put_model()
+        except OSError:
+            return None  # inspect_model reports the unreadable file
+
     check_name("model name", name)
     check_cache_mib(cache_mib)
-    version = registration_target(home.store, path, name, version, replace)
+    version = registration_target(home.store, digest, name, version, replace)
     versions = model_versions(home.store, name)
     others = {v: r for v, r in versions.items() if v != version}
     previous = others[max(others)] if others else None
@@ -132,7 +159,6 @@ def register_model(home: InfaasHome, path: str | Path, name: str, task: str | No
                           "measured on --validation")
     if accuracy is not None and not 0.0 < accuracy <= 1.0:
         raise InfaasError(f"--accuracy {accuracy} is out of range; give a fraction in (0, 1], e.g. 0.97")
-    path = Path(path)
     sig = inspect_model(path)
     if previous is not None:
         _check_same_signature(previous, sig, name, version)
@@ -152,7 +178,7 @@ def register_model(home: InfaasHome, path: str | Path, name: str, task: str | No
         else:
             measured, metric = 1.0, "agreement"  # the original agrees with itself; variants are measured against it
 
-    model_sha = home.artifacts.put_file(path)
+    model_sha = put_model()
     val_sha = home.artifacts.put_file(validation) if validation is not None else None
     record = ModelRecord(
         name=record_name, task=task, dataset=dataset, artifact_sha256=model_sha, source_file=path.name,
