@@ -70,7 +70,7 @@ class ClientHandlers:
                       latency_ms=b.latency_ms, min_accuracy=b.min_accuracy, objective=b.objective or "cost",
                       max_cost_usd=b.max_cost_usd, batch_size=self._batch_hint(b, signature),
                       slo_mode=b.slo_mode or "best_effort", inputs=signature,
-                      route_draw=route_draw(msg.id) if b.kind == "model" else None)
+                      route_draw=route_draw(msg.id) if b.kind != "variant" else None)
         self._dispatch(route, msg.id, b.inputs, msg.frames, query, attempts=1, exclude=(), arrived=self.arrived,
                        t0=t0)
 

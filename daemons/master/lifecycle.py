@@ -51,6 +51,8 @@ class _Drain:
     drained_queries: int
     unloads_sent_at: float | None = None
     unloaded_on: set[str] = field(default_factory=set)
+    rolling_off: set[str] = field(default_factory=set)  # models whose route must switch off these versions first
+    held_on: list[str] = field(default_factory=list)  # the workers holding them when the removal began
 
 
 class Lifecycle:
@@ -284,20 +286,26 @@ class Lifecycle:
             are, it = ("are", "them") if len(known) > 1 else ("is", "it")
             raise InfaasError(f"{label} {are} {' and '.join(why)}; pass --drain to stop routing, drain and unload "
                               f"{it} first", code="failed")
-        self._hide(known)
         for variant in pinned:
             self.unpin(variant)
         now = time.monotonic()
-        drain = _Drain(route, request_id, known, variants, now, now + body.timeout_s, in_flight)
+        drain = _Drain(route, request_id, known, variants, now, now + body.timeout_s, in_flight, held_on=holders)
         if not body.drain:
+            self._hide(known)
             self._answer_drain(drain)
             return
-        log.info("draining %s for removal: %d quer%s in flight, held on %s", label, in_flight,
-                 "y" if in_flight == 1 else "ies", ", ".join(holders) or "no worker")
+        # A version a route serves keeps serving until the version taking over is warm where it is loaded (rollout.py)
+        drain.rolling_off = self._roll_off(known)
+        if not drain.rolling_off:
+            self._hide(known)
+        log.info("draining %s for removal: %d quer%s in flight, held on %s%s", label, in_flight,
+                 "y" if in_flight == 1 else "ies", ", ".join(holders) or "no worker",
+                 f"; first rolling {', '.join(sorted(drain.rolling_off))} off it" if drain.rolling_off else "")
         self.drains.append(drain)
         self._advance_drain(drain)
 
     def _hide(self, models: Iterable[str]) -> None:
+        self._left(models)
         added = set(models) - self.removing
         if added:
             self.removing |= added
@@ -309,6 +317,17 @@ class Lifecycle:
 
     def _advance_drain(self, drain: _Drain) -> None:
         now = time.monotonic()
+        if drain.rolling_off:
+            warming = [name for name in drain.rolling_off
+                       if name in self.rollouts and self.rollouts[name].state == "warming"]
+            if warming and now < drain.deadline:
+                return
+            drain.rolling_off = set()  # switched (or out of time: hidden anyway, the drain's deadline applies)
+            self._hide(drain.models)
+            drain.drained_queries = self._in_flight(drain.variants)  # those routed to them up to the switch
+            # The roll-out's own drain may have unloaded them already; either way the answer waits until no live
+            # worker holds them.
+            drain.unloaded_on |= {wid for wid in drain.held_on if wid in self.workers and self.workers[wid].alive}
         if drain.unloads_sent_at is None:
             in_flight = self._in_flight(drain.variants)
             if in_flight:
@@ -382,3 +401,15 @@ class Lifecycle:
         removed = self.artifacts.collect_garbage(needed)
         if removed:
             log.info("collected %d unused artifact(s), %d bytes", len(removed), sum(size for _, size in removed))
+            self._drop_cached([sha for sha, _ in removed])
+
+    def _drop_cached(self, digests: list[str]) -> None:
+        """Tell every live worker to delete its cached copies of `digests`: a worker fetched each of them from this
+        master's store, so what the master's sweep freed is what the workers may still hold (one that evicted the
+        variant long ago too, so every live worker is told, not only those that held it)."""
+        for w in self.workers.values():
+            if not w.alive:
+                continue
+            for start in range(0, len(digests), m.MAX_ENTRIES):
+                body = m.DropArtifactsBody(artifacts=digests[start:start + m.MAX_ENTRIES])
+                self._send_worker(w.identity, protocol.Message("drop_artifacts", body))

@@ -10,6 +10,10 @@ route needs no roll-out. Advanced on the liveness tick; a lost load is sent agai
 `master.rollout_warm_timeout_s` the switch happens anyway (a cold counterpart loads on its first query, which
 waits rather than fails); past `master.rollout_drain_timeout_s` the old version is unloaded with queries still
 queued on it (the worker finishes its queue before it unloads).
+
+A drained removal of a version on the route (`infaas remove M --version V --drain`) moves the route the same way:
+the version is *leaving* (left out of what the policy may pick) and the route rolls off it — the version that takes
+over is warmed where V is loaded, then switched to — before the removal hides V and drains it (lifecycle.py).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import collections
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +78,7 @@ class Rollouts:
         self.rollouts: dict[str, Rollout] = {}  # model → its roll-out in progress
         self.rollout_history: collections.deque[dict[str, Any]] = collections.deque(maxlen=HISTORY)
         self.version_policies: dict[str, VersionPolicy] = {}
+        self.leaving: dict[str, set[int]] = {}  # model → versions a drained removal rolls its route off first
         self._settle_routes()
         if any(len(v) > 1 for v in self.catalog.index().profiled_versions.values()) or self.version_policies:
             log.info("routes from the stored version policies: %s", ", ".join(
@@ -96,10 +102,11 @@ class Rollouts:
         profiled = index.profiled_versions
         changed = False
         for name in sorted(set(profiled) | set(self.routes) | set(self.rollouts)):
-            have = profiled.get(name, set())
-            current = self.routes.get(name)
+            leaving = self.leaving.get(name, set())
+            have = profiled.get(name, set()) - leaving
+            current = source = self.routes.get(name)
             if current is not None and not all(v in have for v in current.versions):
-                current = None  # its version left the catalog (or lost its profiles): nothing to roll from
+                current = None  # its version left the catalog (or lost its profiles, or is leaving): no policy keeps it
             target = resolve_route(self.version_policies.get(name, LATEST), have, current)
             active = self.rollouts.get(name)
             if active is not None:
@@ -115,6 +122,9 @@ class Rollouts:
                 if self.routes.get(name) != target:
                     self.routes[name], changed = target, True
                 continue
+            if source is not None and leaving & set(source.versions) and self.workers:
+                self._start_rollout(name, source, target, f"v{', v'.join(map(str, sorted(leaving)))} being removed")
+                continue  # off a version being removed: warm what takes over where it serves, as any roll-out
             if current is None or not self.workers:
                 self.routes[name], changed = target, True  # nothing serves it yet: no roll-out needed
                 continue
@@ -132,9 +142,34 @@ class Rollouts:
         shown = {name for name, vm in w.variant_metrics.items() if vm.state in ("loaded", "loading")}
         return shown | set(w.loaded)
 
-    def _start_rollout(self, name: str, current: Route, target: Route) -> None:
+    def _roll_off(self, model_ids: Iterable[str]) -> set[str]:
+        """Before a drained removal hides versions its models' routes serve: mark them leaving and roll each route
+        off them (warm, switch, drain) rather than let it fall back to a cold version. The models whose roll-out is
+        still warming: the removal hides its versions once those have switched (`_left`)."""
+        marked = set()
+        for model_id in model_ids:
+            base, version = split_id(model_id)
+            route = self.routes.get(base)
+            if route is not None and version in route.versions:
+                self.leaving.setdefault(base, set()).add(version)
+                marked.add(base)
+        if marked:
+            self._settle_routes()
+        return {base for base in marked if base in self.rollouts and self.rollouts[base].state == "warming"}
+
+    def _left(self, model_ids: Iterable[str]) -> None:
+        """The removal hid these versions (the catalog's index leaves them out from now on): no longer leaving."""
+        for model_id in model_ids:
+            base, version = split_id(model_id)
+            versions = self.leaving.get(base)
+            if versions is not None:
+                versions.discard(version)
+                if not versions:
+                    del self.leaving[base]
+
+    def _start_rollout(self, name: str, current: Route, target: Route, note: str = "") -> None:
         policy = self.version_policies.get(name, LATEST).describe()
-        ro = Rollout(name, current, target, policy, time.time(), time.monotonic())
+        ro = Rollout(name, current, target, policy, time.time(), time.monotonic(), note=note)
         self.rollouts[name] = ro
         index = self.catalog.index()
         old_ids = {version_id(name, v) for v in current.versions}

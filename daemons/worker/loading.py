@@ -54,6 +54,7 @@ class Loading:
             return
         self.waiting_since.pop(spec.name, None)
         self.loading[spec.name] = spec
+        self.drop_later.discard(spec.artifact_sha256)  # wanted again (re-registered): it stays
         if self.cache.has(spec.artifact_sha256):
             self._loader.submit(self._load, spec)
             return
@@ -116,6 +117,38 @@ class Loading:
         loaded = self.variants.pop(name, None)
         if loaded is not None:
             loaded.stop()
+            if loaded.spec.artifact_sha256 in self.drop_later:
+                self._drop_cached([loaded.spec.artifact_sha256])
+
+    def _artifacts_in_use(self) -> set[str]:
+        """The artifacts of the variants this worker holds, is loading or is fetching."""
+        return ({v.spec.artifact_sha256 for v in self.variants.values()} |
+                {s.artifact_sha256 for s in self.loading.values()} |
+                {s.artifact_sha256 for s in self.waiting_budget.values()} | set(self.fetches))
+
+    def _on_drop_artifacts(self, msg: protocol.Message) -> None:
+        """The catalog no longer uses these artifacts (their models were removed): delete the cached copies. One a
+        variant here still uses (a removed variant finishing its queue) goes when that variant unloads."""
+        self._drop_cached(msg.body.artifacts)
+
+    def _drop_cached(self, digests: list[str]) -> None:
+        in_use = self._artifacts_in_use()
+        dropped, freed = 0, 0
+        for sha in digests:
+            if sha in in_use:
+                self.drop_later.add(sha)
+                continue
+            self.drop_later.discard(sha)
+            path = self.cache.path(sha)
+            try:
+                if path.is_file():
+                    size = path.stat().st_size
+                    self.cache.remove(sha)
+                    dropped, freed = dropped + 1, freed + size
+            except OSError as exc:  # another worker sharing the cache removed it first, or it is not ours to delete
+                log.warning("could not drop cached artifact %s: %s", sha[:12], exc)
+        if dropped:
+            log.info("dropped %d cached artifact(s) no model uses any more, %d bytes", dropped, freed)
 
     def _on_chunk(self, msg: protocol.Message) -> None:
         b: m.ArtifactChunkBody = msg.body

@@ -1,4 +1,5 @@
-"""The worker's loop, its door to the master, and its handlers (infer, load, unload, chunks, errors).
+"""The worker's loop, its door to the master, and its handlers (infer, load, unload, chunks, dropped artifacts,
+errors).
 
 One thread owns the ZeroMQ socket to the master; each loaded variant has executor threads
 (daemons/worker/executor.py); a loader thread opens sessions (daemons/worker/loading.py). Every
@@ -73,6 +74,7 @@ class Worker(Loading, Reprofiling):
         self.waiting_since: dict[str, float] = {}
         self.fetches: dict[str, Any] = {}
         self.fetch_waiters: dict[str, list[m.VariantSpec]] = {}
+        self.drop_later: set[str] = set()  # cached artifacts to delete once the variant using them unloads
         # Placement keys: the available backends and the host capabilities their recipes need ("ov-cpu+bf16"),
         # so that the master never sends this worker a variant its host cannot run as profiled.
         self.backends = advertised_keys()
@@ -240,7 +242,8 @@ class Worker(Loading, Reprofiling):
             self._send(protocol.error(exc.code, exc.reason, protocol.peek_id(frames)))
             return
         handler = {"infer": self._on_infer, "load": self._on_load, "unload": self._on_unload,
-                   "artifact_chunk": self._on_chunk, "registered": lambda msg: None,
+                   "artifact_chunk": self._on_chunk, "drop_artifacts": self._on_drop_artifacts,
+                   "registered": lambda msg: None,
                    "reprofile": self._on_reprofile,
                    "error": self._on_master_error}.get(msg.type)
         if handler is None:

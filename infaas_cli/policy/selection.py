@@ -35,7 +35,8 @@ from infaas_cli.policy.latency import PRIOR_OVERHEAD_MS
 from infaas_cli.policy.cluster_view import ClusterView, GroupView, check_overhead_default
 from infaas_cli.policy.placement import WorkerState
 from infaas_cli.policy.profiles import applicable_profiles
-from infaas_cli.policy.versions import Route, canonical_id, default_routes, is_version_name, split_id, version_id
+from infaas_cli.policy.versions import (Route, TaskSplit, canonical_id, default_routes, is_version_name, serving_rank,
+                                        split_id, task_splits, version_id)
 
 #: The bundled price table, found relative to the package like the zoo manifest (a checkout layout).
 def _default_prices_path() -> Path:
@@ -245,7 +246,7 @@ class Query:
     #: The query's tensors as (name, dtype, shape) (`input_signature(feeds)`); None: not checked by selection.
     inputs: InputSignature | None = None
     #: Its place in [0, 100) for a canary's split (`policy.versions.route_draw` of its request id); None: the
-    #: stable version answers a query by model name.
+    #: stable version answers a query by model name or task.
     route_draw: float | None = None
 
     def __post_init__(self) -> None:
@@ -465,12 +466,13 @@ class VariantInfo:
 class CatalogIndex:
     """Profiled variants laid out for vectorised filtering, plus name lookups for errors and kind="variant".
 
-    Arrays are indexed by position in `order` (sorted by task, dataset, serving, model, name); `model_spans` and
-    `task_spans` map a model record / a (task, dataset) to its (start, end) slice. Of a model's versions only the
+    Arrays are indexed by position in `order` (sorted by task, dataset, serving rank, model, name); `model_spans`
+    and `task_spans` map a model record / a (task, dataset) to its (start, end) slice. Of a model's versions only the
     one its route serves (`routes`, policy/versions.py) is in its task's span: the others sort after it, reachable
-    by their own names. `lat_ms[j]` and `cost_usd[j]` hold each variant's latency / cost per query at batch
-    bucket `buckets[j]` (inf where the bucket is above the variant's max batch, which doubles as the max-batch
-    filter).
+    by their own names — a canary version right after the span, so that `task_splits` slides the span over it for
+    the draws its percent takes (`versions.serving_rank`). `lat_ms[j]` and `cost_usd[j]` hold each variant's
+    latency / cost per query at batch bucket `buckets[j]` (inf where the bucket is above the variant's max batch,
+    which doubles as the max-batch filter).
     """
 
     def __init__(self, infos: Iterable[VariantInfo], prices: PriceTable,
@@ -512,7 +514,9 @@ class CatalogIndex:
         self.serving_models: set[str] = {version_id(base, route.stable) for base, route in self.routes.items()}
         stable = self.serving_models
         self._routed = {base: version_id(base, r.stable) for base, r in self.routes.items() if r.canary is None}
-        selectable.sort(key=lambda v: (v.task or "", v.dataset or "", v.model not in stable, v.model, v.name))
+        routes_now = self.routes
+        selectable.sort(key=lambda v: (v.task or "", v.dataset or "", *serving_rank(v.model, routes_now), v.model,
+                                       v.name))
         self.order: list[VariantInfo] = selectable
         self.pos: dict[str, int] = {v.name: i for i, v in enumerate(selectable)}
         n = len(selectable)
@@ -523,6 +527,9 @@ class CatalogIndex:
             self._extend(self.model_spans, v.model, i, f"model {v.model}")
             if v.task and v.dataset and v.model in stable:
                 self._extend(self.task_spans, (v.task, v.dataset), i, f"task {v.task}/{v.dataset}")
+        #: Tasks with a canaried model: the span a task query's draw selects (empty without canaries).
+        self.task_splits: dict[tuple[str, str], TaskSplit] = task_splits(self.routes, self.model_spans, self.models,
+                                                                         self.task_spans)
 
         max_batch_top = max((v.max_batch for v in selectable), default=1)
         bucket_set = set(range(1, min(max_batch_top, EXACT_BATCH_COLUMNS) + 1))
@@ -756,7 +763,9 @@ def select(query: Query, index: CatalogIndex, cluster: ClusterView | ClusterSnap
         span = index.model_spans.get(model)
         label = f"model {model}"
     else:
-        span = index.task_spans.get((query.task, query.dataset))
+        pair = (query.task, query.dataset)
+        split = index.task_splits.get(pair)  # a canary splits its model's task queries as it does those by name
+        span = index.task_spans.get(pair) if split is None else split.span(query.route_draw)
         label = f"task {query.task}/{query.dataset}"
     if span is None:
         raise _unknown(query, index)

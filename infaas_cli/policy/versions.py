@@ -6,16 +6,18 @@ selection spans, the prediction cache, autoscaling) stays per version: version 1
 are then `M@vV/BACKEND-…`. Model names cannot contain '@' (toolkit.register.check_name), so the spelling is
 unambiguous and a version is read off any model or variant name without a lookup; `M@v1` names version 1.
 
-A query naming `M` (or M's task) is answered by the version M's *route* picks; a query naming `M@vV` or a variant
-reaches that version directly. The route follows the model's policy (`latest`, `pinned V`, `canary V PERCENT`),
-but only through a roll-out (daemons/master/rollout.py): the master warms the new version where the old one
-serves before it switches the route, so no query waits on a cold load or fails. Everything here is pure.
+A query naming `M` (or M's task) is answered by the version M's *route* picks — a canary's share by the same
+request-id hash either way; a query naming `M@vV` or a variant reaches that version directly. The route follows the
+model's policy (`latest`, `pinned V`, `canary V PERCENT`), but only through a roll-out (daemons/master/rollout.py):
+the master warms the new version where the old one serves before it switches the route, so no query waits on a
+cold load or fails. Everything here is pure.
 """
 
 from __future__ import annotations
 
 import re
 import zlib
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -131,6 +133,79 @@ def route_draw(request_id: str) -> float:
     """A query's place in [0, 100) for a canary split: a hash of its request id, so that the same request (and its
     retries) always reaches the same version, and a stream of requests splits as the percent says."""
     return (zlib.crc32(request_id.encode("utf-8", "surrogatepass")) % 10_000) / 100.0
+
+
+def serving_rank(model_id: str, routes: Mapping[str, Route]) -> tuple[int, float, str]:
+    """Where a model record's variants sort within its task in the selection index, so that every span a task
+    query can get under canaries is one slice: the stable versions of canaried models (highest percent first), the
+    other models' routed versions, the canary versions (highest percent first, as their stable ones), then the rest.
+
+    A draw sends to the canary exactly the models whose percent is above it: the highest percents. Their stable
+    blocks are the first of the stable part and their canary blocks the first after it, so the task's span only
+    slides right (`task_splits`).
+    """
+    base, version = split_id(model_id)
+    route = routes.get(base)
+    if route is None:
+        return 3, 0.0, base
+    if route.canary is None:
+        return (1, 0.0, base) if version == route.stable else (3, 0.0, base)
+    if version == route.stable:
+        return 0, -route.percent, base
+    return (2, -route.percent, base) if version == route.canary else (3, 0.0, base)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSplit:
+    """A task's candidate span for a query's draw while some of its models run canaries: `spans[i]` for a draw below
+    `bounds[i]` (and at or above the bound before), the stable span (`stable`) above the last bound or without a
+    draw — the same choice `Route.pick` makes for a query naming each model."""
+
+    bounds: tuple[float, ...]
+    spans: tuple[tuple[int, int], ...]
+    stable: tuple[int, int]
+
+    def span(self, draw: float | None) -> tuple[int, int]:
+        if draw is None:
+            return self.stable
+        i = bisect_right(self.bounds, draw)
+        return self.spans[i] if i < len(self.spans) else self.stable
+
+
+def task_splits(routes: Mapping[str, Route], model_spans: Mapping[str, tuple[int, int]],
+                task_of: Mapping[str, tuple[str | None, str | None]],
+                task_spans: Mapping[tuple[str, str], tuple[int, int]]) -> dict[tuple[str, str], TaskSplit]:
+    """Per (task, dataset) with a canaried model, the spans its queries' draws select, on an index laid out by
+    `serving_rank`. A model whose versions disagree on the task, or a layout that is not as expected, keeps the
+    task's queries on the stable versions (as before canaries applied to them)."""
+    canaries: dict[tuple[str, str], list[tuple[float, str, str]]] = {}
+    for base, route in routes.items():
+        if route.canary is None:
+            continue
+        stable_id, canary_id = version_id(base, route.stable), version_id(base, route.canary)
+        pair = task_of.get(stable_id)
+        if pair in task_spans and task_of.get(canary_id) == pair and stable_id in model_spans \
+                and canary_id in model_spans:
+            canaries.setdefault(pair, []).append((route.percent, stable_id, canary_id))
+    splits = {}
+    for pair, entries in canaries.items():
+        stable = task_spans[pair]
+        entries.sort(key=lambda e: (-e[0], split_id(e[1])[0]))  # serving_rank's order
+        bounds = tuple(sorted({percent for percent, _, _ in entries}))
+        spans, ok = [], True
+        for bound in bounds:
+            # A draw in [the previous bound, bound) moves every model whose percent is at least `bound`.
+            start, end = stable
+            for percent, stable_id, canary_id in entries:
+                if percent < bound:
+                    break
+                s, c = model_spans[stable_id], model_spans[canary_id]
+                ok &= s[0] == start and c[0] == end
+                start, end = s[1], c[1]
+            spans.append((start, end))
+        if ok:
+            splits[pair] = TaskSplit(bounds, tuple(spans), stable)
+    return splits
 
 
 def resolve_route(policy: VersionPolicy, profiled: Iterable[int], current: Route | None = None) -> Route | None:

@@ -323,6 +323,12 @@ class UnloadBody(Body):
     worker: Name | None = None
 
 
+class DropArtifactsBody(Body):
+    """Artifacts the catalog no longer uses (their models were removed): a worker deletes its cached copies."""
+
+    artifacts: Annotated[list[Sha256], Meta(min_length=1, max_length=MAX_ENTRIES)]
+
+
 class LoadedBody(Body):
     variant: Name
     load_time_ms: NonNegative
@@ -438,7 +444,7 @@ BODIES: dict[str, type[Body]] = {
     "query": QueryBody, "reply": ReplyBody, "status": StatusBody, "status_reply": StatusReplyBody,
     "register": RegisterBody, "registered": RegisteredBody, "heartbeat": HeartbeatBody, "load": LoadBody,
     "unload": UnloadBody, "loaded": LoadedBody, "infer": InferBody, "result": ResultBody, "fetch": FetchBody,
-    "reprofile": ReprofileBody, "reprofiled": ReprofiledBody,
+    "reprofile": ReprofileBody, "reprofiled": ReprofiledBody, "drop_artifacts": DropArtifactsBody,
     "changes": ChangesBody, "artifact_chunk": ArtifactChunkBody, "ack": AckBody, "error": ErrorBody,
     "catalog": CatalogBody, "catalog_reply": CatalogReplyBody, "preload": PreloadBody,
     "remove": RemoveBody, "remove_reply": RemoveReplyBody,
@@ -449,7 +455,7 @@ DIRECTIONS: dict[str, str] = {
     "status_reply": "master → client", "register": "worker → master", "registered": "master → worker",
     "heartbeat": "worker → master", "load": "master → worker", "unload": "master → worker, client → master",
     "loaded": "worker → master", "infer": "master → worker", "result": "worker → master", "fetch": "worker → master",
-    "reprofile": "master → worker", "reprofiled": "worker → master",
+    "reprofile": "master → worker", "reprofiled": "worker → master", "drop_artifacts": "master → worker",
     "changes": "CLI → master", "artifact_chunk": "CLI → master, master → worker", "ack": "master → CLI",
     "error": "any → its peer", "catalog": "client → master", "catalog_reply": "master → client",
     "preload": "client → master", "remove": "client → master", "remove_reply": "master → client",

@@ -49,6 +49,7 @@ SAMPLES = {
                                   "latency_ms": 2.5, "threads": 1, "replicas": 1, "idle_s": 0.25}}}},
     "load": {"variant": "digits-cnn/ort-cpu-fp32-t1", "spec": SPEC, "replicas": 2, "pinned": True},
     "unload": {"variant": "digits-cnn/ort-cpu-fp32-t1", "worker": "w1"},
+    "drop_artifacts": {"artifacts": [SHA, "a0" * 32]},
     "loaded": {"variant": "digits-cnn/ort-cpu-fp32-t1", "load_time_ms": 35.2, "worker_id": "w1"},
     "infer": {"variant": "digits-cnn/ort-cpu-fp32-t1", "inputs": None, "spec": SPEC, "deadline_ms": 20.0},
     "result": {"outputs": None, "timing": {"queue_ms": 0.1, "inference_ms": 1.0, "batch_size": 4}},
