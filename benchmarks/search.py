@@ -325,6 +325,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.judge_table is not None:
         args.replay, args.rounds = True, 0
+    elif args.rounds < 1:
+        parser.error("--rounds must be at least 1 (or replay a stored table with --judge-table)")
     settings = MeasureSettings(budget_ms=20.0 if args.quick else args.budget_ms, min_runs=10)
 
     with tempfile.TemporaryDirectory(prefix="infaas-search-") as tmp, InfaasHome(Path(tmp) / "home") as home:

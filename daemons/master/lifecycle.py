@@ -295,7 +295,12 @@ class Lifecycle:
             self._answer_drain(drain)
             return
         # A version a route serves keeps serving until the version taking over is warm where it is loaded (rollout.py)
-        drain.rolling_off = self._roll_off(known)
+        try:
+            drain.rolling_off = self._roll_off(known)
+        except BaseException:
+            self._left(known)  # no removal goes on: nothing may stay marked leaving
+            self._settle_routes()
+            raise
         if not drain.rolling_off:
             self._hide(known)
         log.info("draining %s for removal: %d quer%s in flight, held on %s%s", label, in_flight,
@@ -318,13 +323,24 @@ class Lifecycle:
     def _advance_drain(self, drain: _Drain) -> None:
         now = time.monotonic()
         if drain.rolling_off:
-            warming = [name for name in drain.rolling_off
-                       if name in self.rollouts and self.rollouts[name].state == "warming"]
+            warming = sorted(name for name in drain.rolling_off
+                             if name in self.rollouts and self.rollouts[name].state == "warming")
             if warming and now < drain.deadline:
                 return
-            drain.rolling_off = set()  # switched (or out of time: hidden anyway, the drain's deadline applies)
+            if warming:  # out of time while the version taking over warms: nothing removed, the route stays
+                self._left(drain.models)
+                self._settle_routes()  # the policy resolves to the serving version again: the roll-out is cancelled
+                self.drains.remove(drain)
+                self._reply(drain.route, protocol.error(
+                    "unavailable", f"the version taking over from {', '.join(drain.models)} was not warm within "
+                    f"{drain.deadline - drain.started:g} s, so nothing was removed and it still serves; raise "
+                    "--timeout-s", drain.request_id))
+                return
+            drain.rolling_off = set()
             self._hide(drain.models)
             drain.drained_queries = self._in_flight(drain.variants)  # those routed to them up to the switch
+            budget = drain.deadline - drain.started  # the drain after the switch gets the whole --timeout-s again
+            drain.started, drain.deadline = now, now + budget
             # The roll-out's own drain may have unloaded them already; either way the answer waits until no live
             # worker holds them.
             drain.unloaded_on |= {wid for wid in drain.held_on if wid in self.workers and self.workers[wid].alive}

@@ -48,13 +48,14 @@ class Loading:
         if spec.backend not in self.backends:
             self._fail_parked(spec.name, "unavailable", f"backend {spec.backend} is not available on {self.worker_id}")
             return
+        # Wanted again (re-registered): it stays — before making room, whose evictions would otherwise delete it
+        self.drop_later.discard(spec.artifact_sha256)
         if not self._make_room(spec.threads, spec.peak_memory_bytes):
             self.waiting_budget[spec.name] = spec
             self.waiting_since.setdefault(spec.name, time.monotonic())
             return
         self.waiting_since.pop(spec.name, None)
         self.loading[spec.name] = spec
-        self.drop_later.discard(spec.artifact_sha256)  # wanted again (re-registered): it stays
         if self.cache.has(spec.artifact_sha256):
             self._loader.submit(self._load, spec)
             return

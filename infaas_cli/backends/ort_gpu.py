@@ -64,8 +64,10 @@ def _gpu_reason(provider: str) -> str | None:
         ctypes.CDLL(str(capi / "libonnxruntime_providers_shared.so"), mode=ctypes.RTLD_GLOBAL)
         ctypes.CDLL(str(capi / _PROVIDER_LIBRARY[provider]))
     except OSError as e:
+        cuda = getattr(getattr(ort.capi, "build_and_package_info", None), "cuda_version", "")
+        built = f" (it was built for CUDA {cuda})" if cuda else ""
         hint = "install TensorRT 10 (its libnvinfer)" if provider.startswith("Tensorrt") else \
-            "install the CUDA 13 and cuDNN 9 libraries (e.g. onnxruntime-gpu[cuda,cudnn])"
+            f"install the CUDA and cuDNN libraries onnxruntime-gpu needs{built}, e.g. onnxruntime-gpu[cuda,cudnn]"
         return f"{provider}'s libraries do not load ({e}): {hint}"
     return _probe_session(provider)
 
@@ -80,7 +82,8 @@ def _probe_session(provider: str) -> str | None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = min(model.ir_version, 10)
     try:
-        session = ort.InferenceSession(model.SerializeToString(), providers=list(dict.fromkeys([provider, "CPUExecutionProvider"])))
+        providers = list(dict.fromkeys([provider, "CPUExecutionProvider"]))
+        session = ort.InferenceSession(model.SerializeToString(), providers=providers)
     except Exception as e:  # noqa: BLE001 - the provider's own failure is the reason to report
         return f"a session with {provider} fails: {e}"
     if provider not in session.get_providers():

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from infaas_cli.client import Client
+from infaas_cli.client import Client, QueryFailed
 from infaas_cli.toolkit.generate import generate_variants
 from infaas_cli.toolkit.profiler import profile_models
 from infaas_cli.toolkit.register import register_model
@@ -76,5 +76,28 @@ def test_removing_the_serving_version_warms_the_fallback_then_switches_then_drai
             assert (done["from_version"], done["to_version"], done["state"]) == (2, 1, "done")
             assert done["switched_at"] - done["started_at"] >= 0.9  # not before the 1 s load was over
             fake.wait_message("unload", lambda msg: msg.body.variant == old)
+        finally:
+            fake.kill()
+
+
+def test_a_fallback_not_warm_within_the_timeout_removes_nothing_and_the_route_stays(tmp_path, catalog):
+    """The version taking over loads for 3 s, the removal allows 0.5 s: it fails with the fix, version 2 is not
+    hidden and still answers, and the cancelled roll-out leaves the route on it."""
+    x = digits_x(1)
+    with start_master(tmp_path, catalog) as (master, client):
+        fake = FakeWorker(master.worker_endpoint, "fake-a", load_s=3.0, outputs=catalog_outputs(catalog.store))
+        try:
+            wait_for(lambda: client.status()["master"]["workers_alive"] == 1, 5.0)
+            old = client.query({"x": x}, model=MODEL).variant
+            assert old.startswith(f"{V2}/")
+            wait_for(lambda: client.status()["workers"][0]["variants"].get(old, {}).get("state") == "loaded", 8.0)
+            fix = r"not warm within 0.5 s, so nothing was removed.*--timeout-s"
+            with pytest.raises(QueryFailed, match=fix) as err:
+                client.remove([V2], drain=True, timeout_s=0.5)
+            assert err.value.code == "unavailable"
+            status = client.status()["master"]
+            assert status["removing"] == [] and status["versions"][MODEL]["rollout"]["state"] == "cancelled"
+            after = client.query({"x": x}, model=MODEL)
+            assert (after.version, after.variant) == (2, old)
         finally:
             fake.kill()
