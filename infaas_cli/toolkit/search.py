@@ -20,11 +20,12 @@ each predicted figure with a stated relative error:
 * **Choice** — anchors first: the reference configuration (the one other models measured most) at its smallest and
   largest batch size; then each recipe once (fewest threads, middle batch), unless the models like this one show
   it steady relative to the reference or never near the best; then, on a model slow enough for threads to matter,
-  each backend's first anchor again with the most threads (`thread_anchors`): how threads pay off depends on the
-  runtime and the model, and other models' predicted cells cannot say it (without it OpenVINO int8 at 2 threads,
-  1.4-1.5× faster on digits-cnn-l at batch 8 and 32, was predicted no faster than at 1). The measured ratio
-  predicts the backend's other recipes at that thread count. Then, while the budget (`DEFAULT_FRACTION` of the
-  cells, at least the anchors) lasts: first each decision selection would make — the fastest and the cheapest
+  each backend's first anchor again with the most threads, the fastest backend first (`thread_anchors`): how
+  threads pay off depends on the runtime and the model, and other models' predicted cells cannot say it (without
+  it OpenVINO int8 at 2 threads, 1.4-1.5× faster on digits-cnn-l at batch 8 and 32, was predicted no faster than
+  at 1). The measured ratio predicts the backend's other recipes at that thread count. Then, while the budget
+  (`DEFAULT_FRACTION` of the cells, at least the anchors) lasts: first each decision selection would make — the
+  fastest and the cheapest
   (threads × latency) configuration at each batch size for each accuracy floor — whose pick (as selection reads the
   figures) is predicted, that pick (`picks`: an optimistic prediction would otherwise win unmeasured); then the
   cells that may win such a decision, ranked by how far their optimistic figure (less its error) undercuts the
@@ -414,16 +415,18 @@ def _steady(g: Group, ref: Group, library: Mapping[str, Mapping[Cell, float]]) -
 
 
 def anchor_cells(space: Space, library: Mapping[str, Mapping[Cell, float]],
-                 similar: Iterable[str] | None = None, level_ms: float | None = None) -> list[Cell]:
+                 similar: Iterable[str] | None = None, level_ms: float | None = None,
+                 measured: Mapping[Cell, float] | None = None) -> list[Cell]:
     """What a search measures first: the reference configuration at its smallest and largest batch size (this
     model's level and batch curve); then, once those are measured and `similar` names the other models at this
     one's level, every other recipe once, with the fewest threads at the middle batch size (recipes differ most
     from model to model: int8 pays on some graphs, not on others) — unless its ratio to the reference is steady on
     the similar models, or it never came within `HOPELESS` of the best on them. A recipe no other model measured
     is measured once too (its level; its curve follows this model's, and verification measures it where it would
-    win). Where the first anchors' slowest figure (`level_ms`) reaches `THREAD_FLOOR_MS`, each backend's first
-    anchor again with the most threads (`thread_anchors`), while the anchors stay within `ANCHOR_SHARE` of the
-    cells. Other thread counts are left to the contenders."""
+    win). Once those are `measured`, where the first anchors' slowest figure (`level_ms`) reaches
+    `THREAD_FLOOR_MS`: the fastest backend's first anchor again with the most threads, then the other backends'
+    while the anchors stay within `ANCHOR_SHARE` of the cells (`thread_anchors`). Other thread counts are left to
+    the contenders."""
     ref = reference_group(space, library)
     sizes = space.batches[ref]
     cells = [(ref, sizes[0])] + ([(ref, sizes[-1])] if len(sizes) > 1 else [])
@@ -443,19 +446,23 @@ def anchor_cells(space: Space, library: Mapping[str, Mapping[Cell, float]],
             continue
         mine = space.batches[g]
         cells += [(g, mine[len(mine) // 2])]
-    if level_ms is not None and level_ms >= THREAD_FLOOR_MS:
-        extra = thread_anchors(space, cells)
+    measured = measured or {}
+    if level_ms is not None and level_ms >= THREAD_FLOOR_MS and all(c in measured for c in cells):
         room = int(ANCHOR_SHARE * len(space.cells)) - len(dict.fromkeys(cells))
-        cells += extra[:max(0, room)]
+        cells += thread_anchors(space, cells, measured)[:max(1, room)]
     return list(dict.fromkeys(cells))
 
 
-def thread_anchors(space: Space, anchors: list[Cell]) -> list[Cell]:
-    """Per backend, its first anchored configuration again with the most threads at the same batch size: how
-    threads pay off differs by runtime (OpenVINO's streams, ONNX Runtime's intra-op pool) and by model, and no
-    other model's predicted cells can say it."""
+def thread_anchors(space: Space, anchors: list[Cell], measured: Mapping[Cell, float]) -> list[Cell]:
+    """Per backend, its first anchored configuration again with the most threads at the same batch size, the
+    backend whose measured anchors ran fastest (per sample) first: how threads pay off differs by runtime
+    (OpenVINO's streams, ONNX Runtime's intra-op pool) and by model, and no other model's predicted cells can say
+    it."""
+    best: dict[str, float] = {}
+    for (g, b), ms in measured.items():
+        best[g[0]] = min(best.get(g[0], math.inf), ms / b)
     out, seen = [], set()
-    for g, b in anchors:
+    for g, b in sorted(anchors, key=lambda c: best.get(c[0][0], math.inf)):  # stable: each backend's first
         if g[0] in seen:
             continue
         seen.add(g[0])
@@ -525,6 +532,7 @@ class Search:
     def __post_init__(self) -> None:
         self.predictor = Predictor(self.library, self.library_predicted)
         self.failed: set[Cell] = set()  # cells whose measurement failed: not asked for again
+        self.anchored: set[Cell] = set()  # cells asked for as anchors
 
     def _anchors(self) -> list[Cell]:
         first = anchor_cells(self.space, self.library)
@@ -532,7 +540,9 @@ class Search:
             return first
         weights = self.predictor.similarity({c: math.log(ms) for c, ms in self.measured.items()})
         level = max(self.measured.get(c, 0.0) for c in first)
-        return anchor_cells(self.space, self.library, [n for n, w in weights.items() if w >= SIMILAR_WEIGHT], level)
+        done = {**self.measured, **{c: math.inf for c in self.failed}}  # a failed anchor counts as done
+        return anchor_cells(self.space, self.library, [n for n, w in weights.items() if w >= SIMILAR_WEIGHT], level,
+                            done)
 
     def next_cells(self, at_most: int = 4) -> list[Cell]:
         """The cells to measure next (empty: done). Anchors come first, all at once; then up to `at_most` predicted
@@ -540,9 +550,12 @@ class Search:
         session measures them). The budget stretches to the anchors; predicted picks may stretch it to `cap`."""
         anchors = self._anchors()
         spent = len(self.measured) + len(self.failed)
-        left = max(self.budget, len(anchors)) - spent
+        # The anchors stretch the budget. Which recipes they take can change as the first come in (which models
+        # are alike): those asked for already count beside the ones still to do.
+        left = max(self.budget, len(set(anchors) | self.anchored)) - spent
         todo = [c for c in anchors if c not in self.measured and c not in self.failed]
         if todo and left > 0:
+            self.anchored.update(todo[:left])
             return todo[:left]
         if not self.measured:
             return []

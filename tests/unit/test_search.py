@@ -190,13 +190,21 @@ def test_threads_are_anchored_per_backend_where_they_can_pay_and_their_ratio_car
     first = search.anchor_cells(sp, {})
     level = max(truth(*c) for c in first)
     assert level >= search.THREAD_FLOOR_MS
-    anchors = search.anchor_cells(sp, {}, similar=[], level_ms=level)
+    recipes = search.anchor_cells(sp, {}, similar=[], level_ms=level)
+    assert not [c for c in recipes if c[0][2] > 1]  # threads come once the recipes' anchors are measured
+    anchors = search.anchor_cells(sp, {}, similar=[], level_ms=level, measured={c: truth(*c) for c in recipes})
     threads = [c for c in anchors if c[0][2] > 1]
-    assert sorted(g[0] for g, _ in threads) == ["ort-cpu", "ov-cpu"]  # one per backend, at the most threads
+    assert [g[0] for g, _ in threads] == ["ov-cpu", "ort-cpu"]  # one per backend, the fastest first, most threads
     assert all(g[2] == 4 for g, _ in threads) and len(anchors) <= int(search.ANCHOR_SHARE * len(sp.cells))
     prediction = search.Predictor({}).predict(sp, {c: truth(*c) for c in anchors})
     other = next(g for g in groups if g[0] == "ov-cpu" and g[2] == 4 and not any(a[0] == g for a in anchors))
     assert prediction.ms[(other, 8)] == pytest.approx(truth(other, 8), rel=0.15)
     assert prediction.ms[(other, 8)] < prediction.ms[((other[0], other[1], 1), 8)] / 2
     # a model too quick for threads to matter spends nothing on them
-    assert not [c for c in search.anchor_cells(sp, {}, similar=[], level_ms=0.01) if c[0][2] > 1]
+    quick = search.anchor_cells(sp, {}, similar=[], level_ms=0.01, measured={c: truth(*c) for c in recipes})
+    assert not [c for c in quick if c[0][2] > 1]
+    # where the anchors already take their share, one thread anchor still: the fastest backend's
+    small = search.Space({g: (8,) for g in groups}, {g: 0.9 for g in groups})
+    first_small = search.anchor_cells(small, {}, similar=[], level_ms=level)
+    more = search.anchor_cells(small, {}, similar=[], level_ms=level, measured={c: truth(*c) for c in first_small})
+    assert [c for c in more if c not in first_small] == [(("ov-cpu", "bf16", 4), 8)]
