@@ -134,22 +134,19 @@ class Loading:
 
     def _drop_cached(self, digests: list[str]) -> None:
         in_use = self._artifacts_in_use()
-        dropped, freed = 0, 0
+        removed: list[tuple[str, int]] = []
         for sha in digests:
             if sha in in_use:
                 self.drop_later.add(sha)
                 continue
             self.drop_later.discard(sha)
-            path = self.cache.path(sha)
-            try:
-                if path.is_file():
-                    size = path.stat().st_size
-                    self.cache.remove(sha)
-                    dropped, freed = dropped + 1, freed + size
+            try:  # one at a time: a file that cannot go does not keep the others
+                removed += self.cache.collect_garbage(in_use, [sha])
             except OSError as exc:  # another worker sharing the cache removed it first, or it is not ours to delete
                 log.warning("could not drop cached artifact %s: %s", sha[:12], exc)
-        if dropped:
-            log.info("dropped %d cached artifact(s) no model uses any more, %d bytes", dropped, freed)
+        if removed:
+            log.info("dropped %d cached artifact(s) no model uses any more, %d bytes", len(removed),
+                     sum(size for _, size in removed))
 
     def _on_chunk(self, msg: protocol.Message) -> None:
         b: m.ArtifactChunkBody = msg.body
