@@ -41,7 +41,7 @@ Everything here is pure (no models run, no store): `profiler.profile_models(mode
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -472,29 +472,31 @@ def thread_anchors(space: Space, anchors: list[Cell], measured: Mapping[Cell, fl
     return out
 
 
-def contenders(space: Space, prediction: Prediction, slack: float = 1.0) -> dict[Cell, float]:
-    """Cells that win, or come within their error (× `slack`) of winning, a decision selection would make: the
-    fastest, and the cheapest (threads × latency), configuration at each batch size for each accuracy floor. The
-    value of a cell: the number of decisions it contends in, weighted by how close it comes."""
+def _decisions(space: Space, prediction: Prediction) -> Iterator[tuple[int, dict[Group, float]]]:
+    """The decisions selection would make — the fastest, and the cheapest (threads × latency), configuration at
+    each batch size for each accuracy floor — each as (batch size, the figure it ranks each candidate by)."""
     floors = sorted({a for a in space.accuracy.values() if a is not None}) or [None]
-    score: dict[Cell, float] = {}
-    sizes = sorted({b for bs in space.batches.values() for b in bs})
-    for b in sizes:
+    for b in sorted({b for bs in space.batches.values() for b in bs}):
         for floor in floors:
             groups = [g for g in space.batches if b in space.batches[g]
                       and (floor is None or (space.accuracy.get(g) is not None and space.accuracy[g] >= floor))]
-            if not groups:
-                continue
             for weight in (lambda g: 1.0, lambda g: float(g[2])):  # latency, and cost (price ∝ threads)
                 value = {g: weight(g) * prediction.ms[(g, b)] for g in groups if math.isfinite(prediction.ms[(g, b)])}
-                if not value:
-                    continue
-                # optimistic bound of each: its figure less its error; a contender can beat the best's pessimistic one
-                best_high = min(v * (1 + prediction.error.get((g, b), 0.0)) for g, v in value.items())
-                for g, v in value.items():
-                    low = v * max(0.1, 1 - slack * prediction.error.get((g, b), 0.0))
-                    if low <= best_high:  # how far below the best's pessimistic figure it may be
-                        score[(g, b)] = score.get((g, b), 0.0) + best_high / max(low, 1e-12)
+                if value:
+                    yield b, value
+
+
+def contenders(space: Space, prediction: Prediction, slack: float = 1.0) -> dict[Cell, float]:
+    """Cells that win, or come within their error (× `slack`) of winning, a decision selection would make
+    (`_decisions`). The value of a cell: the number of decisions it contends in, weighted by how close it comes."""
+    score: dict[Cell, float] = {}
+    for b, value in _decisions(space, prediction):
+        # optimistic bound of each: its figure less its error; a contender can beat the best's pessimistic one
+        best_high = min(v * (1 + prediction.error.get((g, b), 0.0)) for g, v in value.items())
+        for g, v in value.items():
+            low = v * max(0.1, 1 - slack * prediction.error.get((g, b), 0.0))
+            if low <= best_high:  # how far below the best's pessimistic figure it may be
+                score[(g, b)] = score.get((g, b), 0.0) + best_high / max(low, 1e-12)
     return score
 
 
@@ -502,18 +504,11 @@ def picks(space: Space, prediction: Prediction) -> list[Cell]:
     """The cell each decision of `contenders` goes to as selection reads the figures (a predicted one at its
     figure plus its error), the most-contested first: a predicted pick is the cell most worth measuring, since
     selection would act on it (a 9× optimistic prediction wins every decision at its batch size until measured)."""
-    floors = sorted({a for a in space.accuracy.values() if a is not None}) or [None]
     count: dict[Cell, int] = {}
-    for b in sorted({b for bs in space.batches.values() for b in bs}):
-        for floor in floors:
-            groups = [g for g in space.batches if b in space.batches[g]
-                      and (floor is None or (space.accuracy.get(g) is not None and space.accuracy[g] >= floor))]
-            for weight in (lambda g: 1.0, lambda g: float(g[2])):
-                value = {g: weight(g) * prediction.ms[(g, b)] * (1 + prediction.error.get((g, b), 0.0))
-                         for g in groups if math.isfinite(prediction.ms[(g, b)])}
-                if value:
-                    c = (min(value, key=lambda g: (value[g], g)), b)
-                    count[c] = count.get(c, 0) + 1
+    for b, value in _decisions(space, prediction):
+        read = {g: v * (1 + prediction.error.get((g, b), 0.0)) for g, v in value.items()}
+        c = (min(read, key=lambda g: (read[g], g)), b)
+        count[c] = count.get(c, 0) + 1
     return sorted(count, key=lambda c: (-count[c], c[1], c[0]))
 
 
