@@ -203,8 +203,9 @@ class Predictor:
             out[name] = math.exp(-0.5 * (level / LEVEL_SCALE) ** 2 - 0.5 * (rms / FIT_SCALE) ** 2) + 1e-6
         return out
 
-    def raw(self, space: Space, measured: Mapping[Cell, float]) -> dict[Cell, float]:
-        """Predicted p50 ms of every cell (measured ones as measured).
+    def raw(self, space: Space, measured: Mapping[Cell, float]) -> tuple[dict[Cell, float], dict[Cell, float]]:
+        """Predicted p50 ms of every cell (measured ones as measured), and each predicted cell's support: how alike
+        to this one the models behind its figure are (0 … 1).
 
         log L(g, b) = log L(a) + [C(b) - C(d)] + Δ, from a measured cell a = (h, d) of this model: C is this
         model's own batch curve (its best-measured configuration, interpolated in log-log, bent by the other
@@ -299,8 +300,7 @@ class Predictor:
         slowest = max(out.values())
         for c in space.cells:  # nothing bears on it (no configuration of its kind measured anywhere): pessimistic
             out.setdefault(c, slowest)
-        self.support = support
-        return {c: math.exp(v) for c, v in out.items()}
+        return {c: math.exp(v) for c, v in out.items()}, support
 
     @staticmethod
     def _affine(curve, overhead: float, level: float, d: int, b: int) -> float:
@@ -343,8 +343,7 @@ class Predictor:
 
     def predict(self, space: Space, measured: Mapping[Cell, float]) -> Prediction:
         """Every cell: measured ones as measured, the rest predicted with their stated relative error."""
-        raw = self.raw(space, measured)
-        support = self.support
+        raw, support = self.raw(space, measured)
         base = self.loo_error(space, measured)
         ms, error = {}, {}
         for c in space.cells:
@@ -369,7 +368,7 @@ class Predictor:
                 # would lack what every predicted cell has (the curve, its recipe's level), and overstate the error.
                 continue
             rest = {k: v for k, v in measured.items() if k != c}
-            guess = self.raw(space, rest)[c]
+            guess = self.raw(space, rest)[0][c]
             if math.isfinite(guess):
                 errors.append(abs(guess / measured[c] - 1.0))
         if len(errors) < 2:
