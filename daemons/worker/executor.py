@@ -16,6 +16,7 @@ import numpy as np
 import zmq
 
 from infaas_cli import protocol
+from infaas_cli.backends import pads_to_max_batch
 from infaas_cli.policy.batching import next_batch, run_inline, update_arrival_gap
 from infaas_cli.protocol.messages import ResultBody, VariantMetrics, VariantSpec
 from infaas_cli.settings import WorkerSettings
@@ -48,6 +49,7 @@ class LoadedVariant:
                  settings: WorkerSettings) -> None:
         self.spec = spec
         self.settings = settings
+        self.pads = pads_to_max_batch(spec.backend, spec.batch_dim)  # every batch padded to the max batch
         self.queue: collections.deque[QueuedQuery] = collections.deque()
         self.cond = threading.Condition()
         self.running = True
@@ -159,11 +161,11 @@ class LoadedVariant:
         started = time.monotonic()
         size = sum(q.batch for q in batch)
         try:
-            if spec.batch_dim == "none" or (len(batch) == 1 and (spec.batch_dim != "fixed" or size == spec.max_batch)):
+            if spec.batch_dim == "none" or (len(batch) == 1 and (not self.pads or size == spec.max_batch)):
                 feeds = batch[0].feeds  # one query: its inputs as they arrived, no copy
             else:
                 feeds = {name: np.concatenate([q.feeds[name] for q in batch], axis=0) for name in batch[0].feeds}
-                if spec.batch_dim == "fixed" and size < spec.max_batch:  # pad to the fixed batch
+                if self.pads and size < spec.max_batch:  # pad to the one batch size it runs
                     feeds = {k: np.concatenate([v, np.repeat(v[-1:], spec.max_batch - size, axis=0)])
                              for k, v in feeds.items()}
             outputs = runner.run(feeds)

@@ -15,7 +15,7 @@ import psutil
 import zmq
 
 from infaas_cli import protocol
-from infaas_cli.backends import backend as backend_named
+from infaas_cli.backends import backend as backend_named, pads_to_max_batch
 from infaas_cli.catalog.artifacts import sha256_file
 from infaas_cli.errors import wire_error
 from infaas_cli.policy.eviction import Resident, plan_eviction
@@ -189,7 +189,10 @@ class Loading:
             runner = backend_named(spec.backend).load(self.cache.verify(spec.artifact_sha256), spec.recipe,
                                                       spec.threads)
             inputs = self._input_specs(spec)
-            warm = synthetic_inputs(inputs, spec.batch_dim, 1)
+            # Warmed at the one batch size it will run if it pads (a fixed-batch model refuses another; a fixed-shape
+            # backend pays its first run of a shape here, not on a query), else at 1.
+            warm = synthetic_inputs(inputs, spec.batch_dim,
+                                    spec.max_batch if pads_to_max_batch(spec.backend, spec.batch_dim) else 1)
             runner.run({k: v[0] for k, v in warm.items()} if spec.batch_dim == "none" else warm)
             load_ms = (time.monotonic() - started) * 1e3
             token = uuid.uuid4().hex

@@ -13,7 +13,7 @@ import psutil
 import zmq
 
 from infaas_cli import protocol
-from infaas_cli.backends import backend as backend_named
+from infaas_cli.backends import backend as backend_named, pads_to_max_batch
 from infaas_cli.errors import InfaasError, wire_error
 from infaas_cli.policy.drift import DriftConfig, can_reprofile
 from infaas_cli.protocol import messages as m
@@ -57,7 +57,7 @@ class Reprofiling:
         ok, why = can_reprofile(self._queued(), 0.0, self.cores, REPROFILE_LIMITS)
         if not ok:
             raise Busy(f"{self.worker_id} is busy ({why}); try re-profiling {spec.name} later")
-        sizes = [spec.max_batch] if spec.batch_dim != "dynamic" else \
+        sizes = [spec.max_batch] if spec.batch_dim != "dynamic" or pads_to_max_batch(spec.backend, spec.batch_dim) else \
             sorted({s for s in b.batch_sizes if s <= spec.max_batch})
         if not sizes:
             raise protocol.ProtocolError("bad_request", f"none of the batch sizes {b.batch_sizes} fits "
@@ -89,6 +89,8 @@ class Reprofiling:
                 log.info("re-profiling %s stopped: %s", spec.name, reason)
                 msg = protocol.error(code, f"re-profiling {spec.name} on {self.worker_id}: {reason}", request_id,
                                      variant=spec.name, worker_id=self.worker_id)
+            # Free before the answer leaves: its reader may ask for the next re-profile at once (it was told busy).
+            self._reprofiling = None
             push.send_multipart([_RESULT, *protocol.encode(msg)])
         finally:
             self._reprofiling = None

@@ -39,6 +39,12 @@ def backend(name: str) -> Backend:
     raise NotFoundError(f"unknown backend '{name}' (known: {', '.join(b.name for b in all_backends())})")
 
 
+def pads_to_max_batch(backend_name: str, batch_dim: str) -> bool:
+    """Whether a variant runs every batch padded to its max batch: a fixed-batch model's always, a dynamic one's on
+    a fixed-shape backend (`Backend.fixed_shape`)."""
+    return batch_dim == "fixed" or (batch_dim == "dynamic" and backend(backend_name).fixed_shape)
+
+
 def advertised_keys() -> list[str]:
     """The placement keys this host provides: each available backend, and its capability keys (what a worker
     advertises to the master)."""
@@ -54,4 +60,4 @@ def provided_by(b: Backend, available: bool | None = None) -> list[str] | None:
 
 
 __all__ = ["BACKENDS", "Availability", "Backend", "BuildInput", "Recipe", "Runner", "Skipped", "advertised_keys",
-           "all_backends", "backend", "provided_by"]
+           "all_backends", "backend", "pads_to_max_batch", "provided_by"]

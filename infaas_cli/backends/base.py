@@ -56,6 +56,10 @@ class Runner(Protocol):
 class Backend(ABC):
     name: str  # e.g. "ort-cpu"; the first part of a variant's suffix
     hardware: str  # "cpu", "gpu" or "inferentia"
+    #: Its sessions run one input shape: a worker pads every batch to the variant's max batch (as for a fixed-batch
+    #: model), and the variant is profiled, and so predicted, at its max batch only. For runtimes to which a change
+    #: of input shape costs far more than the rows padding adds (see OrtCudaBackend).
+    fixed_shape: bool = False
 
     @abstractmethod
     def availability(self) -> Availability:

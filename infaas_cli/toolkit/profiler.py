@@ -25,7 +25,7 @@ import numpy as np
 import psutil
 
 from infaas_cli import config
-from infaas_cli.backends import backend as backend_named
+from infaas_cli.backends import backend as backend_named, pads_to_max_batch
 from infaas_cli.errors import InfaasError
 from infaas_cli.toolkit import search
 from infaas_cli.toolkit.generate import load_model_validation
@@ -59,8 +59,8 @@ PROFILE_MODES = ("exhaustive", "search", "auto")
 
 
 def batch_sizes_for(variant: VariantRecord, model: ModelRecord, requested: Sequence[int]) -> list[int]:
-    if model.batch_dim != "dynamic":
-        return [variant.max_batch]  # a fixed-batch model only ever runs at its batch size
+    if model.batch_dim != "dynamic" or pads_to_max_batch(variant.backend, model.batch_dim):
+        return [variant.max_batch]  # it only ever runs at its max batch (padded), or one sample at a time
     return sorted({b for b in requested if 1 <= b <= variant.max_batch})
 
 
