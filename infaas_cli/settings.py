@@ -38,6 +38,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: A daemon's --log-file rotates at this size and keeps this many old files: at most 4 × 10 MiB per daemon.
 LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 3
+#: The most freed artifacts a master remembers for workers that were away (master.artifact_tombstones_max): each
+#: is one small record in its store and one digest in a returning worker's `drop_artifacts`.
+MAX_ARTIFACT_TOMBSTONES = 1_000_000
 
 #: Historical environment variables, still honoured (the canonical INFAAS_<SECTION>_<KEY> wins over them).
 ENV_ALIASES = {
@@ -117,6 +120,9 @@ class MasterSettings:
     min_loaded: dict[str, int] = field(default_factory=dict)
     rollout_warm_timeout_s: float = 60.0  # a roll-out switches after this even if the new version is not warm yet
     rollout_drain_timeout_s: float = 60.0  # …and unloads the old one after this even with queries in flight
+    #: Artifacts a removal's sweep freed, remembered (in data_dir) to drop from the cache of a worker that was away
+    #: then, when it registers or comes back; past this many the oldest are forgotten (0: none remembered).
+    artifact_tombstones_max: int = 10_000
     log_level: str = "INFO"
     log_max_bytes: int = LOG_MAX_BYTES  # a --log-file rotates at this size (the gateway's too)
     log_backups: int = LOG_BACKUPS  # rotated files kept beside it (FILE.1 … FILE.N)
@@ -145,6 +151,8 @@ class MasterSettings:
                f"must be a size in MiB from 0 (no cache unless a model sets register --cache-mib) to {MAX_CACHE_MIB}")
         _check(self.rollout_warm_timeout_s > 0, "master.rollout_warm_timeout_s", "must be > 0 seconds, e.g. 60")
         _check(self.rollout_drain_timeout_s > 0, "master.rollout_drain_timeout_s", "must be > 0 seconds, e.g. 60")
+        _check(0 <= self.artifact_tombstones_max <= MAX_ARTIFACT_TOMBSTONES, "master.artifact_tombstones_max",
+               f"must be a count from 0 (forget freed artifacts at once) to {MAX_ARTIFACT_TOMBSTONES}")
         _check(self.log_level.upper() in LOG_LEVELS, "master.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         _check_log_rotation("master", self.log_max_bytes, self.log_backups)
         for name, replicas in self.min_loaded.items():

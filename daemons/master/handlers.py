@@ -420,6 +420,7 @@ class WorkerHandlers:
         log.info("worker %s registered (%s cores, backends %s)", worker_id, b.hardware.cores, ",".join(b.backends))
         self._send_worker(identity, protocol.Message(
             "registered", m.RegisteredBody(heartbeat_interval_s=self.heartbeat_interval_s), id=msg.id))
+        self._step(self._drop_tombstoned, entry)  # what removals freed while it was away (lifecycle.py)
 
     def _known(self, identity: bytes, worker_id: str, msg: protocol.Message) -> WorkerEntry | None:
         entry = self.workers.get(worker_id)
@@ -434,9 +435,10 @@ class WorkerHandlers:
             return
         metrics: m.WorkerMetrics = msg.body.metrics
         was_alive, before = entry.alive, entry.metrics
+        entry.alive = True
         if not was_alive:
             log.info("worker %s is back", worker_id)
-        entry.alive = True
+            self._step(self._drop_tombstoned, entry)  # removals may have swept while it was dead (lifecycle.py)
         entry.metrics = metrics
         in_flight: dict[str, int] = collections.Counter()
         for rid in entry.inflight:

@@ -4,6 +4,10 @@ removals (`infaas remove`: stop routing, drain, unload everywhere, then forget w
 A pin is desired state: the control tick reconciles the workers toward it (re-sending a load a restarted worker
 lost, re-placing a copy whose worker died), so a lost message is repaired on the next tick. Autoscaling reads
 `pinned_replicas` and never unloads, switches or cuts a pinned copy; the worker, told `pinned`, never evicts it.
+
+The artifacts a removal's sweep freed are told to the live workers at once, and kept as tombstones (in the master's
+store, bounded by `master.artifact_tombstones_max`) for those away at the time: a worker that registers or comes back
+from the dead is told them too, less what the catalog needs again. Only digests this master freed are ever named.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infaas_cli import protocol
-from infaas_cli.catalog.records import ModelRecord, PinRecord, VariantRecord
+from infaas_cli.catalog.records import ModelRecord, PinRecord, TombstoneRecord, VariantRecord
+from infaas_cli.catalog.store import MetadataStore
 from infaas_cli.errors import InfaasError
 from infaas_cli.policy.placement import need_of, place
 from infaas_cli.protocol import messages as m
@@ -55,6 +60,63 @@ class _Drain:
     held_on: list[str] = field(default_factory=list)  # the workers holding them when the removal began
 
 
+class ArtifactTombstones:
+    """The artifacts this master's own sweeps freed, oldest first, kept in its store so that a restart remembers them:
+    what a worker away during a removal (dead, partitioned, stopped: its cache outlives it) is told to drop when it
+    comes back. Past `limit` the oldest are forgotten; a worker away that long keeps those files, as it did before
+    tombstones. A digest the catalog needs again (re-pushed) leaves the list."""
+
+    def __init__(self, store: MetadataStore, limit: int) -> None:
+        self.store, self.limit = store, limit
+        records = sorted(store.scan(TombstoneRecord), key=lambda r: (r.freed_at, r.sha256))
+        self.freed: dict[str, float] = {r.sha256: r.freed_at for r in records}  # sha256 -> when freed, oldest first
+        self._forget(self._over_limit())  # a lower limit than the last run's
+
+    def add(self, digests: Iterable[str], now: float) -> None:
+        """Remember `digests` as freed `now` (the newest), forgetting the oldest past the limit."""
+        stored = set(self.freed)
+        new = list(dict.fromkeys(digests))
+        for sha in new:
+            self.freed.pop(sha, None)
+            self.freed[sha] = now
+        over = self._over_limit()
+        for sha in over:
+            del self.freed[sha]
+        with self.store.transaction() as txn:
+            for sha in new:
+                if sha in self.freed:
+                    txn.put(TombstoneRecord(sha, now))
+            for sha in over:
+                if sha in stored:
+                    txn.delete(TombstoneRecord.table, sha)
+
+    def revive(self, needed: set[str]) -> list[str]:
+        """Forget the tombstones of digests the catalog uses again (a model re-pushed); those forgotten."""
+        back = sorted(needed & self.freed.keys())
+        for sha in back:
+            del self.freed[sha]
+        self._forget_stored(back)
+        return back
+
+    def pending(self, needed: set[str]) -> list[str]:
+        """The digests to tell a returning worker to drop: every tombstone the catalog does not need, oldest first."""
+        return [sha for sha in self.freed if sha not in needed]
+
+    def _over_limit(self) -> list[str]:
+        return list(self.freed)[:max(0, len(self.freed) - self.limit)]
+
+    def _forget(self, digests: list[str]) -> None:
+        for sha in digests:
+            del self.freed[sha]
+        self._forget_stored(digests)
+
+    def _forget_stored(self, digests: list[str]) -> None:
+        if digests:
+            with self.store.transaction() as txn:
+                for sha in digests:
+                    txn.delete(TombstoneRecord.table, sha)
+
+
 class Lifecycle:
     """Pins and removals, mixed into the Master: its loop advances drains on the liveness tick and reconciles
     pins on the control tick (every heartbeat interval)."""
@@ -71,6 +133,9 @@ class Lifecycle:
             self.pinned[record.variant] = Pin(record.variant, record.replicas, record.worker)
         if self.pinned:
             log.info("pins restored from the master's store: %s", ", ".join(sorted(self.pinned)))
+        self.tombstones = ArtifactTombstones(self.store, self.settings.artifact_tombstones_max)
+        if self.tombstones.freed:  # a crash between a re-push and forgetting its tombstones is repaired here
+            self.tombstones.revive(self.catalog.needed_artifacts())
 
     # -- what other parts ask ----------------------------------------------------------------------------
     def pinned_replicas(self, variant: str, worker_id: str) -> int:
@@ -401,6 +466,9 @@ class Lifecycle:
         known = {rec.name for rec in self.store.models()}
         self.removing -= put_models
         self.removing &= known
+        revived = self.tombstones.revive(needed)
+        if revived:
+            log.info("%d freed artifact(s) are used again: no returning worker is told to drop them", len(revived))
         if not deleted:
             return
         variants = self.store.variants()
@@ -417,15 +485,31 @@ class Lifecycle:
         removed = self.artifacts.collect_garbage(needed)
         if removed:
             log.info("collected %d unused artifact(s), %d bytes", len(removed), sum(size for _, size in removed))
-            self._drop_cached([sha for sha, _ in removed])
+            digests = [sha for sha, _ in removed]
+            self.tombstones.add(digests, time.time())  # for the workers away now
+            self._drop_cached(digests)
 
     def _drop_cached(self, digests: list[str]) -> None:
         """Tell every live worker to delete its cached copies of `digests`: a worker fetched each of them from this
         master's store, so what the master's sweep freed is what the workers may still hold (one that evicted the
         variant long ago too, so every live worker is told, not only those that held it)."""
         for w in self.workers.values():
-            if not w.alive:
-                continue
-            for start in range(0, len(digests), m.MAX_ENTRIES):
-                body = m.DropArtifactsBody(artifacts=digests[start:start + m.MAX_ENTRIES])
-                self._send_worker(w.identity, protocol.Message("drop_artifacts", body))
+            if w.alive:
+                self._send_drops(w, digests)
+
+    def _drop_tombstoned(self, w) -> None:
+        """A worker registered or came back from the dead: it may have been away when a sweep freed artifacts it
+        caches (its cache outlives it), so it is told every tombstone the catalog does not need now. Digests it never
+        cached cost it a look-up; one a variant it still runs uses waits for that variant's unload."""
+        if not self.tombstones.freed:
+            return
+        digests = self.tombstones.pending(self.catalog.needed_artifacts())
+        if digests:
+            self._send_drops(w, digests)
+            log.info("told %s to drop %d artifact(s) freed by earlier removals, should it still cache them",
+                     w.worker_id, len(digests))
+
+    def _send_drops(self, w, digests: list[str]) -> None:
+        for start in range(0, len(digests), m.MAX_ENTRIES):
+            body = m.DropArtifactsBody(artifacts=digests[start:start + m.MAX_ENTRIES])
+            self._send_worker(w.identity, protocol.Message("drop_artifacts", body))

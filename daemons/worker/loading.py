@@ -134,12 +134,17 @@ class Loading:
 
     def _drop_cached(self, digests: list[str]) -> None:
         in_use = self._artifacts_in_use()
+        # One listing of the cache, not a look-up per digest: on registering, a worker is told every artifact the
+        # master's removals freed (up to master.artifact_tombstones_max), most of which it never cached.
+        held = set(self.cache.digests())
         removed: list[tuple[str, int]] = []
         for sha in digests:
             if sha in in_use:
                 self.drop_later.add(sha)
                 continue
             self.drop_later.discard(sha)
+            if sha not in held:
+                continue
             try:  # one at a time: a file that cannot go does not keep the others
                 removed += self.cache.collect_garbage(in_use, [sha])
             except OSError as exc:  # another worker sharing the cache removed it first, or it is not ours to delete

@@ -273,6 +273,22 @@ class PinRecord(Record):
 
 
 @dataclass
+class TombstoneRecord(Record):
+    """On a master: an artifact its own sweep freed after a removal, kept so that a worker away at the time (dead,
+    partitioned, stopped) is told to drop its cached copy when it comes back. Only what the master itself freed is
+    ever named: a master that merely does not know a digest (a fresh one, before a push) drops nothing."""
+
+    table: ClassVar[str] = "artifact_tombstones"
+
+    sha256: str
+    freed_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return self.sha256
+
+
+@dataclass
 class VersionPolicyRecord(Record):
     """Which versions of a model answer the queries naming it or its task (policy/versions.py): `latest` (the
     default when none is stored), `pinned` `version`, or `canary` `version` for `percent` % of them. Replicated, so
@@ -298,7 +314,7 @@ class VersionPolicyRecord(Record):
 
 RECORD_TYPES: dict[str, type[Record]] = {
     cls.table: cls for cls in (ModelRecord, VariantRecord, ProfileRecord, ArtifactRecord, ReplicationRecord,
-                               ProfileHistoryRecord, PinRecord, VersionPolicyRecord)
+                               ProfileHistoryRecord, PinRecord, VersionPolicyRecord, TombstoneRecord)
 }
 #: Tables a source store may replicate to a master (never the master's own bookkeeping).
 REPLICATED_TABLES = ("models", "variants", "profiles", "artifacts", "profile_history", "version_policies")
