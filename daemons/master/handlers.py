@@ -438,7 +438,7 @@ class WorkerHandlers:
         entry.alive = True
         if not was_alive:
             log.info("worker %s is back", worker_id)
-            self._step(self._drop_tombstoned, entry)  # removals may have swept while it was dead (lifecycle.py)
+            self._step(self._came_back, entry, metrics)  # removals may have happened while it was dead (lifecycle.py)
         entry.metrics = metrics
         in_flight: dict[str, int] = collections.Counter()
         for rid in entry.inflight:

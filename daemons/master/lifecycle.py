@@ -497,6 +497,18 @@ class Lifecycle:
             if w.alive:
                 self._send_drops(w, digests)
 
+    def _came_back(self, w, metrics: m.WorkerMetrics) -> None:
+        """A worker declared dead is heard from again (a partition healed): removals may have happened meanwhile.
+        What it still runs of variants the catalog no longer has is unloaded (nothing routes to them, and autoscaling
+        only weighs catalogued variants, so they would stay loaded for good), then it is told what the sweeps freed
+        (an artifact one of those variants uses goes at its unload)."""
+        names = {v.name for v in self.store.variants()}
+        gone = sorted(v for v in metrics.variants if v not in names)
+        if gone:
+            self._unload_on(w, gone)
+            log.info("unload %s on %s: removed from the catalog while it was away", ", ".join(gone), w.worker_id)
+        self._drop_tombstoned(w)
+
     def _drop_tombstoned(self, w) -> None:
         """A worker registered or came back from the dead: it may have been away when a sweep freed artifacts it
         caches (its cache outlives it), so it is told every tombstone the catalog does not need now. Digests it never

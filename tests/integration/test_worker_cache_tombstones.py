@@ -135,10 +135,11 @@ class FakeWorker:
                                              hardware=m.Hardware(cores=1, memory_bytes=1 << 30)))
         return self.sync()
 
-    def heartbeat(self) -> list[protocol.Message]:
-        """A heartbeat holding nothing; what the master sent since."""
+    def heartbeat(self, *loaded: str) -> list[protocol.Message]:
+        """A heartbeat holding `loaded` (variant names); what the master sent since."""
         self.send("heartbeat", m.HeartbeatBody(worker_id=self.worker_id, metrics=m.WorkerMetrics(
-            cores=1, free_cores=1, free_memory_bytes=1 << 30)))
+            cores=1, free_cores=1, free_memory_bytes=1 << 30,
+            variants={name: m.VariantMetrics(state="loaded") for name in loaded})))
         return self.sync()
 
     def sync(self) -> list[protocol.Message]:
@@ -232,7 +233,9 @@ def test_a_worker_declared_dead_and_heard_from_again_is_told_what_was_freed_mean
             wait_for(lambda: alive(client) == 0, 10.0)  # silent: declared dead
             remove_and_push(client, catalog, [OTHER], drain=False)
             assert drops(fake.sync()) == []  # the sweep is sent to live workers only
-            assert own in drops(fake.heartbeat())  # back: told at once
-            assert drops(fake.heartbeat()) == []  # once
+            back = fake.heartbeat(OTHERS, MINE)  # back, still running the removed variant and a kept one
+            assert own in drops(back)  # told at once
+            assert [msg.body.variant for msg in back if msg.type == "unload"] == [OTHERS]  # nothing routes there now
+            assert drops(fake.heartbeat(MINE)) == []  # once
         finally:
             fake.close()
