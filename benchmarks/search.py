@@ -225,6 +225,8 @@ class Judge:
                 if r is not None:
                     r50 = judge(self.bf50, index, self.cluster, q)
                     results.append({**r, "ok_p50": r50["ok"], "ratio_p50": r50["ratio"]})
+            for r in results:  # how the search knew the pick and the best: measured, or predicted (and its figure)
+                r.update(searched_figures(profiles, r))
             classes += results
             errors, covered = [], []
             for p in profiles:
@@ -237,8 +239,10 @@ class Judge:
                    "within_5pct": sum(r["ok"] for r in results), "within_5pct_p50": sum(r["ok_p50"] for r in results),
                    "median_prediction_error": float(np.median(errors)) if errors else None,
                    "within_stated_error": float(np.mean(covered)) if covered else None}
-            if per_model is not None:
+            if per_model is not None:  # a search's: which cells it measured (configuration@batch), to analyse misses
                 m = per_model[name]
+                row["measured_cells"] = sorted({f"{p.variant.rsplit('-b', 1)[0]}@{b}" for p in profiles
+                                                if p.model == name for b, s in p.batches.items() if not is_predicted(s)})
                 row.update(measured=m["measured"], measured_fraction=m["measured"] / total if total else 0.0,
                            search_s=m["seconds"], failed=m["failed"])
             rows.append(row)
@@ -253,6 +257,18 @@ class Judge:
             overall["target_met"] = (overall["measured_fraction"] <= TARGET_MEASURED
                                      and overall["within_5pct_fraction"] >= 1.0)
         return rows, {"overall": overall, "models": rows, "classes": classes}
+
+
+def searched_figures(profiles: list[ProfileRecord], row: dict) -> dict:
+    """The search's own figures of a class's pick and brute-force best at its batch size (p95 as selection reads
+    it, predicted error included; whether measured), to tell a miss on a figure never measured from a misread one."""
+    out = {}
+    for role in ("best", "pick"):
+        stats = next((p.batches.get(str(row["batch_size"])) for p in profiles if p.variant == row[role]), None)
+        if stats is not None:
+            out[f"{role}_measured"] = not is_predicted(stats)
+            out[f"{role}_search_p95"] = stats["p95_ms"] * (1 + (stats.get("predicted_error") or 0.0))
+    return out
 
 
 def _pct(value) -> str:

@@ -208,3 +208,52 @@ def test_threads_are_anchored_per_backend_where_they_can_pay_and_their_ratio_car
     first_small = search.anchor_cells(small, {}, similar=[], level_ms=level)
     more = search.anchor_cells(small, {}, similar=[], level_ms=level, measured={c: truth(*c) for c in first_small})
     assert [c for c in more if c not in first_small] == [(("ov-cpu", "bf16", 4), 8)]
+
+
+def test_predicted_picks_are_verified_once_the_anchors_have_spent_the_budget():
+    """On every model of the benchmark the anchors alone exceed `DEFAULT_FRACTION` of the cells: the search used to
+    stop there, its predicted picks never measured. It now measures them while the model's measured cells stay
+    within `VERIFY_SHARE` of its cells (`cap` left at 0); a cap no larger than the anchors stops at the anchors."""
+    sizes = (1, 2, 4, 8, 16, 32, 64)
+
+    def tab(level: float, int8_t2: float) -> dict[search.Cell, float]:
+        t2 = {"fp32": 0.7, "int8": int8_t2, "bf16": 0.7}
+        # × 0.002: quick enough that the search anchors no thread count
+        return {(g, b): 0.002 * (0.02 + level * SPEED[g[1]] * b * (t2[g[1]] if g[2] == 2 else 1.0))
+                for g in GROUPS for b in sizes}
+
+    library = {"a": tab(1.0, 0.05), "b": tab(2.0, 0.05)}
+    truth = tab(1.5, 2.0)
+    sp = search.Space({g: sizes for g in GROUPS}, {g: 0.9 for g in GROUPS})
+    anchors = search.anchor_cells(sp, library, similar=list(library))
+    verify = search.budget_for(sp, search.VERIFY_SHARE)
+    budget = 1  # less than the anchors, as `DEFAULT_FRACTION` is on the benchmark's models
+    assert budget < len(anchors) < verify
+
+    def run(cap: int) -> list[search.Cell]:
+        asked: list[search.Cell] = []
+
+        def measure(cells):
+            asked.extend(cells)
+            return {c: truth[c] for c in cells}
+        search.run_search(sp, library, budget, measure, cap=cap)
+        return asked
+
+    asked = run(0)
+    assert sorted(asked[:len(anchors)]) == sorted(anchors) and len(asked) == len(set(asked)) == verify
+    before = search.Predictor(library).predict(sp, {c: truth[c] for c in anchors})
+    assert set(asked[len(anchors):]) <= set(search.picks(sp, before))  # what selection would have acted on
+    assert sorted(run(len(anchors))) == sorted(anchors)
+
+
+def test_a_backend_hopelessly_slower_than_the_fastest_gets_no_thread_anchor():
+    """ONNX Runtime ran 3.5× OpenVINO int8's time on digits-cnn-l: how its threads pay off decides nothing there,
+    and its thread anchor is a cell better spent verifying a predicted pick. The fastest backend keeps its own."""
+    backends = ("ort-cpu", "ov-cpu")
+    groups = [(backend, r, t) for backend in backends for r in ("fp32", "int8") for t in (1, 2)]
+    sp = search.Space({g: SIZES for g in groups}, {g: 0.9 for g in groups})
+    anchors = [((b, "fp32", 1), 8) for b in backends]
+    for ratio, kept in ((1.0 / (search.HOPELESS + 0.5), ["ov-cpu"]),
+                        (1.0 / (search.HOPELESS - 0.5), ["ov-cpu", "ort-cpu"])):
+        measured = {((b, "fp32", 1), 8): 1.0 if b == "ort-cpu" else ratio for b in backends}  # OpenVINO: faster
+        assert [g[0] for g, _ in search.thread_anchors(sp, anchors, measured)] == kept, ratio
