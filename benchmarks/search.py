@@ -23,7 +23,10 @@ Two evaluations of the same search code (`profile_models(mode="search")`, `toolk
   noise alone moves a pick by more than 5 %.
 
 Target (issue 12): the search's pick within 5 % of the brute-force best for every SLO class while measuring ≤ 15 %
-of the (configuration, batch size) cells. Prints a table and writes JSON.
+of the (configuration, batch size) cells. Beside that strict score, each class is also judged by each brute-force
+round alone (its own best, its own figures): a pick most rounds find within 5 % of their best is as good as brute
+force itself can tell on this machine. The rounds' figures are kept in the JSON (`judge_round_figures`), so a
+replay of a stored table scores both. Prints a table and writes JSON.
 
     python benchmarks/search.py [--quick | --budget-ms MS] [--rounds N] [--replay]
                                 [--output benchmarks/results/search.json]
@@ -171,12 +174,39 @@ def table_row(p: ProfileRecord) -> dict:
             "batches": {b: {k: stats[k] for k in keep} for b, stats in p.batches.items()}}
 
 
-def stored_table(path: Path) -> list[ProfileRecord]:
-    """The judge's table an earlier run wrote (`judge_table`), as this host's profiles."""
+def stored_table(path: Path) -> tuple[list[ProfileRecord], list[list[ProfileRecord]]]:
+    """The judge's table an earlier run wrote (`judge_table`), as this host's profiles, and its rounds (none from
+    runs that did not keep them)."""
     hw = host_hardware()
-    return [ProfileRecord(**{**row, "hardware": hw,
-                             "hardware_id": hardware_id(row["hardware_id"].split("-", 1)[0], hw)})
-            for row in json.loads(path.read_text())["judge_table"]]
+    stored = json.loads(path.read_text())
+    table = [ProfileRecord(**{**row, "hardware": hw,
+                              "hardware_id": hardware_id(row["hardware_id"].split("-", 1)[0], hw)})
+             for row in stored["judge_table"]]
+    return table, [from_figures(table, r) for r in stored.get("judge_round_figures", [])]
+
+
+#: A round's figures as the JSON keeps them (compact: per configuration and batch size, these two, 4 digits; the
+#: others are the judge's).
+ROUND_FIGURES = ("p50_ms", "p95_ms")
+
+
+def round_figures(profiles: list[ProfileRecord]) -> dict:
+    out: dict = {}
+    for p in profiles:  # variants differing only by max batch share their cells
+        row = out.setdefault(p.variant.rsplit("-b", 1)[0], {})
+        for b, s in p.batches.items():
+            row[b] = " ".join(f"{s[k]:.4g}" for k in ROUND_FIGURES)
+    return out
+
+
+def from_figures(table: list[ProfileRecord], figures: dict) -> list[ProfileRecord]:
+    """A round's profiles: the judge's table with the round's own figures."""
+    out = []
+    for p in table:
+        row = figures.get(p.variant.rsplit("-b", 1)[0], {})
+        out.append(dataclasses.replace(p, batches={
+            b: {**s, **dict(zip(ROUND_FIGURES, map(float, row[b].split())))} for b, s in p.batches.items() if b in row}))
+    return out
 
 
 def median_of(rounds: list[list[ProfileRecord]]) -> list[ProfileRecord]:
@@ -201,11 +231,14 @@ class Judge:
     within 5 % of the brute-force best (by p95, as selection reads it, and by p50), and how good the predictions
     are."""
 
-    def __init__(self, names, models, variants, bf_profiles) -> None:
+    def __init__(self, names, models, variants, bf_profiles, rounds: list[list[ProfileRecord]] = ()) -> None:
         self.names, self.models, self.variants = names, models, variants
         self.prices = load_prices()
         self.bf_profiles = bf_profiles
         self.bf = build_index(models, variants, bf_profiles, self.prices)
+        # Each brute-force round on its own: a pick most rounds judge within 5 % of their own best is as good as
+        # brute force can tell apart on this machine (one round alone does not reproduce another within 5 %).
+        self.round_indexes = [build_index(models, variants, r, self.prices) for r in rounds] if len(rounds) > 1 else []
         self.bf50 = build_index(models, variants, as_p50(bf_profiles), self.prices)
         self.truth = {(p.variant, b): s["p50_ms"] for p in bf_profiles for b, s in p.batches.items()}
         self.cluster = ClusterSnapshot([WorkerState(
@@ -215,6 +248,9 @@ class Judge:
 
     def __call__(self, profiles: list[ProfileRecord], per_model: dict | None = None) -> tuple[list[dict], dict]:
         index = build_index(self.models, self.variants, profiles, self.prices)
+        # Judged by p50, selection reads p50 too: a cost class's bound (1.5x the fastest's p50) against p95 figures
+        # found no pick at all on models whose p95 is 1.5x their p50, whatever the search had measured.
+        index50 = build_index(self.models, self.variants, as_p50(profiles), self.prices)
         rows, classes = [], []
         for name in self.names:
             total = cells([p for p in self.bf_profiles if p.model == name])
@@ -223,8 +259,12 @@ class Judge:
             for q in slo_classes(self.bf, name, accuracy):
                 r = judge(self.bf, index, self.cluster, q)
                 if r is not None:
-                    r50 = judge(self.bf50, index, self.cluster, q)
-                    results.append({**r, "ok_p50": r50["ok"], "ratio_p50": r50["ratio"]})
+                    r50 = judge(self.bf50, index50, self.cluster, q)
+                    r.update(ok_p50=r50["ok"], ratio_p50=r50["ratio"])
+                    if self.round_indexes:
+                        votes = sum(judge(ri, index, self.cluster, q)["ok"] for ri in self.round_indexes)
+                        r.update(rounds_ok=votes, ok_rounds=2 * votes > len(self.round_indexes))
+                    results.append(r)
             for r in results:  # how the search knew the pick and the best: measured, or predicted (and its figure)
                 r.update(searched_figures(profiles, r))
             classes += results
@@ -237,12 +277,14 @@ class Judge:
                         covered.append(err <= s["predicted_error"])
             row = {"model": name, "cells": total, "classes": len(results),
                    "within_5pct": sum(r["ok"] for r in results), "within_5pct_p50": sum(r["ok_p50"] for r in results),
+                   "within_5pct_rounds": sum(r.get("ok_rounds", False) for r in results),
                    "median_prediction_error": float(np.median(errors)) if errors else None,
                    "within_stated_error": float(np.mean(covered)) if covered else None}
             if per_model is not None:  # a search's: which cells it measured (configuration@batch), to analyse misses
                 m = per_model[name]
-                row["measured_cells"] = sorted({f"{p.variant.rsplit('-b', 1)[0]}@{b}" for p in profiles
-                                                if p.model == name for b, s in p.batches.items() if not is_predicted(s)})
+                row["measured_cells"] = sorted({f"{p.variant.rsplit('-b', 1)[0]}@{b}"
+                                                for p in profiles if p.model == name
+                                                for b, s in p.batches.items() if not is_predicted(s)})
                 row.update(measured=m["measured"], measured_fraction=m["measured"] / total if total else 0.0,
                            search_s=m["seconds"], failed=m["failed"])
             rows.append(row)
@@ -251,6 +293,9 @@ class Judge:
                    "within_5pct": sum(r["ok"] for r in classes),
                    "within_5pct_fraction": sum(r["ok"] for r in classes) / n,
                    "within_5pct_p50_fraction": sum(r["ok_p50"] for r in classes) / n}
+        if self.round_indexes:  # by p95, as most of the judge's rounds alone see it
+            overall["judge_rounds"] = len(self.round_indexes)
+            overall["within_5pct_rounds"] = sum(r["ok_rounds"] for r in classes)
         if per_model is not None:
             overall["measured"] = sum(r["measured"] for r in rows)
             overall["measured_fraction"] = overall["measured"] / overall["cells"]
@@ -312,12 +357,18 @@ def report(results: dict, brute_s: float) -> None:
           "asks for (its choices, without run-to-run noise); live: the search measuring for itself; 1 BF pass: one "
           "more brute-force pass judged the same way (the noise floor of a live comparison). err: median "
           "|predicted/measured - 1| of predicted cells; in stated: share within their stated error.")
-    for m in ("replay", "live"):
+    for m in ("replay", "live", "repeat"):
         if m in results:
             o = results[m]["overall"]
-            print(f"{m}: {o['measured']}/{o['cells']} cells measured ({o['measured_fraction']:.1%}), "
-                  f"{o['within_5pct']}/{o['classes']} classes within 5 % by p95; target (≤ 15 % measured, every "
-                  f"class within 5 %): {'met' if o['target_met'] else 'MISSED'}")
+            line = (f"{m}: {o['measured']}/{o['cells']} cells measured ({o['measured_fraction']:.1%}), "
+                    if m != "repeat" else f"{m} (1 BF pass): ")
+            line += f"{o['within_5pct']}/{o['classes']} classes within 5 % by p95"
+            if "judge_rounds" in o:
+                line += (f" ({o['within_5pct_rounds']}/{o['classes']} by most of the judge's {o['judge_rounds']} "
+                         "rounds, each judged alone)")
+            if m != "repeat":
+                line += f"; target (≤ 15 % measured, every class within 5 %): {'met' if o['target_met'] else 'MISSED'}"
+            print(line)
     if "live" in results:
         live_s = results["live"]["search_s"]
         print(f"brute force {brute_s:.1f} s, live search {live_s:.1f} s: {1 - live_s / brute_s:.0%} of the "
@@ -358,7 +409,10 @@ def main() -> int:
             rounds.append(home.store.profiles())
             brute_cells = brute.measurements
             print(f"brute force {i + 1}/{args.rounds}: {brute.measurements} cells in {brute_s:.1f} s", flush=True)
-        bf_profiles = median_of(rounds) if rounds else stored_table(args.judge_table)
+        if rounds:
+            bf_profiles = median_of(rounds)
+        else:
+            bf_profiles, rounds = stored_table(args.judge_table)
         variants = home.store.variants()
         models = home.store.models()
         runs = {}
@@ -373,7 +427,7 @@ def main() -> int:
             runs["live"] = search_all(home, names, settings)
             print(f"live search: {runs['live'][2]:.1f} s", flush=True)
 
-    judge_all = Judge(names, models, variants, bf_profiles)
+    judge_all = Judge(names, models, variants, bf_profiles, rounds)
     results = {}
     for mode in ("replay", "live", "repeat"):
         if mode in runs:
@@ -384,6 +438,7 @@ def main() -> int:
               "measure_settings": vars(settings), "brute_force_cells": brute_cells, "brute_force_s": brute_s,
               "judge_rounds": args.rounds,
               "judge_table": [table_row(p) for p in bf_profiles],
+              "judge_round_figures": [round_figures(r) for r in rounds],
               **results, "target": "≤ 15 % of cells measured; the pick within 5 % of the brute-force best"}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2, default=str))

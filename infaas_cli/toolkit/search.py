@@ -89,6 +89,10 @@ PRIOR_ERROR = 0.2
 THREAD_FLOOR_MS = 0.3
 #: ... and only while the anchors stay within this share of the model's cells (the benchmark's 15 %).
 ANCHOR_SHARE = 0.15
+#: A call under this (p50, ms) gains nothing from more threads: predicted no faster than with the fewest. In four
+#: judge tables every cell under it ran 0.91-1.7x its one-thread time with two threads (digits-mlp int8d at batch 8:
+#: 1.7x slower, once predicted faster from other models' thread gains), while cells of 0.1-0.3 ms gained up to 25 %.
+THREAD_GAIN_MS = 0.1
 #: Predicted picks are measured (`Search.cap`) while the model's measured cells stay within this share of its
 #: cells. The anchors alone take more than `DEFAULT_FRACTION` on every model of the benchmark, so without it no
 #: pick was ever verified (digits-cnn-s kept its measured fp32o1 at batch 1, 22 % slower than the fp32o3 it only
@@ -302,6 +306,12 @@ class Predictor:
             for b in space.batches[g]:
                 if (base, b) in out:
                     out[(g, b)] = out[(base, b)] + (own[hi][d] - own[lo][d])
+        for g in sorted(space.batches):  # a call under THREAD_GAIN_MS gains nothing from more threads
+            fewest = min(h[2] for h in space.batches if h[:2] == g[:2])
+            for b in space.batches[g] if g[2] > fewest else ():
+                lo = ((g[0], g[1], fewest), b)
+                if (g, b) in out and (g, b) not in logs and lo in out and out[lo] < math.log(THREAD_GAIN_MS):
+                    out[(g, b)] = max(out[(g, b)], out[lo])
         slowest = max(out.values())
         for c in space.cells:  # nothing bears on it (no configuration of its kind measured anywhere): pessimistic
             out.setdefault(c, slowest)
@@ -461,17 +471,28 @@ def thread_anchors(space: Space, anchors: list[Cell], measured: Mapping[Cell, fl
     """Per backend, its first anchored configuration again with the most threads at the same batch size, the
     backend whose measured anchors ran fastest (per sample) first: how threads pay off differs by runtime
     (OpenVINO's streams, ONNX Runtime's intra-op pool) and by model, and no other model's predicted cells can say
-    it. None for a backend more than `HOPELESS` times slower than the fastest (ONNX Runtime on digits-cnn-l, 3.5×
-    OpenVINO int8's time at batch 8): with the most threads it still wins nothing, and the cell is better spent
-    verifying a predicted pick."""
+    it. None for a backend more than `HOPELESS` times slower than the fastest configuration at least as accurate as
+    its most accurate one (ONNX Runtime on digits-cnn-l, 3.5× OpenVINO int8's time at batch 8): with the most
+    threads it still wins nothing, and the cell is better spent verifying a predicted pick. Where only it reaches an
+    accuracy floor (ONNX Runtime fp32 on SqueezeNet, where OpenVINO's int8 and bf16 fall below), it is anchored."""
+    def accuracy(g: Group) -> float:
+        a = space.accuracy.get(g)
+        return -math.inf if a is None else a
+
     best: dict[str, float] = {}
+    top: dict[str, float] = {}  # per backend, the accuracy of its most accurate configuration
     for (g, b), ms in measured.items():
         best[g[0]] = min(best.get(g[0], math.inf), ms / b)
-    fastest = min(best.values(), default=math.inf)
+    for g in space.batches:
+        top[g[0]] = max(top.get(g[0], -math.inf), accuracy(g))
+
+    def rival(backend: str) -> float:  # the fastest per sample among configurations as accurate as its best
+        return min((ms / b for (g, b), ms in measured.items() if accuracy(g) >= top[backend]), default=math.inf)
+
     out, seen = [], set()
     for g, b in sorted(anchors, key=lambda c: best.get(c[0][0], math.inf)):  # stable: each backend's first
-        if g[0] in seen or (out and best.get(g[0], math.inf) > HOPELESS * fastest):
-            continue  # more than HOPELESS slower than the fastest backend: its threads decide nothing
+        if g[0] in seen or (out and best.get(g[0], math.inf) > HOPELESS * rival(g[0])):
+            continue  # more than HOPELESS slower than what is as accurate: its threads decide nothing
         seen.add(g[0])
         widest = max((h for h in space.batches if h[:2] == g[:2] and b in space.batches[h]), key=lambda h: h[2])
         if widest != g:
