@@ -162,7 +162,7 @@ def main() -> int:
         try:
             result["serving"] = serve(home, models, variants, x, args.passes)
         finally:
-            if args.logs is not None:
+            if args.logs is not None and (home / "run").is_dir():
                 shutil.copytree(home / "run", args.logs, dirs_exist_ok=True,
                                 ignore=shutil.ignore_patterns("*.sock", "*.ipc"))
 

@@ -262,7 +262,8 @@ class Judge:
                     r50 = judge(self.bf50, index50, self.cluster, q)
                     r.update(ok_p50=r50["ok"], ratio_p50=r50["ratio"])
                     if self.round_indexes:
-                        votes = sum(judge(ri, index, self.cluster, q)["ok"] for ri in self.round_indexes)
+                        votes = sum(bool((v := judge(ri, index, self.cluster, q)) and v["ok"])
+                                    for ri in self.round_indexes)
                         r.update(rounds_ok=votes, ok_rounds=2 * votes > len(self.round_indexes))
                     results.append(r)
             for r in results:  # how the search knew the pick and the best: measured, or predicted (and its figure)

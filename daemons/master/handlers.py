@@ -420,7 +420,6 @@ class WorkerHandlers:
         log.info("worker %s registered (%s cores, backends %s)", worker_id, b.hardware.cores, ",".join(b.backends))
         self._send_worker(identity, protocol.Message(
             "registered", m.RegisteredBody(heartbeat_interval_s=self.heartbeat_interval_s), id=msg.id))
-        self._step(self._drop_tombstoned, entry)  # what removals freed while it was away (lifecycle.py)
 
     def _known(self, identity: bytes, worker_id: str, msg: protocol.Message) -> WorkerEntry | None:
         entry = self.workers.get(worker_id)
@@ -438,7 +437,6 @@ class WorkerHandlers:
         entry.alive = True
         if not was_alive:
             log.info("worker %s is back", worker_id)
-            self._step(self._came_back, entry, metrics)  # removals may have happened while it was dead (lifecycle.py)
         entry.metrics = metrics
         in_flight: dict[str, int] = collections.Counter()
         for rid in entry.inflight:
@@ -456,6 +454,8 @@ class WorkerHandlers:
                 (before.cores, before.free_cores, before.free_memory_bytes)):
             entry.loaded = loaded
             self._cluster_changed(entry)
+        if not was_alive or before is None:  # back from the dead, or its first heartbeat since it (re-)registered:
+            self._step(self._came_back, entry, metrics)  # removals may have happened while it was away (lifecycle.py)
         self._step(self._autoscale, entry)  # the worker's new load through the policy (spread over the interval)
 
     def _on_loaded(self, identity: bytes, worker_id: str, msg: protocol.Message) -> None:

@@ -498,12 +498,14 @@ class Lifecycle:
                 self._send_drops(w, digests)
 
     def _came_back(self, w, metrics: m.WorkerMetrics) -> None:
-        """A worker declared dead is heard from again (a partition healed): removals may have happened meanwhile.
-        What it still runs of variants the catalog no longer has is unloaded (nothing routes to them, and autoscaling
-        only weighs catalogued variants, so they would stay loaded for good), then it is told what the sweeps freed
-        (an artifact one of those variants uses goes at its unload)."""
-        names = {v.name for v in self.store.variants()}
-        gone = sorted(v for v in metrics.variants if v not in names)
+        """A worker is heard from after being away — its first heartbeat since it registered (a restart, or one this
+        master had forgotten or never knew) or back from the dead (a partition healed): removals may have happened
+        meanwhile. What it still runs of variants the catalog no longer has is unloaded (nothing routes to them, and
+        autoscaling only weighs catalogued variants, so they would stay loaded for good) — unless this master knows
+        no model at all (a fresh one, before a push) — then it is told what the sweeps freed (an artifact one of
+        those variants uses goes at its unload)."""
+        names = {v.name for v in self.store.variants()} if metrics.variants else set()  # most come back empty
+        gone = sorted(v for v in metrics.variants if v not in names) if names else []
         if gone:
             self._unload_on(w, gone)
             log.info("unload %s on %s: removed from the catalog while it was away", ", ".join(gone), w.worker_id)

@@ -32,6 +32,10 @@ class _Fetch:
     offset: int = 0
 
 
+#: Past this many digests to drop, the worker lists its cache once instead of looking each one up.
+DROP_LISTING_FROM = 64
+
+
 class Loading:
     def _ensure_loaded(self, spec: m.VariantSpec) -> None:
         if spec.name in self.loading or spec.name in self.variants or spec.name in self.waiting_budget:
@@ -134,16 +138,22 @@ class Loading:
 
     def _drop_cached(self, digests: list[str]) -> None:
         in_use = self._artifacts_in_use()
-        # One listing of the cache, not a look-up per digest: on registering, a worker is told every artifact the
-        # master's removals freed (up to master.artifact_tombstones_max), most of which it never cached.
-        held = set(self.cache.digests())
+        # Told many (a returning worker hears every artifact the master's removals freed, up to
+        # master.artifact_tombstones_max, most of which it never cached): one listing of the cache, not a look-up
+        # per digest; told a few (an unload's): a look-up each.
+        held = None
+        if len(digests) > DROP_LISTING_FROM:
+            try:
+                held = set(self.cache.digests())
+            except OSError as exc:
+                log.warning("could not list the artifact cache (%s); looking each artifact up", exc)
         removed: list[tuple[str, int]] = []
         for sha in digests:
             if sha in in_use:
                 self.drop_later.add(sha)
                 continue
             self.drop_later.discard(sha)
-            if sha not in held:
+            if not (sha in held if held is not None else self.cache.has(sha)):
                 continue
             try:  # one at a time: a file that cannot go does not keep the others
                 removed += self.cache.collect_garbage(in_use, [sha])

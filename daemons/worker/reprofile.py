@@ -78,6 +78,7 @@ class Reprofiling:
         """Loader thread: measure, then hand the `reprofiled` (or `error`) frame to the loop to send."""
         push = self.ctx.socket(zmq.PUSH)
         push.connect(self._results_endpoint)
+        freed = False
         try:
             try:
                 msg = self._measure_variant(request_id, spec, sizes, budget_ms)
@@ -89,11 +90,13 @@ class Reprofiling:
                 log.info("re-profiling %s stopped: %s", spec.name, reason)
                 msg = protocol.error(code, f"re-profiling {spec.name} on {self.worker_id}: {reason}", request_id,
                                      variant=spec.name, worker_id=self.worker_id)
-            # Free before the answer leaves: its reader may ask for the next re-profile at once (it was told busy).
-            self._reprofiling = None
+            # Free before the answer leaves: its reader may ask for the next re-profile at once (it was told busy),
+            # and only once: after the answer, the mark may already be that next one's.
+            self._reprofiling, freed = None, True
             push.send_multipart([_RESULT, *protocol.encode(msg)])
         finally:
-            self._reprofiling = None
+            if not freed:
+                self._reprofiling = None
             push.close(linger=1000)
 
     def _measure_variant(self, request_id: str, spec: m.VariantSpec, sizes: list[int],

@@ -58,7 +58,8 @@ class Backend(ABC):
     hardware: str  # "cpu", "gpu" or "inferentia"
     #: Its sessions run one input shape: a worker pads every batch to the variant's max batch (as for a fixed-batch
     #: model), and the variant is profiled, and so predicted, at its max batch only. For runtimes to which a change
-    #: of input shape costs far more than the rows padding adds (see OrtCudaBackend).
+    #: of input shape costs far more than the rows padding adds (see OrtCudaBackend). Only the batch axis is padded:
+    #: a model with another dynamic dimension (a sequence length) still changes shape with its queries.
     fixed_shape: bool = False
 
     @abstractmethod

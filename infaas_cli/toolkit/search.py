@@ -491,7 +491,7 @@ def thread_anchors(space: Space, anchors: list[Cell], measured: Mapping[Cell, fl
 
     out, seen = [], set()
     for g, b in sorted(anchors, key=lambda c: best.get(c[0][0], math.inf)):  # stable: each backend's first
-        if g[0] in seen or (out and best.get(g[0], math.inf) > HOPELESS * rival(g[0])):
+        if g[0] in seen or (seen and best.get(g[0], math.inf) > HOPELESS * rival(g[0])):
             continue  # more than HOPELESS slower than what is as accurate: its threads decide nothing
         seen.add(g[0])
         widest = max((h for h in space.batches if h[:2] == g[:2] and b in space.batches[h]), key=lambda h: h[2])

@@ -183,8 +183,8 @@ def test_tombstones_survive_a_master_restart_and_a_fresh_master_drops_nothing(tm
         with start_master(tmp_path / "fresh", fresh_home) as (master, client):
             fake = FakeWorker(master.worker_endpoint, "w-fresh")
             try:
-                answered = fake.register()
-                assert [msg.type for msg in answered] == ["registered"]
+                assert [msg.type for msg in fake.register()] == ["registered"]
+                assert fake.heartbeat(OTHERS) == []  # nothing dropped, and nothing unloaded: it knows no model
             finally:
                 fake.close()
     finally:
@@ -212,7 +212,7 @@ def test_a_re_pushed_model_s_artifact_is_not_dropped(tmp_path, catalog):
 
         fake = FakeWorker(master.worker_endpoint, "w-fake")
         try:
-            assert drops(fake.register()) == []
+            assert drops(fake.register() + fake.heartbeat(OTHERS)) == []
         finally:
             fake.close()
         cached = cache.path(own).stat()
@@ -237,5 +237,23 @@ def test_a_worker_declared_dead_and_heard_from_again_is_told_what_was_freed_mean
             assert own in drops(back)  # told at once
             assert [msg.body.variant for msg in back if msg.type == "unload"] == [OTHERS]  # nothing routes there now
             assert drops(fake.heartbeat(MINE)) == []  # once
+        finally:
+            fake.close()
+
+
+def test_a_worker_the_master_forgot_registers_again_still_running_a_removed_variant(tmp_path, catalog):
+    """A partition longer than the master remembers dead workers (or a master restart): the worker registers afresh
+    with the removed variant still loaded. Its first heartbeat gets that variant unloaded and the freed artifact
+    dropped; the kept variant stays."""
+    own = sha_of(catalog, OTHERS)
+    with start_master(tmp_path, catalog) as (master, client):
+        remove_and_push(client, catalog, [OTHER], drain=False)
+        fake = FakeWorker(master.worker_endpoint, "w-forgotten")
+        try:
+            assert [msg.type for msg in fake.register()] == ["registered"]
+            first = fake.heartbeat(OTHERS, MINE)
+            assert own in drops(first)
+            assert [msg.body.variant for msg in first if msg.type == "unload"] == [OTHERS]
+            assert fake.heartbeat(MINE) == []  # once
         finally:
             fake.close()
