@@ -471,15 +471,10 @@ class Lifecycle:
             log.info("%d freed artifact(s) are used again: no returning worker is told to drop them", len(revived))
         if not deleted:
             return
-        variants = self.store.variants()
-        names = {v.name for v in variants}
+        names = {v.name for v in self.store.variants()}
         for w in self.workers.values():
-            if not w.alive:
-                continue
-            gone = sorted(v for v in set(w.loaded) | set(w.variant_metrics) if v not in names)
-            self._unload_on(w, gone)
-            for variant in gone:
-                log.info("unload %s on %s: removed from the catalog", variant, w.worker_id)
+            if w.alive:
+                self._unload_uncatalogued(w, set(w.loaded) | set(w.variant_metrics), names)
         for variant in [v for v in self.pinned if v not in names]:
             self.unpin(variant)
         removed = self.artifacts.collect_garbage(needed)
@@ -505,16 +500,21 @@ class Lifecycle:
         no model at all (a fresh one, before a push) — then it is told what the sweeps freed (an artifact one of
         those variants uses goes at its unload)."""
         names = {v.name for v in self.store.variants()} if metrics.variants else set()  # most come back empty
-        gone = sorted(v for v in metrics.variants if v not in names) if names else []
-        if gone:
-            self._unload_on(w, gone)
-            log.info("unload %s on %s: removed from the catalog while it was away", ", ".join(gone), w.worker_id)
+        if names:
+            self._unload_uncatalogued(w, metrics.variants, names)
         self._drop_tombstoned(w)
 
+    def _unload_uncatalogued(self, w, held: Iterable[str], names: set[str]) -> None:
+        """Unload from worker `w` what it holds of variants not in the catalog (`names`): removed ones."""
+        gone = sorted(v for v in held if v not in names)
+        self._unload_on(w, gone)
+        if gone:
+            log.info("unload %s on %s: removed from the catalog", ", ".join(gone), w.worker_id)
+
     def _drop_tombstoned(self, w) -> None:
-        """A worker registered or came back from the dead: it may have been away when a sweep freed artifacts it
-        caches (its cache outlives it), so it is told every tombstone the catalog does not need now. Digests it never
-        cached cost it a look-up; one a variant it still runs uses waits for that variant's unload."""
+        """A worker heard from after being away (`_came_back`) may have missed sweeps that freed artifacts it caches
+        (its cache outlives it): it is told every tombstone the catalog does not need now. Digests it never cached
+        cost it a look-up; one a variant it still runs uses waits for that variant's unload."""
         if not self.tombstones.freed:
             return
         digests = self.tombstones.pending(self.catalog.needed_artifacts())
