@@ -81,9 +81,14 @@ def build(home: InfaasHome, tmp: Path) -> list[str]:
     return names
 
 
+def configuration(variant: str) -> str:
+    """A variant's configuration: its name less the max batch (variants differing by max batch share its cells)."""
+    return variant.rsplit("-b", 1)[0]
+
+
 def cells(profiles: list[ProfileRecord]) -> int:
-    """(configuration, batch size) cells of a set of profiles (variants differing by max batch share them)."""
-    return len({(p.variant.rsplit("-b", 1)[0], b) for p in profiles for b in p.batches})
+    """(configuration, batch size) cells of a set of profiles."""
+    return len({(configuration(p.variant), b) for p in profiles for b in p.batches})
 
 
 def slo_classes(index, model: str, accuracy: list[float]):
@@ -192,8 +197,8 @@ ROUND_FIGURES = ("p50_ms", "p95_ms")
 
 def round_figures(profiles: list[ProfileRecord]) -> dict:
     out: dict = {}
-    for p in profiles:  # variants differing only by max batch share their cells
-        row = out.setdefault(p.variant.rsplit("-b", 1)[0], {})
+    for p in profiles:
+        row = out.setdefault(configuration(p.variant), {})
         for b, s in p.batches.items():
             row[b] = " ".join(f"{s[k]:.4g}" for k in ROUND_FIGURES)
     return out
@@ -203,9 +208,9 @@ def from_figures(table: list[ProfileRecord], figures: dict) -> list[ProfileRecor
     """A round's profiles: the judge's table with the round's own figures."""
     out = []
     for p in table:
-        row = figures.get(p.variant.rsplit("-b", 1)[0], {})
-        out.append(dataclasses.replace(p, batches={
-            b: {**s, **dict(zip(ROUND_FIGURES, map(float, row[b].split())))} for b, s in p.batches.items() if b in row}))
+        row = figures.get(configuration(p.variant), {})
+        out.append(dataclasses.replace(p, batches={b: {**s, **dict(zip(ROUND_FIGURES, map(float, row[b].split())))}
+                                                   for b, s in p.batches.items() if b in row}))
     return out
 
 
@@ -283,8 +288,7 @@ class Judge:
                    "within_stated_error": float(np.mean(covered)) if covered else None}
             if per_model is not None:  # a search's: which cells it measured (configuration@batch), to analyse misses
                 m = per_model[name]
-                row["measured_cells"] = sorted({f"{p.variant.rsplit('-b', 1)[0]}@{b}"
-                                                for p in profiles if p.model == name
+                row["measured_cells"] = sorted({f"{configuration(p.variant)}@{b}" for p in profiles if p.model == name
                                                 for b, s in p.batches.items() if not is_predicted(s)})
                 row.update(measured=m["measured"], measured_fraction=m["measured"] / total if total else 0.0,
                            search_s=m["seconds"], failed=m["failed"])
