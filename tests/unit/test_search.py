@@ -29,6 +29,14 @@ def table(level: float) -> dict[search.Cell, float]:
     return {(g, b): latency(level, g, b) for g in GROUPS for b in SIZES}
 
 
+def misleading(level: float, int8_t2: float, scale: float, sizes=SIZES) -> dict[search.Cell, float]:
+    """A table where two threads scale int8 by `int8_t2` (0.05: twenty times faster; 2.0: twice as slow) and the
+    other recipes by 0.7; `scale` sets how quick the model is."""
+    t2 = {"fp32": 0.7, "int8": int8_t2, "bf16": 0.7}
+    return {(g, b): scale * (0.02 + level * SPEED[g[1]] * b * (t2[g[1]] if g[2] == 2 else 1.0))
+            for g in GROUPS for b in sizes}
+
+
 def space(accuracy: dict | None = None) -> search.Space:
     return search.Space({g: SIZES for g in GROUPS}, accuracy or {g: 0.9 for g in GROUPS})
 
@@ -82,15 +90,10 @@ def test_a_predicted_pick_is_measured_before_selection_could_act_on_it():
     twice as slow. The prediction makes int8 with two threads the fastest wherever threads can pay: verification
     measures such picks before any contender (within the budget), and at that batch size int8 with two threads is
     no longer picked."""
-    def tab(level: float, int8_t2: float) -> dict[search.Cell, float]:
-        t2 = {"fp32": 0.7, "int8": int8_t2, "bf16": 0.7}
-        # × 0.006: quick enough that the search anchors no thread count, so that only verification can catch it,
-        # and slow enough at the large batches (int8: 0.1 ms and more) for threads to be predicted to pay at all
-        return {(g, b): 0.006 * (0.02 + level * SPEED[g[1]] * b * (t2[g[1]] if g[2] == 2 else 1.0))
-                for g in GROUPS for b in SIZES}
-
-    library = {"a": tab(1.0, 0.05), "b": tab(2.0, 0.05)}
-    truth = tab(1.5, 2.0)
+    # × 0.006: quick enough that the search anchors no thread count, so that only verification can catch it, and slow
+    # enough at the large batches (int8: 0.1 ms and more) for threads to be predicted to pay at all
+    library = {"a": misleading(1.0, 0.05, 0.006), "b": misleading(2.0, 0.05, 0.006)}
+    truth = misleading(1.5, 2.0, 0.006)
     assert max(truth.values()) < search.THREAD_FLOOR_MS
     sp = space()
     anchors = search.anchor_cells(sp, library)
@@ -219,14 +222,9 @@ def test_predicted_picks_are_verified_once_the_anchors_have_spent_the_budget():
     within `VERIFY_SHARE` of its cells (`cap` left at 0); a cap no larger than the anchors stops at the anchors."""
     sizes = (1, 2, 4, 8, 16, 32, 64)
 
-    def tab(level: float, int8_t2: float) -> dict[search.Cell, float]:
-        t2 = {"fp32": 0.7, "int8": int8_t2, "bf16": 0.7}
-        # × 0.002: quick enough that the search anchors no thread count
-        return {(g, b): 0.002 * (0.02 + level * SPEED[g[1]] * b * (t2[g[1]] if g[2] == 2 else 1.0))
-                for g in GROUPS for b in sizes}
-
-    library = {"a": tab(1.0, 0.05), "b": tab(2.0, 0.05)}
-    truth = tab(1.5, 2.0)
+    # × 0.002: quick enough that the search anchors no thread count
+    library = {"a": misleading(1.0, 0.05, 0.002, sizes), "b": misleading(2.0, 0.05, 0.002, sizes)}
+    truth = misleading(1.5, 2.0, 0.002, sizes)
     sp = search.Space({g: sizes for g in GROUPS}, {g: 0.9 for g in GROUPS})
     anchors = search.anchor_cells(sp, library, similar=list(library))
     verify = search.budget_for(sp, search.VERIFY_SHARE)
